@@ -1,0 +1,134 @@
+//! Model files: recognising them by content and mapping their weights.
+//!
+//! Each file kind has a module that reads its header into a [`Config`],
+//! lays out its tensors as descriptors, and checks every extent against the
+//! file's length before anything reads a weight.
+
+pub mod llama2c;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+use memmap2::Mmap;
+use std::fs::File;
+use std::path::Path;
+
+/// The kinds of model file the engine reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// llama2.c's original layout: a 7-int header, then f32 weights.
+    Llama2cLegacy,
+    /// llama2.c's `export.py` version 1: 256-byte header, f32 weights.
+    Llama2cV1,
+    /// llama2.c's `export.py` version 2: 256-byte header, int8 groups.
+    Llama2cV2,
+}
+
+impl FileKind {
+    /// A short human-readable name.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FileKind::Llama2cLegacy => "llama2.c (legacy, f32)",
+            FileKind::Llama2cV1 => "llama2.c version 1 (f32)",
+            FileKind::Llama2cV2 => "llama2.c version 2 (int8 groups)",
+        }
+    }
+}
+
+/// A model file, opened and checked.
+#[derive(Debug)]
+pub struct ModelFile {
+    pub kind: FileKind,
+    pub config: Config,
+    pub weights: Weights,
+}
+
+/// Opens `path`, recognises its kind by content and maps its weights.
+pub fn open(path: &Path) -> Result<ModelFile> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory, not a model file",
+            ),
+        ));
+    }
+    if meta.len() == 0 {
+        return Err(Error::format(path, "the file is empty"));
+    }
+    // SAFETY: the mapping is read-only. Like every memory-mapped reader, we
+    // rely on the file not being truncated or rewritten while it is open.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let head = &map[..map.len().min(8)];
+    if head.starts_with(b"GGUF") {
+        return Err(Error::format(
+            path,
+            "GGUF files are not supported by this version of tinyllm",
+        ));
+    }
+    llama2c::open(path, map)
+}
+
+/// Little-endian reads from a byte slice, with the file's path for errors.
+pub(crate) struct Reader<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(path: &'a Path, bytes: &'a [u8]) -> Self {
+        Reader {
+            path,
+            bytes,
+            pos: 0,
+        }
+    }
+
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    pub(crate) fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        match self.bytes.get(self.pos..self.pos.saturating_add(n)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(Error::format(
+                self.path,
+                format!(
+                    "truncated: {what} needs {n} bytes at offset {} but the file is {} bytes",
+                    self.pos,
+                    self.bytes.len()
+                ),
+            )),
+        }
+    }
+
+    pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    pub(crate) fn i32(&mut self, what: &str) -> Result<i32> {
+        let b = self.take(4, what)?;
+        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn f32(&mut self, what: &str) -> Result<f32> {
+        let b = self.take(4, what)?;
+        Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}

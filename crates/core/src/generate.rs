@@ -1,0 +1,336 @@
+//! Text generation: prompt processing, sampling, streaming decoding, stop
+//! conditions.
+//!
+//! A [`Generation`] is advanced one [`Step`] at a time by
+//! [`Generation::step`], so a caller (the Python bindings) can check for
+//! interrupts and hand text out between steps.
+
+use crate::error::Result;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::session::Session;
+use crate::tokenizer::{BOS, EOS, Tokenizer};
+use std::time::{Duration, Instant};
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateConfig {
+    /// The most tokens to generate.
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Generation stops before the first occurrence of any of these; the
+    /// stop string itself is not returned.
+    pub stop: Vec<String>,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model ended the text (EOS or BOS) or a stop string appeared.
+    Stop,
+    /// `max_tokens` were generated, or the context is full.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// A batch of the prompt went through the model.
+    Prompt,
+    /// A token was generated; this is the text it completed (possibly empty,
+    /// if it ended inside a UTF-8 character or a possible stop string).
+    Text(String),
+    /// The generation ended; this is the text still held back.
+    Done(String, FinishReason),
+}
+
+/// Timings of a generation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Prompt tokens computed (not counting those reused from the cache).
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from the cache.
+    pub reused_tokens: usize,
+    pub prompt_time: Duration,
+    pub generated_tokens: usize,
+    pub generate_time: Duration,
+}
+
+/// One generation in progress on a [`Session`].
+#[derive(Debug)]
+pub struct Generation {
+    /// The prompt tokens still to feed.
+    pending: Vec<u32>,
+    fed: usize,
+    sampler: Sampler,
+    text: TextStream,
+    max_tokens: usize,
+    /// Prompt and generated tokens (for the repetition penalty and decoding).
+    history: Vec<u32>,
+    finished: Option<FinishReason>,
+    stats: Stats,
+}
+
+impl Generation {
+    /// Prepares to continue `prompt` (token ids, BOS included if wanted) on
+    /// `session`, reusing the cached prefix the prompt shares.
+    pub fn new(session: &mut Session, prompt: &[u32], config: &GenerateConfig) -> Result<Self> {
+        let vocab = session.model().config.vocab_size;
+        let sampler = Sampler::new(config.sampler.clone(), vocab)?;
+        if prompt.is_empty() {
+            return Err(crate::Error::InvalidArgument(
+                "the prompt has no tokens; pass at least BOS".into(),
+            ));
+        }
+        let keep = session.prepare(prompt)?;
+        Ok(Generation {
+            pending: prompt[keep..].to_vec(),
+            fed: 0,
+            sampler,
+            text: TextStream::new(config.stop.clone()),
+            max_tokens: config.max_tokens,
+            history: prompt.to_vec(),
+            finished: if config.max_tokens == 0 {
+                Some(FinishReason::Length)
+            } else {
+                None
+            },
+            stats: Stats {
+                reused_tokens: keep,
+                ..Stats::default()
+            },
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The generated token ids so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.history[self.history.len() - self.stats.generated_tokens..]
+    }
+
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finished
+    }
+
+    /// Does the next piece of work: one batch of the prompt, or one token.
+    pub fn step(&mut self, session: &mut Session, tok: &Tokenizer) -> Result<Step> {
+        if self.fed < self.pending.len() {
+            let start = Instant::now();
+            let end = (self.fed + session.max_batch()).min(self.pending.len());
+            let batch = &self.pending[self.fed..end];
+            if end == self.pending.len() {
+                session.feed(batch)?;
+            } else {
+                session.feed_silently(batch)?;
+            }
+            self.fed = end;
+            self.stats.prompt_tokens += batch.len();
+            self.stats.prompt_time += start.elapsed();
+            return Ok(Step::Prompt);
+        }
+        if let Some(reason) = self.finished {
+            return Ok(Step::Done(self.text.finish(), reason));
+        }
+
+        let start = Instant::now();
+        let token = self.sampler.sample(session.logits(), &self.history);
+        if token == EOS || token == BOS {
+            self.stats.generate_time += start.elapsed();
+            return Ok(self.finish(FinishReason::Stop));
+        }
+        let prev = self.history.last().copied();
+        self.history.push(token);
+        self.stats.generated_tokens += 1;
+        let (piece, stopped) = self.text.push(tok.decode_bytes(prev, token));
+        let full = session.tokens().len() >= session.context_length();
+        let step = if stopped {
+            self.finished = Some(FinishReason::Stop);
+            Step::Done(piece, FinishReason::Stop)
+        } else if self.stats.generated_tokens >= self.max_tokens || full {
+            self.finished = Some(FinishReason::Length);
+            Step::Done(piece + &self.text.finish(), FinishReason::Length)
+        } else {
+            session.feed(&[token])?;
+            Step::Text(piece)
+        };
+        self.stats.generate_time += start.elapsed();
+        Ok(step)
+    }
+
+    fn finish(&mut self, reason: FinishReason) -> Step {
+        self.finished = Some(reason);
+        Step::Done(self.text.finish(), reason)
+    }
+
+    /// Runs to the end and returns all the generated text.
+    pub fn run(&mut self, session: &mut Session, tok: &Tokenizer) -> Result<String> {
+        let mut out = String::new();
+        loop {
+            match self.step(session, tok)? {
+                Step::Prompt => {}
+                Step::Text(t) => out.push_str(&t),
+                Step::Done(t, _) => {
+                    out.push_str(&t);
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+/// Turns a stream of token bytes into text: never splits a UTF-8 character,
+/// and holds back text that may be the start of a stop string.
+#[derive(Debug)]
+pub struct TextStream {
+    /// Bytes of an incomplete UTF-8 character.
+    partial: Vec<u8>,
+    /// Decoded text not yet handed out.
+    held: String,
+    stop: Vec<String>,
+    stopped: bool,
+}
+
+impl TextStream {
+    pub fn new(stop: Vec<String>) -> Self {
+        TextStream {
+            partial: Vec::new(),
+            held: String::new(),
+            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            stopped: false,
+        }
+    }
+
+    /// Adds `bytes`; returns the text that is now safe to hand out, and
+    /// whether a stop string was found (the text then ends before it).
+    pub fn push(&mut self, bytes: &[u8]) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.partial.extend_from_slice(bytes);
+        let mut rest: &[u8] = &self.partial;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.held.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (ok, bad) = rest.split_at(e.valid_up_to());
+                    // `ok` is exactly the validated prefix, so this cannot fail.
+                    self.held
+                        .push_str(std::str::from_utf8(ok).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            self.held.push(char::REPLACEMENT_CHARACTER);
+                            rest = &bad[n..];
+                        }
+                        None => {
+                            rest = bad; // an incomplete character: wait for more
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.partial = rest.to_vec();
+
+        if let Some(at) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            self.held.truncate(at);
+            self.stopped = true;
+            return (std::mem::take(&mut self.held), true);
+        }
+        let keep = self.held_back();
+        let out: String = self.held[..self.held.len() - keep].to_string();
+        self.held.drain(..self.held.len() - keep);
+        (out, false)
+    }
+
+    /// How many trailing bytes of `held` may begin a stop string.
+    fn held_back(&self) -> usize {
+        let h = self.held.as_str();
+        let mut keep = 0;
+        for s in &self.stop {
+            for (i, _) in h.char_indices().rev().take(s.len()) {
+                let tail = &h[i..];
+                if tail.len() > keep && s.starts_with(tail) {
+                    keep = tail.len();
+                }
+            }
+        }
+        keep
+    }
+
+    /// Hands out everything held (an incomplete character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        if !self.partial.is_empty() && !self.stopped {
+            self.held.push(char::REPLACEMENT_CHARACTER);
+        }
+        self.partial.clear();
+        std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(stream: &mut TextStream, pieces: &[&[u8]]) -> (Vec<String>, bool) {
+        let mut out = Vec::new();
+        for p in pieces {
+            let (s, stop) = stream.push(p);
+            out.push(s);
+            if stop {
+                return (out, true);
+            }
+        }
+        out.push(stream.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn never_splits_a_character() {
+        let snow = "☃".as_bytes();
+        let mut s = TextStream::new(vec![]);
+        let (out, _) = collect(&mut s, &[b"a", &snow[..1], &snow[1..2], &snow[2..], b"b"]);
+        assert_eq!(out, ["a", "", "", "☃", "b", ""]);
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let mut s = TextStream::new(vec![]);
+        let (out, _) = collect(&mut s, &[b"a\xff", b"b", &"é".as_bytes()[..1]]);
+        assert_eq!(out.concat(), "a\u{fffd}b\u{fffd}");
+    }
+
+    #[test]
+    fn stops_before_a_stop_string_across_pieces() {
+        let mut s = TextStream::new(vec!["THE END".into(), "\n\n".into()]);
+        let (out, stopped) = collect(&mut s, &[b"and so", b" TH", b"E E", b"ND!"]);
+        assert!(stopped);
+        assert_eq!(out, ["and so", " ", "", ""]);
+        assert_eq!(out.concat(), "and so ");
+
+        let mut s = TextStream::new(vec!["THE END".into()]);
+        let (out, stopped) = collect(&mut s, &[b"THE", b" ENVOY"]);
+        assert!(!stopped);
+        assert_eq!(out.concat(), "THE ENVOY");
+        assert_eq!(out[0], "");
+    }
+}

@@ -1,0 +1,124 @@
+//! Scalar reference kernels: the simplest correct loops, accumulating in f64.
+//!
+//! They define what every tier must compute and are the oracle the kernel
+//! tests compare each tier against. Nothing on a hot path calls them.
+
+/// `out (n_tok, rows) = x (n_tok, k) @ w (rows, k)^T`.
+pub fn matmul_f32(w: &[f32], k: usize, x: &[f32], n_tok: usize) -> Vec<f32> {
+    let rows = w.len() / k;
+    let mut out = vec![0.0; n_tok * rows];
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let s: f64 = (0..k)
+                .map(|j| w[r * k + j] as f64 * x[t * k + j] as f64)
+                .sum();
+            out[t * rows + r] = s as f32;
+        }
+    }
+    out
+}
+
+/// Group quantization: per group of `gs`, scale = max|x| / 127 and
+/// q = round half away from zero of x / scale (0 for an all-zero group).
+pub fn quantize_q8(x: &[f32], gs: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let mut s = vec![0.0f32; x.len() / gs];
+    for (g, group) in x.chunks_exact(gs).enumerate() {
+        let amax = group.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        s[g] = scale;
+        for (j, &v) in group.iter().enumerate() {
+            q[g * gs + j] = if scale > 0.0 {
+                (v / scale).round() as i8
+            } else {
+                0
+            };
+        }
+    }
+    (q, s)
+}
+
+/// The group-quantized product with exact integer group sums.
+pub fn matmul_q8(
+    wq: &[i8],
+    ws: &[f32],
+    k: usize,
+    gs: usize,
+    xq: &[i8],
+    xs: &[f32],
+    n_tok: usize,
+) -> Vec<f32> {
+    let rows = wq.len() / k;
+    let ng = k / gs;
+    let mut out = vec![0.0; n_tok * rows];
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let mut s = 0.0f64;
+            for g in 0..ng {
+                let i: i64 = (0..gs)
+                    .map(|j| wq[r * k + g * gs + j] as i64 * xq[t * k + g * gs + j] as i64)
+                    .sum();
+                s += i as f64 * ws[r * ng + g] as f64 * xs[t * ng + g] as f64;
+            }
+            out[t * rows + r] = s as f32;
+        }
+    }
+    out
+}
+
+/// Softmax of a slice.
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| (v / sum) as f32).collect()
+}
+
+/// Attention of one query over `n_pos` positions (see `Kernels::attend`).
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    n_pos: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let hd = q.len();
+    let scores: Vec<f32> = (0..n_pos)
+        .map(|p| {
+            let s: f64 = (0..hd)
+                .map(|j| q[j] as f64 * keys[p * stride + j] as f64)
+                .sum();
+            (s * scale as f64) as f32
+        })
+        .collect();
+    let probs = softmax(&scores);
+    (0..hd)
+        .map(|j| {
+            (0..n_pos)
+                .map(|p| probs[p] as f64 * values[p * stride + j] as f64)
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// RMSNorm: `w * x / sqrt(mean(x^2) + eps)`.
+pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let inv = 1.0 / (ms + eps as f64).sqrt();
+    x.iter()
+        .zip(w)
+        .map(|(&v, &g)| (g as f64 * v as f64 * inv) as f32)
+        .collect()
+}
+
+/// `silu(a) * b`, element-wise.
+pub fn silu_mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let x = x as f64;
+            (x / (1.0 + (-x).exp()) * y as f64) as f32
+        })
+        .collect()
+}

@@ -1,0 +1,555 @@
+//! The Llama forward pass.
+//!
+//! A batch of `T` consecutive tokens goes through each block together, so
+//! every weight matrix is read once per batch (matrix-matrix products for a
+//! prompt, matrix-vector products when decoding one token at a time). Each
+//! product is one parallel region over the rows of its weights; the few
+//! cheap element-wise steps run on the calling thread. All buffers live in
+//! [`Scratch`], sized once: nothing is allocated per token.
+//!
+//! Shapes below use `T` for the batch, `D` for `dim`, `Q` for
+//! `n_heads * head_dim`, `KV` for `n_kv_heads * head_dim`, `H` for
+//! `hidden_dim` and `V` for `vocab_size`.
+
+use crate::config::Config;
+use crate::kernels::Kernels;
+use crate::kv_cache::KvCache;
+use crate::pool::ThreadPool;
+use crate::weights::{DType, MatData, MatRef, Weights};
+use std::ops::Range;
+
+/// Which logits a forward pass writes.
+#[derive(Debug)]
+pub enum Logits<'a> {
+    /// None (the batch only fills the cache).
+    None,
+    /// The last token's: `(V,)`.
+    Last(&'a mut [f32]),
+    /// Every token's: `(T, V)`.
+    All(&'a mut [f32]),
+}
+
+/// Working memory of the forward pass, sized for a batch of `max_batch`.
+#[derive(Debug)]
+pub struct Scratch {
+    max_batch: usize,
+    /// `(T, D)` the residual stream
+    x: Vec<f32>,
+    /// `(T, D)` the normalised input of a sub-layer
+    xb: Vec<f32>,
+    /// `(T, Q)` queries
+    q: Vec<f32>,
+    /// `(T, Q)` attention output
+    att: Vec<f32>,
+    /// `(T, H)` gate, then the gated activation
+    hb: Vec<f32>,
+    /// `(T, H)` up projection
+    hb2: Vec<f32>,
+    /// `(T, D)` output of a sub-layer before the residual add
+    proj: Vec<f32>,
+    /// `(n_threads, max_len)` attention scores, one row per thread
+    scores: Vec<f32>,
+    /// `(T, max(D, Q, H))` activations quantized for int8 weights, and
+    /// `(T, max(D, Q, H) / group_size)` their scales
+    xq: Vec<i8>,
+    xs: Vec<f32>,
+    /// `(head_dim / 2,)` rotary frequencies
+    inv_freq: Vec<f32>,
+    /// `(T, head_dim / 2)` cosines and sines of the batch's positions
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Scratch {
+    /// Buffers for batches of up to `max_batch` tokens, `max_len` positions
+    /// and `n_threads` threads.
+    pub fn new(
+        c: &Config,
+        weights: &Weights,
+        max_batch: usize,
+        max_len: usize,
+        n_threads: usize,
+    ) -> Self {
+        let widest = c.dim.max(c.q_dim()).max(c.hidden_dim);
+        let quantized = match weights.embedding.dtype {
+            DType::F32 => 0,
+            DType::Q8Group { .. } => 1,
+        };
+        let half = c.head_dim / 2;
+        // Each pair (2j, 2j+1) of a head turns at pos * theta^(-2j / head_dim),
+        // computed in f32 with the same operations as llama2.c's run.c.
+        let inv_freq = (0..half)
+            .map(|j| 1.0 / c.rope_theta.powf((2 * j) as f32 / c.head_dim as f32))
+            .collect();
+        Scratch {
+            max_batch,
+            x: vec![0.0; max_batch * c.dim],
+            xb: vec![0.0; max_batch * c.dim],
+            q: vec![0.0; max_batch * c.q_dim()],
+            att: vec![0.0; max_batch * c.q_dim()],
+            hb: vec![0.0; max_batch * c.hidden_dim],
+            hb2: vec![0.0; max_batch * c.hidden_dim],
+            proj: vec![0.0; max_batch * c.dim],
+            scores: vec![0.0; n_threads * max_len],
+            xq: vec![0; quantized * max_batch * widest],
+            xs: vec![0.0; quantized * max_batch * widest],
+            inv_freq,
+            cos: vec![0.0; max_batch * half],
+            sin: vec![0.0; max_batch * half],
+        }
+    }
+
+    /// The largest batch a forward pass takes.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+}
+
+/// Everything a forward pass reads besides its scratch and cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Engine<'a> {
+    pub config: &'a Config,
+    pub weights: &'a Weights,
+    pub kernels: &'static Kernels,
+    pub pool: &'a ThreadPool,
+}
+
+/// Runs `tokens` (at most `max_batch`, ids already checked against the
+/// vocabulary) through the model after the positions in `cache`, appends
+/// their keys and values to it, and writes the requested logits.
+///
+/// The caller has checked that the cache has room (`cache.reserve`).
+pub fn forward(
+    e: Engine<'_>,
+    cache: &mut KvCache,
+    s: &mut Scratch,
+    tokens: &[u32],
+    logits: Logits<'_>,
+) {
+    let c = e.config;
+    let w = e.weights;
+    let n = tokens.len();
+    assert!(n >= 1 && n <= s.max_batch);
+    let (dim, q_dim, kv_dim, hid) = (c.dim, c.q_dim(), c.kv_dim(), c.hidden_dim);
+    let p0 = cache
+        .reserve(n)
+        .expect("the caller checked the context length");
+
+    // Embeddings: x[t] = embedding[tokens[t]]                       (T, D)
+    let emb = w.matrix(&w.embedding);
+    for (t, &tok) in tokens.iter().enumerate() {
+        emb.row_into(tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
+    }
+
+    // Rotary angles of positions p0..p0+T                            (T, head_dim/2)
+    let half = c.head_dim / 2;
+    for t in 0..n {
+        let pos = (p0 + t) as f32;
+        for j in 0..half {
+            let a = pos * s.inv_freq[j];
+            s.cos[t * half + j] = a.cos();
+            s.sin[t * half + j] = a.sin();
+        }
+    }
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        // ---- attention ----------------------------------------------------
+        rmsnorm_rows(e, &s.x, w.vector(&lw.attn_norm), &mut s.xb, n, dim);
+
+        // q = xb @ wq^T (T, Q); k, v = xb @ wk^T, xb @ wv^T written straight
+        // into the cache at positions p0..p0+T                         (T, KV)
+        let (kc, vc) = cache.layer_mut(l);
+        let input = Input::prepare(e, &s.xb, n, dim, &lw.wq.dtype, &mut s.xq, &mut s.xs);
+        let outs = [
+            Out::new(&mut s.q[..n * q_dim], q_dim),
+            Out::new(&mut kc[p0 * kv_dim..(p0 + n) * kv_dim], kv_dim),
+            Out::new(&mut vc[p0 * kv_dim..(p0 + n) * kv_dim], kv_dim),
+        ];
+        let mats = [w.matrix(&lw.wq), w.matrix(&lw.wk), w.matrix(&lw.wv)];
+        par_matmul(e, &mats, &outs, &input, n, |_, _| {});
+
+        // RoPE on the queries and the new keys, pairs (2j, 2j+1) of each head.
+        for t in 0..n {
+            let (cos, sin) = (
+                &s.cos[t * half..(t + 1) * half],
+                &s.sin[t * half..(t + 1) * half],
+            );
+            rope(&mut s.q[t * q_dim..(t + 1) * q_dim], c.head_dim, cos, sin);
+            rope(
+                &mut kc[(p0 + t) * kv_dim..(p0 + t + 1) * kv_dim],
+                c.head_dim,
+                cos,
+                sin,
+            );
+        }
+
+        // Causal attention of each (token, head) over positions 0..=p0+t.
+        attention(e, kc, vc, s, n, p0);
+
+        // x += att @ wo^T                                               (T, D)
+        let input = Input::prepare(e, &s.att, n, q_dim, &lw.wo.dtype, &mut s.xq, &mut s.xs);
+        let x = SyncPtr(s.x.as_mut_ptr());
+        let proj = SyncPtr(s.proj.as_mut_ptr());
+        par_matmul(
+            e,
+            &[w.matrix(&lw.wo)],
+            &[Out::new(&mut s.proj[..n * dim], dim)],
+            &input,
+            n,
+            |_, rows| {
+                // SAFETY: each chunk owns columns `rows` of x and proj.
+                unsafe { add_columns(x, proj, dim, n, rows) }
+            },
+        );
+
+        // ---- feed-forward -------------------------------------------------
+        rmsnorm_rows(e, &s.x, w.vector(&lw.ffn_norm), &mut s.xb, n, dim);
+
+        // hb = silu(xb @ w1^T) * (xb @ w3^T)                           (T, H)
+        let input = Input::prepare(e, &s.xb, n, dim, &lw.w1.dtype, &mut s.xq, &mut s.xs);
+        let (hb, hb2) = (SyncPtr(s.hb.as_mut_ptr()), SyncPtr(s.hb2.as_mut_ptr()));
+        let outs = [
+            Out::new(&mut s.hb[..n * hid], hid),
+            Out::new(&mut s.hb2[..n * hid], hid),
+        ];
+        par_matmul_paired(
+            e,
+            [w.matrix(&lw.w1), w.matrix(&lw.w3)],
+            &outs,
+            &input,
+            n,
+            |rows| {
+                for t in 0..n {
+                    let at = t * hid + rows.start;
+                    // SAFETY: this chunk alone computed (and now owns) these columns.
+                    unsafe {
+                        let a = std::slice::from_raw_parts_mut(hb.get().add(at), rows.len());
+                        let b = std::slice::from_raw_parts(hb2.get().add(at), rows.len());
+                        e.kernels.silu_mul(a, b);
+                    }
+                }
+            },
+        );
+
+        // x += hb @ w2^T                                                (T, D)
+        let input = Input::prepare(e, &s.hb, n, hid, &lw.w2.dtype, &mut s.xq, &mut s.xs);
+        let x = SyncPtr(s.x.as_mut_ptr());
+        let proj = SyncPtr(s.proj.as_mut_ptr());
+        par_matmul(
+            e,
+            &[w.matrix(&lw.w2)],
+            &[Out::new(&mut s.proj[..n * dim], dim)],
+            &input,
+            n,
+            |_, rows| {
+                // SAFETY: each chunk owns columns `rows` of x and proj.
+                unsafe { add_columns(x, proj, dim, n, rows) }
+            },
+        );
+    }
+    cache.commit(n);
+
+    // ---- classifier ---------------------------------------------------------
+    let (first, out) = match logits {
+        Logits::None => return,
+        Logits::Last(out) => (n - 1, out),
+        Logits::All(out) => (0, out),
+    };
+    let rows = n - first;
+    assert_eq!(out.len(), rows * c.vocab_size);
+    rmsnorm_rows(
+        e,
+        &s.x[first * dim..],
+        w.vector(&w.final_norm),
+        &mut s.xb,
+        rows,
+        dim,
+    );
+    let cls = w.classifier.clone();
+    let input = Input::prepare(e, &s.xb, rows, dim, &cls.dtype, &mut s.xq, &mut s.xs);
+    par_matmul(
+        e,
+        &[w.matrix(&cls)],
+        &[Out::new(out, c.vocab_size)],
+        &input,
+        rows,
+        |_, _| {},
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A raw pointer that threads may share; each uses a disjoint part.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+
+impl<T> SyncPtr<T> {
+    /// The pointer. (A method, so closures capture the `Sync` wrapper.)
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: users only write disjoint elements from different threads.
+unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+/// A `(T, ld)` output matrix that threads fill by disjoint column ranges.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: SyncPtr<f32>,
+    ld: usize,
+}
+
+impl Out {
+    /// Wraps `buf`, which must hold whole rows of `ld`.
+    fn new(buf: &mut [f32], ld: usize) -> Self {
+        assert!(buf.len().is_multiple_of(ld));
+        Out {
+            ptr: SyncPtr(buf.as_mut_ptr()),
+            ld,
+        }
+    }
+}
+
+/// The input of a group of products: f32 activations, or the same quantized
+/// for int8 weights.
+enum Input<'a> {
+    F32 {
+        x: &'a [f32],
+        k: usize,
+    },
+    Q8 {
+        q: &'a [i8],
+        s: &'a [f32],
+        gs: usize,
+    },
+}
+
+impl<'a> Input<'a> {
+    /// The `(T, k)` activations `x` in the form weights of `dtype` take.
+    fn prepare(
+        e: Engine<'_>,
+        x: &'a [f32],
+        n: usize,
+        k: usize,
+        dtype: &DType,
+        xq: &'a mut [i8],
+        xs: &'a mut [f32],
+    ) -> Input<'a> {
+        match *dtype {
+            DType::F32 => Input::F32 { x: &x[..n * k], k },
+            DType::Q8Group { group_size: gs } => {
+                let (q, s) = (&mut xq[..n * k], &mut xs[..n * k / gs]);
+                e.kernels.quantize_q8(&x[..n * k], gs, q, s);
+                Input::Q8 { q, s, gs }
+            }
+        }
+    }
+}
+
+/// `out[t, r] = w[r] . input[t]` for the rows of `w`.
+fn matmul_chunk(
+    e: Engine<'_>,
+    w: &MatRef<'_>,
+    input: &Input<'_>,
+    n: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    match (&w.data, input) {
+        (MatData::F32(wd), Input::F32 { x, k }) => {
+            // SAFETY: the caller gives this chunk exclusive use of its columns.
+            unsafe { e.kernels.matmul_f32_into(wd, *k, x, *k, n, out, ldo) }
+        }
+        (
+            MatData::Q8Group {
+                q: wq,
+                s: ws,
+                group_size,
+            },
+            Input::Q8 { q, s, gs },
+        ) => {
+            assert_eq!(group_size, gs);
+            // SAFETY: as above.
+            unsafe {
+                e.kernels
+                    .matmul_q8_into(wq, ws, w.cols, *gs, q, s, n, out, ldo)
+            }
+        }
+        _ => unreachable!("the input was prepared for this matrix's dtype"),
+    }
+}
+
+/// Rows per parallel chunk: enough chunks to balance the threads, few enough
+/// rows that a chunk's weights stay in cache while every token of the batch
+/// passes over them, and enough work per chunk (`MIN_CHUNK_WORK`
+/// multiply-adds) that a region is worth starting; a product smaller than
+/// one chunk runs on the calling thread alone.
+fn chunk_rows(e: Engine<'_>, rows: usize, k: usize, n: usize) -> usize {
+    let balance = rows.div_ceil(8 * e.pool.n_threads());
+    let cached = if n > 1 {
+        (64 * 1024 / k).max(1)
+    } else {
+        usize::MAX
+    };
+    let worth = MIN_CHUNK_WORK.div_ceil(k * n);
+    balance.min(cached).max(worth).next_multiple_of(16)
+}
+
+/// The least work (multiply-adds) worth handing to another thread.
+const MIN_CHUNK_WORK: usize = 32 * 1024;
+
+/// Computes the products of several matrices that share an input, as one
+/// parallel region over all their rows. `done(matrix, rows)` runs on the
+/// thread that computed a chunk, right after it.
+fn par_matmul<F>(
+    e: Engine<'_>,
+    mats: &[MatRef<'_>],
+    outs: &[Out],
+    input: &Input<'_>,
+    n: usize,
+    done: F,
+) where
+    F: Fn(usize, Range<usize>) + Sync,
+{
+    let chunk = chunk_rows(
+        e,
+        mats.iter().map(|m| m.rows).max().unwrap_or(0),
+        mats[0].cols,
+        n,
+    );
+    // Chunk i of matrix m is unit (units before m) + i.
+    let mut units = [0usize; 4];
+    for (u, m) in units.iter_mut().zip(mats) {
+        *u = m.rows.div_ceil(chunk);
+    }
+    assert!(mats.len() <= units.len());
+    let total: usize = units.iter().sum();
+    e.pool.for_chunks(total, 1, |_, range| {
+        for mut u in range {
+            let mut m = 0;
+            while u >= units[m] {
+                u -= units[m];
+                m += 1;
+            }
+            let rows = u * chunk..((u + 1) * chunk).min(mats[m].rows);
+            let out = outs[m];
+            // SAFETY: `rows` of matrix m belong to this chunk alone.
+            let ptr = unsafe { out.ptr.get().add(rows.start) };
+            matmul_chunk(e, &mats[m].slice_rows(rows.clone()), input, n, ptr, out.ld);
+            done(m, rows);
+        }
+    });
+}
+
+/// Computes two products of the same shape chunk by chunk, the same rows of
+/// both in one chunk, then `done(rows)` on them (the SwiGLU gate).
+fn par_matmul_paired<F>(
+    e: Engine<'_>,
+    mats: [MatRef<'_>; 2],
+    outs: &[Out; 2],
+    input: &Input<'_>,
+    n: usize,
+    done: F,
+) where
+    F: Fn(Range<usize>) + Sync,
+{
+    let rows = mats[0].rows;
+    let chunk = chunk_rows(e, rows, mats[0].cols, n);
+    e.pool.for_chunks(rows.div_ceil(chunk), 1, |_, range| {
+        for u in range {
+            let rows = u * chunk..((u + 1) * chunk).min(rows);
+            for (m, out) in mats.iter().zip(outs) {
+                // SAFETY: `rows` of both matrices belong to this chunk alone.
+                let ptr = unsafe { out.ptr.get().add(rows.start) };
+                matmul_chunk(e, &m.slice_rows(rows.clone()), input, n, ptr, out.ld);
+            }
+            done(rows);
+        }
+    });
+}
+
+/// `x[t, cols] += proj[t, cols]` for every token of the batch.
+///
+/// # Safety
+/// The caller has exclusive use of columns `cols` of both `(n, ld)` matrices.
+unsafe fn add_columns(
+    x: SyncPtr<f32>,
+    proj: SyncPtr<f32>,
+    ld: usize,
+    n: usize,
+    cols: Range<usize>,
+) {
+    for t in 0..n {
+        for j in cols.clone() {
+            // SAFETY: inside the caller's columns of the two matrices.
+            unsafe { *x.get().add(t * ld + j) += *proj.get().add(t * ld + j) }
+        }
+    }
+}
+
+/// RMSNorm of `n` rows of `dim`: `out[t] = norm(x[t]) * w`.
+fn rmsnorm_rows(e: Engine<'_>, x: &[f32], w: &[f32], out: &mut [f32], n: usize, dim: usize) {
+    for t in 0..n {
+        e.kernels.rmsnorm(
+            &x[t * dim..(t + 1) * dim],
+            w,
+            e.config.norm_eps,
+            &mut out[t * dim..(t + 1) * dim],
+        );
+    }
+}
+
+/// Rotates the pairs `(2j, 2j+1)` of every head in `v` by the angles whose
+/// cosines and sines are given (llama2.c's interleaved layout).
+fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    for head in v.chunks_exact_mut(head_dim) {
+        for (pair, (&c, &s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+/// Attention for every (token, query head) of the batch, in parallel.
+fn attention(e: Engine<'_>, kc: &[f32], vc: &[f32], s: &mut Scratch, n: usize, p0: usize) {
+    let c = e.config;
+    let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
+    let group = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let max_len = s.scores.len() / e.pool.n_threads();
+    let q = &s.q;
+    let (att, scores) = (SyncPtr(s.att.as_mut_ptr()), SyncPtr(s.scores.as_mut_ptr()));
+    // Enough (token, head) items per chunk to be worth a thread.
+    let per_item = hd * (p0 + n);
+    let chunk = MIN_CHUNK_WORK.div_ceil(2 * per_item);
+    e.pool.for_chunks(n * c.n_heads, chunk, |thread, range| {
+        for item in range {
+            let (t, h) = (item / c.n_heads, item % c.n_heads);
+            let n_pos = p0 + t + 1;
+            let kv = (h / group) * hd;
+            // SAFETY: each (t, h) owns its head of `att`; each thread owns
+            // its row of `scores`.
+            let (out, sc) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(att.get().add(t * q_dim + h * hd), hd),
+                    std::slice::from_raw_parts_mut(scores.get().add(thread * max_len), max_len),
+                )
+            };
+            e.kernels.attend(
+                &q[t * q_dim + h * hd..][..hd],
+                &kc[kv..],
+                &vc[kv..],
+                kv_dim,
+                n_pos,
+                scale,
+                sc,
+                out,
+            );
+        }
+    });
+}

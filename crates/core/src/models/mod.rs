@@ -1,0 +1,3 @@
+//! Model families, one file each, named after Hugging Face's `model_type`.
+
+pub mod llama;

@@ -1,0 +1,60 @@
+//! The engine against run.c's own output on the real stories260K model.
+
+mod common;
+
+use common::model_path;
+use std::sync::Arc;
+use tinyllm_core::{
+    GenerateConfig, Generation, Model, SamplerConfig, Session, SessionOptions, Tokenizer,
+};
+
+fn greedy(max_tokens: usize) -> GenerateConfig {
+    GenerateConfig {
+        max_tokens,
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop: vec![],
+    }
+}
+
+fn open(n_threads: usize, max_batch: usize) -> (Session, Tokenizer) {
+    let model = Arc::new(Model::open(model_path("stories260K.bin")).unwrap());
+    let tok = Tokenizer::open(&model_path("tok512.bin")).unwrap();
+    let opts = SessionOptions {
+        n_threads: Some(n_threads),
+        max_batch: Some(max_batch),
+        ..Default::default()
+    };
+    (Session::new(model, &opts).unwrap(), tok)
+}
+
+#[test]
+fn greedy_story_equals_run_c_byte_for_byte() {
+    let want = std::fs::read_to_string(model_path("stories260K.greedy256.txt")).unwrap();
+    for threads in [1, 2, 3] {
+        let (mut s, tok) = open(threads, 64);
+        let text = Generation::new(&mut s, &[1], &greedy(256))
+            .unwrap()
+            .run(&mut s, &tok)
+            .unwrap();
+        assert_eq!(text + "\n", want, "{threads} threads");
+    }
+}
+
+#[test]
+fn greedy_continuation_of_a_prompt_matches_run_c() {
+    let (mut s, tok) = open(2, 7);
+    let prompt = tok.encode("Once upon a time, a little dog", true);
+    let text = Generation::new(&mut s, &prompt, &greedy(40))
+        .unwrap()
+        .run(&mut s, &tok)
+        .unwrap();
+    assert!(
+        text.starts_with(
+            " named Max was very excited. He loved to play with his toys and run around the house."
+        ),
+        "{text:?}"
+    );
+}

@@ -1,0 +1,353 @@
+//! The `tinyllm._tinyllm` extension module: a thin layer that turns the
+//! engine's types into Python ones.
+//!
+//! Arguments are converted to Rust values first; the forward pass then runs
+//! with the GIL released, and signals (Ctrl-C) are checked between prompt
+//! batches and between tokens, so an interrupt surfaces as
+//! `KeyboardInterrupt` and leaves the model usable. Every engine error is
+//! mapped to a Python exception in one place, [`to_py_err`].
+
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyIsADirectoryError, PyOSError, PyPermissionError, PyRuntimeError,
+    PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tinyllm_core::generate::{GenerateConfig, Generation, Step};
+use tinyllm_core::{Error, Model, SamplerConfig, Session, SessionOptions, Tokenizer};
+
+pyo3::create_exception!(
+    tinyllm,
+    ModelFormatError,
+    PyValueError,
+    "A model or tokenizer file is truncated, corrupt, of an unknown kind, or does not fit the model."
+);
+pyo3::create_exception!(
+    tinyllm,
+    ContextLengthError,
+    PyValueError,
+    "A prompt (or a conversation) is longer than the model's context."
+);
+
+/// Maps an engine error to the Python exception a user expects.
+fn to_py_err(e: Error) -> PyErr {
+    match e {
+        Error::Io {
+            ref path,
+            ref source,
+        } => {
+            let args = (
+                source.raw_os_error().unwrap_or(0),
+                source.to_string(),
+                path.display().to_string(),
+            );
+            match source.kind() {
+                std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(args),
+                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(args),
+                std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(args),
+                _ => PyOSError::new_err(args),
+            }
+        }
+        Error::Format { .. } => ModelFormatError::new_err(e.to_string()),
+        Error::ContextLength { .. } => ContextLengthError::new_err(e.to_string()),
+        Error::InvalidArgument(msg) => PyValueError::new_err(msg),
+    }
+}
+
+/// Finds the tokenizer of a llama2.c model that was given none: beside the
+/// model, `tokenizer.bin` or `tok{vocab_size}.bin`.
+fn find_tokenizer(model: &Model) -> PyResult<PathBuf> {
+    let dir = model.path.parent().unwrap_or(Path::new("."));
+    let names = [
+        "tokenizer.bin".to_string(),
+        format!("tok{}.bin", model.config.vocab_size),
+    ];
+    for name in &names {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(PyFileNotFoundError::new_err(format!(
+        "{}: no tokenizer was given and none was found beside the model (looked for {} in {}); \
+         pass tokenizer=PATH",
+        model.path.display(),
+        names.join(" and "),
+        dir.display()
+    )))
+}
+
+/// The engine behind `tinyllm.Model`: a model, its tokenizer and a session.
+#[pyclass(module = "tinyllm._tinyllm")]
+struct Engine {
+    session: Session,
+    tokenizer: Arc<Tokenizer>,
+    tokenizer_path: PathBuf,
+    /// Bumped by every call that changes the session, so a stale `Stream`
+    /// can tell it no longer owns the KV cache.
+    epoch: u64,
+}
+
+#[pymethods]
+impl Engine {
+    /// Opens a model file and its tokenizer (found beside the model when
+    /// `tokenizer` is None).
+    #[new]
+    #[pyo3(signature = (path, tokenizer=None, *, n_threads=None, context_length=None, max_batch=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        tokenizer: Option<PathBuf>,
+        n_threads: Option<usize>,
+        context_length: Option<usize>,
+        max_batch: Option<usize>,
+    ) -> PyResult<Self> {
+        let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
+        let tokenizer_path = match tokenizer {
+            Some(p) => p,
+            None => find_tokenizer(&model)?,
+        };
+        let tok = Tokenizer::open(&tokenizer_path).map_err(to_py_err)?;
+        model
+            .check_tokenizer(&tokenizer_path, tok.vocab_size())
+            .map_err(to_py_err)?;
+        let options = SessionOptions {
+            n_threads,
+            context_length,
+            max_batch,
+        };
+        let session = Session::new(Arc::new(model), &options).map_err(to_py_err)?;
+        Ok(Engine {
+            session,
+            tokenizer: Arc::new(tok),
+            tokenizer_path,
+            epoch: 0,
+        })
+    }
+
+    /// The model's dimensions, as a dict.
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.session.model().config;
+        let d = PyDict::new(py);
+        d.set_item("dim", c.dim)?;
+        d.set_item("hidden_dim", c.hidden_dim)?;
+        d.set_item("n_layers", c.n_layers)?;
+        d.set_item("n_heads", c.n_heads)?;
+        d.set_item("n_kv_heads", c.n_kv_heads)?;
+        d.set_item("vocab_size", c.vocab_size)?;
+        d.set_item("seq_len", c.seq_len)?;
+        d.set_item("head_dim", c.head_dim)?;
+        d.set_item("rope_theta", c.rope_theta)?;
+        d.set_item("norm_eps", c.norm_eps)?;
+        Ok(d)
+    }
+
+    /// Facts about the loaded model and the running session, as a dict.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.session;
+        let m = s.model();
+        let d = PyDict::new(py);
+        d.set_item("path", m.path.display().to_string())?;
+        d.set_item("tokenizer_path", self.tokenizer_path.display().to_string())?;
+        d.set_item("format", m.kind.describe())?;
+        d.set_item("file_bytes", m.weights.file_bytes().len())?;
+        d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
+        d.set_item("kv_cache_bytes", s.kv_cache_bytes())?;
+        d.set_item("context_length", s.context_length())?;
+        d.set_item("n_threads", s.n_threads())?;
+        d.set_item("max_batch", s.max_batch())?;
+        d.set_item("isa", s.kernels().isa().name())?;
+        d.set_item("cached_tokens", s.tokens().len())?;
+        Ok(d)
+    }
+
+    /// Token ids of `text` (llama2.c's encoder; BOS first if `add_bos`).
+    #[pyo3(signature = (text, add_bos=true))]
+    fn tokenize(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        self.tokenizer.encode(text, add_bos)
+    }
+
+    /// The text of `ids` (BOS and EOS give no text; ids out of range are an error).
+    fn detokenize(&self, ids: Vec<u32>) -> PyResult<String> {
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(PyValueError::new_err(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
+        }
+        Ok(self.tokenizer.decode(&ids))
+    }
+
+    /// Logits of every position of `ids`, `(len(ids), vocab_size)` float32,
+    /// computed from an empty KV cache.
+    fn logits<'py>(&mut self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyAny>> {
+        self.epoch += 1;
+        let vocab = self.session.model().config.vocab_size;
+        self.session.reset();
+        self.session.check(&ids, 0).map_err(to_py_err)?;
+        let mut out = vec![0.0f32; ids.len() * vocab];
+        let batch = self.session.max_batch();
+        for (chunk, rows) in ids.chunks(batch).zip(out.chunks_mut(batch * vocab)) {
+            let session = &mut self.session;
+            py.detach(|| session.feed_all_logits(chunk, rows))
+                .map_err(to_py_err)?;
+            py.check_signals()?;
+        }
+        let arr = PyArray1::from_vec(py, out);
+        Ok(arr.reshape([ids.len(), vocab])?.into_any())
+    }
+
+    /// Starts generating after `prompt` (token ids); returns a `Stream` that
+    /// yields the text as it decodes.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop))]
+    fn generate(
+        slf: Bound<'_, Self>,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+        repeat_penalty: f32,
+        seed: u64,
+        stop: Vec<String>,
+    ) -> PyResult<Stream> {
+        let config = GenerateConfig {
+            max_tokens,
+            sampler: SamplerConfig {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repeat_penalty,
+                seed,
+                ..SamplerConfig::default()
+            },
+            stop,
+        };
+        let mut this = slf.borrow_mut();
+        this.epoch += 1;
+        let generation = Generation::new(&mut this.session, &prompt, &config).map_err(to_py_err)?;
+        Ok(Stream {
+            engine: slf.clone().unbind(),
+            epoch: this.epoch,
+            generation,
+            done: false,
+        })
+    }
+
+    /// Empties the KV cache.
+    fn reset(&mut self) {
+        self.epoch += 1;
+        self.session.reset();
+    }
+}
+
+/// Text pieces of a generation, as they decode. Iterate it; afterwards
+/// `finish_reason`, `stats` and `tokens` describe what happened.
+#[pyclass(module = "tinyllm._tinyllm")]
+struct Stream {
+    engine: Py<Engine>,
+    epoch: u64,
+    generation: Generation,
+    done: bool,
+}
+
+#[pymethods]
+impl Stream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut engine = self.engine.bind(py).try_borrow_mut().map_err(|_| {
+            PyRuntimeError::new_err(
+                "the model is busy in another thread; a model runs one generation at a time",
+            )
+        })?;
+        if engine.epoch != self.epoch {
+            self.done = true;
+            return Err(PyRuntimeError::new_err(
+                "this stream was abandoned: a later call on the same model replaced its state",
+            ));
+        }
+        let Engine {
+            session, tokenizer, ..
+        } = &mut *engine;
+        loop {
+            let generation = &mut self.generation;
+            let step = py
+                .detach(|| generation.step(session, tokenizer))
+                .map_err(|e| {
+                    self.done = true;
+                    to_py_err(e)
+                })?;
+            py.check_signals()?;
+            match step {
+                Step::Prompt => {}
+                Step::Text(t) if t.is_empty() => {}
+                Step::Text(t) => return Ok(Some(t)),
+                Step::Done(t, _) => {
+                    self.done = true;
+                    return Ok(if t.is_empty() { None } else { Some(t) });
+                }
+            }
+        }
+    }
+
+    /// "stop" (end of text or a stop string), "length" (max_tokens or a full
+    /// context), or None while the stream is running.
+    #[getter]
+    fn finish_reason(&self) -> Option<&'static str> {
+        self.generation.finish_reason().map(|r| r.as_str())
+    }
+
+    /// The generated token ids so far.
+    #[getter]
+    fn tokens(&self) -> Vec<u32> {
+        self.generation.generated().to_vec()
+    }
+
+    /// Token counts and times of the prompt and of the generation, as a dict.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.generation.stats();
+        let d = PyDict::new(py);
+        d.set_item("prompt_tokens", s.prompt_tokens)?;
+        d.set_item("reused_tokens", s.reused_tokens)?;
+        d.set_item("prompt_seconds", s.prompt_time.as_secs_f64())?;
+        d.set_item("generated_tokens", s.generated_tokens)?;
+        d.set_item("generate_seconds", s.generate_time.as_secs_f64())?;
+        Ok(d)
+    }
+}
+
+/// The names of the kernel tiers this CPU runs, best last.
+#[pyfunction]
+fn available_isas() -> Vec<&'static str> {
+    tinyllm_core::kernels::Isa::ALL
+        .into_iter()
+        .filter(|i| i.is_available())
+        .map(|i| i.name())
+        .collect()
+}
+
+#[pymodule]
+fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<Stream>()?;
+    m.add_function(wrap_pyfunction!(available_isas, m)?)?;
+    m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
+    m.add(
+        "ContextLengthError",
+        m.py().get_type::<ContextLengthError>(),
+    )?;
+    Ok(())
+}

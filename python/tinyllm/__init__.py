@@ -1,0 +1,26 @@
+"""tinyllm: run Llama-family language models on your own machine.
+
+>>> import tinyllm
+>>> model = tinyllm.Model.default()          # the built-in stories260K
+>>> print(model.generate("Once upon a time", max_tokens=50))
+
+``tinyllm.Model(path, tokenizer=None)`` opens llama2.c model files; its
+``generate``, ``stream``, ``tokenize``, ``detokenize``, ``logits`` and
+``chat`` do the rest. The engine is written in Rust and runs with the GIL
+released.
+"""
+
+from tinyllm._model import Model, ModelConfig, Stream
+from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
+
+__all__ = [
+    "ContextLengthError",
+    "Model",
+    "ModelConfig",
+    "ModelFormatError",
+    "Stream",
+    "__version__",
+    "available_isas",
+]
+
+__version__ = "0.1.0"

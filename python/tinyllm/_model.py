@@ -1,0 +1,277 @@
+"""The Python face of the engine: :class:`Model`."""
+
+from __future__ import annotations
+
+import operator
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Union
+
+from tinyllm import _tinyllm
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+PathLike = Union[str, "os.PathLike[str]"]
+Prompt = Union[str, Sequence[int]]
+
+#: The model shipped inside the package (see NOTICE): Karpathy's stories260K.
+BUILTIN_MODEL = "stories260K.bin"
+BUILTIN_TOKENIZER = "tok512.bin"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The dimensions of a model."""
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    seq_len: int
+    head_dim: int
+    rope_theta: float
+    norm_eps: float
+
+
+class Model:
+    """A language model loaded from a file, ready to generate text.
+
+    Args:
+        path: the model file. llama2.c files are read in all three layouts
+            (legacy f32, ``export.py`` version 1 f32 and version 2 int8). The
+            weights are memory-mapped, not copied: a model costs its file size
+            in page cache plus the KV cache and a few buffers.
+        tokenizer: the llama2.c ``tokenizer.bin`` of the model. If None,
+            ``tokenizer.bin`` or ``tok{vocab_size}.bin`` beside the model.
+        n_threads: threads to compute with (default: all available cores).
+        context_length: the most tokens a sequence may hold (default and
+            maximum: the model's ``seq_len``).
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+        ModelFormatError: a file is truncated, corrupt, of an unknown kind, or
+            the tokenizer does not match the model's vocabulary.
+
+    Example:
+        >>> import tinyllm
+        >>> m = tinyllm.Model.default()
+        >>> text = m.generate("Once upon a time", max_tokens=20, temperature=0)
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        tokenizer: PathLike | None = None,
+        *,
+        n_threads: int | None = None,
+        context_length: int | None = None,
+    ) -> None:
+        path = _path("path", path)
+        tok = None if tokenizer is None else _path("tokenizer", tokenizer)
+        if n_threads is not None:
+            _int("n_threads", n_threads, minimum=1)
+        if context_length is not None:
+            _int("context_length", context_length, minimum=1)
+        self._engine = _tinyllm.Engine(
+            path, tok, n_threads=n_threads, context_length=context_length
+        )
+        self.config = ModelConfig(**self._engine.config())
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> Model:
+        """The small model built into the package (stories260K, which tells
+        children's stories), for trying tinyllm out offline."""
+        base = resources.files("tinyllm") / "models"
+        with resources.as_file(base / BUILTIN_MODEL) as model, resources.as_file(
+            base / BUILTIN_TOKENIZER
+        ) as tok:
+            return cls(model, tok, **kwargs)
+
+    # -- facts ---------------------------------------------------------------
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The file's format and size, bytes streamed per token, the KV cache
+        allocated now, threads, the kernel instruction set, and so on."""
+        return self._engine.info()
+
+    @property
+    def context_length(self) -> int:
+        """The most tokens a sequence may hold."""
+        return int(self.info["context_length"])
+
+    def __repr__(self) -> str:
+        i = self.info
+        c = self.config
+        return (
+            f"Model({i['path']!r}, dim={c.dim}, n_layers={c.n_layers}, "
+            f"vocab_size={c.vocab_size}, format={i['format']!r})"
+        )
+
+    # -- tokens --------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text``, BOS first if ``add_bos``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return self._engine.tokenize(text, add_bos)
+
+    def detokenize(self, ids: Iterable[int]) -> str:
+        """The text of token ``ids`` (BOS and EOS give no text)."""
+        return self._engine.detokenize(_ids("ids", ids))
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The next-token logits after each position of ``ids``, as a float32
+        array of shape ``(len(ids), vocab_size)``, computed from an empty KV
+        cache."""
+        return self._engine.logits(_ids("ids", ids))
+
+    # -- generation ----------------------------------------------------------
+
+    def stream(
+        self,
+        prompt: Prompt,
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 0.95,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> Stream:
+        """Like :meth:`generate`, but returns an iterator over the new text
+        as it decodes (never a split UTF-8 character). After the loop the
+        stream's ``finish_reason``, ``tokens`` and ``stats`` tell what
+        happened. Ctrl-C raises ``KeyboardInterrupt`` between tokens and
+        leaves the model usable."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else _ids("prompt", prompt)
+        return self._engine.generate(
+            ids,
+            max_tokens=_int("max_tokens", max_tokens, minimum=0),
+            temperature=_float("temperature", temperature),
+            top_k=_int("top_k", top_k, minimum=0),
+            top_p=_float("top_p", top_p),
+            min_p=_float("min_p", min_p),
+            repeat_penalty=_float("repeat_penalty", repeat_penalty),
+            seed=secrets.randbits(64) if seed is None else _int("seed", seed, minimum=0),
+            stop=_stops(stop),
+        )
+
+    def generate(
+        self,
+        prompt: Prompt,
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 0.95,
+        min_p: float = 0.0,
+        repeat_penalty: float = 1.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+    ) -> str:
+        """Continues ``prompt`` and returns the new text only.
+
+        Args:
+            prompt: text (encoded with BOS first), or token ids as they are.
+            max_tokens: the most tokens to generate.
+            temperature: 0 picks the most likely token each time (greedy);
+                higher values sample more freely.
+            top_k: sample among the ``top_k`` most likely tokens (0: all).
+            top_p: sample among the most likely tokens whose probabilities
+                add up to ``top_p`` (1: all).
+            min_p: drop tokens less likely than ``min_p`` times the most
+                likely one (0: none).
+            repeat_penalty: values above 1 make recent tokens less likely.
+            seed: the same seed and settings give the same text; None draws one.
+            stop: generation ends before the first of these strings appears.
+
+        The model stops at the end of its text (EOS or BOS), at a stop
+        string, after ``max_tokens``, or when the context is full. A prompt
+        longer than the context raises :class:`ContextLengthError`.
+        """
+        stream = self.stream(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            stop=stop,
+        )
+        return "".join(stream)
+
+    def chat(self, system: str | None = None, **options: Any) -> None:
+        """An interactive chat in the terminal, in Llama 2's ``[INST]`` format.
+
+        Commands: ``/reset`` forgets the conversation, ``/system TEXT`` sets
+        the system prompt (and resets), ``/quit`` (or Ctrl-D) leaves; Ctrl-C
+        stops a reply. ``options`` go to :meth:`stream` (``temperature``,
+        ``max_tokens``, ...)."""
+        from tinyllm._chat import chat
+
+        chat(self, system=system, **options)
+
+
+Stream = _tinyllm.Stream
+
+
+# -- argument checks: a clear TypeError or ValueError naming the argument ----
+
+
+def _path(name: str, value: object) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or os.PathLike), not {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise TypeError(f"{name} must be a text path, not bytes")
+    return path
+
+
+def _int(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    return float(value)
+
+
+def _ids(name: str, value: object) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a sequence of token ids, not {type(value).__name__}")
+    ids = []
+    for i in value:
+        if isinstance(i, bool):
+            raise TypeError(f"{name} must hold ints, found bool")
+        try:
+            ids.append(operator.index(i))  # ints and numpy integers
+        except TypeError:
+            raise TypeError(f"{name} must hold ints, found {type(i).__name__}") from None
+        if ids[-1] < 0:
+            raise ValueError(f"{name} holds a negative token id {ids[-1]}")
+    return ids
+
+
+def _stops(stop: object) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, Sequence) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise TypeError("stop must be a str, a sequence of str, or None")

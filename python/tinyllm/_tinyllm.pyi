@@ -1,0 +1,56 @@
+"""Type stubs of the compiled module ``tinyllm._tinyllm`` (checked against
+the built module by ``mypy.stubtest`` in the tests)."""
+
+from typing import Any, final
+
+import numpy as np
+
+class ModelFormatError(ValueError):
+    """A model or tokenizer file is truncated, corrupt, of an unknown kind, or does not fit the model."""
+
+class ContextLengthError(ValueError):
+    """A prompt (or a conversation) is longer than the model's context."""
+
+@final
+class Engine:
+    def __new__(
+        cls,
+        path: str,
+        tokenizer: str | None = None,
+        *,
+        n_threads: int | None = None,
+        context_length: int | None = None,
+        max_batch: int | None = None,
+    ) -> Engine: ...
+    def config(self) -> dict[str, Any]: ...
+    def info(self) -> dict[str, Any]: ...
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
+    def detokenize(self, ids: list[int]) -> str: ...
+    def logits(self, ids: list[int]) -> np.ndarray[Any, np.dtype[np.float32]]: ...
+    def generate(
+        self,
+        prompt: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        repeat_penalty: float,
+        seed: int,
+        stop: list[str],
+    ) -> Stream: ...
+    def reset(self) -> None: ...
+
+@final
+class Stream:
+    def __iter__(self) -> Stream: ...
+    def __next__(self) -> str: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def tokens(self) -> list[int]: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+def available_isas() -> list[str]: ...

@@ -1,0 +1,124 @@
+"""The ``tinyllm`` command (also ``python -m tinyllm``).
+
+``tinyllm run`` streams a continuation to stdout (the prompt first, as
+llama2.c's ``run.c`` prints it) and its speed to stderr; ``tinyllm chat``
+opens an interactive chat. With no MODEL both use the built-in model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tinyllm._model import Model
+from tinyllm._tinyllm import ContextLengthError, ModelFormatError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model file (default: the built-in stories260K)")
+    p.add_argument("--tokenizer", "-z", help="tokenizer file (default: found beside the model)")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens, help="most tokens to generate")
+    p.add_argument("-t", "--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
+    p.add_argument("--min-p", type=float, default=0.0, help="min-p sampling (default 0: off)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="(default 1: off)")
+    p.add_argument("--seed", "-s", type=int, default=None, help="random seed (default: random)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinyllm", description="Run language models on your own machine."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="continue a prompt (default: tell a story)")
+    _model_args(run)
+    run.add_argument("-p", "--prompt", default="", help="the text to continue")
+    _sampling_args(run, max_tokens=256)
+    chat = sub.add_parser("chat", help="chat in the terminal")
+    _model_args(chat)
+    chat.add_argument("--system", default=None, help="system prompt")
+    _sampling_args(chat, max_tokens=None)
+    return parser
+
+
+def _open(args: argparse.Namespace) -> Model:
+    kw = {"n_threads": args.threads, "context_length": args.context}
+    if args.model is None:
+        return Model.default(**kw)
+    return Model(args.model, args.tokenizer, **kw)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, object]:
+    options: dict[str, object] = {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty,
+        "seed": args.seed,
+    }
+    if args.max_tokens is not None:
+        options["max_tokens"] = args.max_tokens
+    return options
+
+
+def _rate(n: int, seconds: float) -> str:
+    return f"{n / seconds:,.1f} tokens/s" if n and seconds > 0 else "-"
+
+
+def _run(args: argparse.Namespace) -> None:
+    model = _open(args)
+    ids = model.tokenize(args.prompt)
+    stream = model.stream(ids, **_sampling(args))  # type: ignore[arg-type]
+    out = sys.stdout
+    out.write(model.detokenize(ids))
+    out.flush()
+    for piece in stream:
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    s = stream.stats
+    print(
+        f"prompt: {s['prompt_tokens']} tokens, "
+        f"{_rate(s['prompt_tokens'], s['prompt_seconds'])} | "
+        f"generation: {s['generated_tokens']} tokens, "
+        f"{_rate(s['generated_tokens'], s['generate_seconds'])} "
+        f"({model.info['n_threads']} threads, {model.info['isa']})",
+        file=sys.stderr,
+    )
+
+
+def _chat(args: argparse.Namespace) -> None:
+    model = _open(args)
+    model.chat(system=args.system, **_sampling(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            _run(args)
+        else:
+            _chat(args)
+    except (OSError, ModelFormatError, ContextLengthError, ValueError, TypeError) as e:
+        if isinstance(e, BrokenPipeError):
+            return 0
+        print(f"tinyllm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
