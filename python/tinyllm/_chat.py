@@ -10,7 +10,8 @@ its own new tokens.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from tinyllm._model import Model

@@ -8,16 +8,15 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from tinyllm import _tinyllm
 
 if TYPE_CHECKING:
     import numpy as np
-    import numpy.typing as npt
 
-PathLike = Union[str, "os.PathLike[str]"]
-Prompt = Union[str, Sequence[int]]
+PathLike = str | os.PathLike[str]
+Prompt = str | Sequence[int]
 
 #: The model shipped inside the package (see NOTICE): Karpathy's stories260K.
 BUILTIN_MODEL = "stories260K.bin"
@@ -89,9 +88,10 @@ class Model:
         """The small model built into the package (stories260K, which tells
         children's stories), for trying tinyllm out offline."""
         base = resources.files("tinyllm") / "models"
-        with resources.as_file(base / BUILTIN_MODEL) as model, resources.as_file(
-            base / BUILTIN_TOKENIZER
-        ) as tok:
+        with (
+            resources.as_file(base / BUILTIN_MODEL) as model,
+            resources.as_file(base / BUILTIN_TOKENIZER) as tok,
+        ):
             return cls(model, tok, **kwargs)
 
     # -- facts ---------------------------------------------------------------

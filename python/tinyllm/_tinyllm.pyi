@@ -5,8 +5,11 @@ from typing import Any, final
 
 import numpy as np
 
+__all__ = ["ContextLengthError", "Engine", "ModelFormatError", "Stream", "available_isas"]
+
 class ModelFormatError(ValueError):
-    """A model or tokenizer file is truncated, corrupt, of an unknown kind, or does not fit the model."""
+    """A model or tokenizer file is truncated, corrupt, of an unknown kind, or
+    does not fit the model."""
 
 class ContextLengthError(ValueError):
     """A prompt (or a conversation) is longer than the model's context."""

@@ -19,11 +19,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model file (default: the built-in stories260K)")
     p.add_argument("--tokenizer", "-z", help="tokenizer file (default: found beside the model)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    p.add_argument("--context", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument(
+        "--context", type=int, default=None, help="context length (default: the model's)"
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
-    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens, help="most tokens to generate")
+    p.add_argument(
+        "-n", "--max-tokens", type=int, default=max_tokens, help="most tokens to generate"
+    )
     p.add_argument("-t", "--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
     p.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
