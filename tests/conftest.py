@@ -15,8 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
-import llama2c_format  # noqa: E402
 import tinyllm  # noqa: E402
+
+import llama2c_format  # noqa: E402
 
 #: The shared test data (never downloaded): $TINYLLM_SHARED_MODELS or ../shared/models.
 MODELS = Path(os.environ.get("TINYLLM_SHARED_MODELS", ROOT.parent / "shared" / "models"))

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import tinyllm
-from conftest import write_random_model
 from tinyllm import ContextLengthError, ModelFormatError
+
+from conftest import write_random_model
 
 
 def test_exception_classes() -> None:

@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy_llama
 import pytest
+
 import tinyllm
-from conftest import write_random_model
 from tinyllm import _tinyllm
+
+import numpy_llama
+from conftest import write_random_model
 
 #: f32 engine vs float64 oracle: the issue's bound, absolute, on logits that
 #: reach ~20 for stories260K (the observed error is ~1e-5).

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import tinyllm
+
 from conftest import write_random_model
 
 

@@ -115,6 +115,12 @@ class Model:
             f"vocab_size={c.vocab_size}, format={i['format']!r})"
         )
 
+    def reset(self) -> None:
+        """Forgets the tokens kept in the KV cache. (Generation reuses the
+        cached prefix a new prompt shares; this makes the next call start
+        from nothing, as when timing prompt processing.)"""
+        self._engine.reset()
+
     # -- tokens --------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
