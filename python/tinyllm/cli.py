@@ -77,6 +77,10 @@ def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.1f} tokens/s" if n and seconds > 0 else "-"
 
 
+def _count(n: int) -> str:
+    return f"{n} token" if n == 1 else f"{n} tokens"
+
+
 def _run(args: argparse.Namespace) -> None:
     model = _open(args)
     ids = model.tokenize(args.prompt)
@@ -91,9 +95,9 @@ def _run(args: argparse.Namespace) -> None:
     out.flush()
     s = stream.stats
     print(
-        f"prompt: {s['prompt_tokens']} tokens, "
+        f"prompt: {_count(s['prompt_tokens'])}, "
         f"{_rate(s['prompt_tokens'], s['prompt_seconds'])} | "
-        f"generation: {s['generated_tokens']} tokens, "
+        f"generation: {_count(s['generated_tokens'])}, "
         f"{_rate(s['generated_tokens'], s['generate_seconds'])} "
         f"({model.info['n_threads']} threads, {model.info['isa']})",
         file=sys.stderr,

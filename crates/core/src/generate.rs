@@ -218,33 +218,31 @@ impl TextStream {
             return (String::new(), true);
         }
         self.partial.extend_from_slice(bytes);
-        let mut rest: &[u8] = &self.partial;
+        let mut start = 0;
         loop {
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    self.held.push_str(s);
-                    rest = &[];
+            match std::str::from_utf8(&self.partial[start..]) {
+                Ok(text) => {
+                    self.held.push_str(text);
+                    start = self.partial.len();
                     break;
                 }
                 Err(e) => {
-                    let (ok, bad) = rest.split_at(e.valid_up_to());
-                    // `ok` is exactly the validated prefix, so this cannot fail.
+                    let valid = &self.partial[start..start + e.valid_up_to()];
+                    // `valid` is exactly the validated prefix, so this cannot fail.
                     self.held
-                        .push_str(std::str::from_utf8(ok).unwrap_or_default());
+                        .push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    start += e.valid_up_to();
                     match e.error_len() {
                         Some(n) => {
                             self.held.push(char::REPLACEMENT_CHARACTER);
-                            rest = &bad[n..];
+                            start += n;
                         }
-                        None => {
-                            rest = bad; // an incomplete character: wait for more
-                            break;
-                        }
+                        None => break, // an incomplete character: wait for more bytes
                     }
                 }
             }
         }
-        self.partial = rest.to_vec();
+        self.partial.drain(..start);
 
         if let Some(at) = self
             .stop

@@ -40,6 +40,8 @@ struct Shared {
     state: AtomicUsize,
     /// Workers asleep on `wake` (or about to be).
     sleepers: AtomicUsize,
+    /// Workers that have started running.
+    started: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
     lock: Mutex<()>,
@@ -78,6 +80,7 @@ impl ThreadPool {
             epoch: AtomicU64::new(0),
             state: AtomicUsize::new(CLOSED),
             sleepers: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             lock: Mutex::new(()),
@@ -91,7 +94,12 @@ impl ThreadPool {
                     .spawn(move || worker(&shared, index))
                     .expect("spawning a worker thread")
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Wait until every worker runs, so the pool is ready (and a thread's
+        // start-up work never lands in the first regions).
+        while shared.started.load(Ordering::Acquire) < workers.len() {
+            std::thread::yield_now();
+        }
         ThreadPool {
             shared,
             workers,
@@ -190,6 +198,7 @@ impl Drop for ThreadPool {
 }
 
 fn worker(shared: &Shared, index: usize) {
+    shared.started.fetch_add(1, Ordering::Release);
     let mut seen = 0u64;
     loop {
         // Wait for a new region: spin first, then sleep.

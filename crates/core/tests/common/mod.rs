@@ -23,3 +23,34 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Writes a llama2.c legacy model of small random weights (tied classifier)
+/// with the given `[dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+/// vocab_size, seq_len]`, and returns its path.
+pub fn write_random_model(dir: &std::path::Path, dims: [usize; 7]) -> PathBuf {
+    let [dim, hidden, layers, heads, kv_heads, vocab, seq] = dims;
+    let head_dim = dim / heads;
+    let kv = kv_heads * head_dim;
+    let floats = vocab * dim
+        + layers * (2 * dim + dim * dim * 2 + 2 * dim * kv + 3 * dim * hidden)
+        + dim
+        + seq * head_dim;
+    let mut bytes = Vec::with_capacity(28 + 4 * floats);
+    for v in dims {
+        bytes.extend((v as i32).to_le_bytes());
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..floats {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let x = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
+        bytes.extend(x.to_le_bytes());
+    }
+    let path = dir.join(format!(
+        "random-{}.bin",
+        dims.map(|d| d.to_string()).join("-")
+    ));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
