@@ -188,30 +188,18 @@ pub fn forward(
 
         // x += att @ wo^T                                               (T, D)
         let input = Input::prepare(e, &s.att, n, q_dim, &lw.wo.dtype, &mut s.xq, &mut s.xs);
-        let x = SyncPtr(s.x.as_mut_ptr());
-        let proj = SyncPtr(s.proj.as_mut_ptr());
-        par_matmul(
-            e,
-            &[w.matrix(&lw.wo)],
-            &[Out::new(&mut s.proj[..n * dim], dim)],
-            &input,
-            n,
-            |_, rows| {
-                // SAFETY: each chunk owns columns `rows` of x and proj.
-                unsafe { add_columns(x, proj, dim, n, rows) }
-            },
-        );
+        add_product(e, w.matrix(&lw.wo), &input, &mut s.x, &mut s.proj, n);
 
         // ---- feed-forward -------------------------------------------------
         rmsnorm_rows(e, &s.x, w.vector(&lw.ffn_norm), &mut s.xb, n, dim);
 
         // hb = silu(xb @ w1^T) * (xb @ w3^T)                           (T, H)
         let input = Input::prepare(e, &s.xb, n, dim, &lw.w1.dtype, &mut s.xq, &mut s.xs);
-        let (hb, hb2) = (SyncPtr(s.hb.as_mut_ptr()), SyncPtr(s.hb2.as_mut_ptr()));
         let outs = [
             Out::new(&mut s.hb[..n * hid], hid),
             Out::new(&mut s.hb2[..n * hid], hid),
         ];
+        let (hb, hb2) = (outs[0].ptr, outs[1].ptr);
         par_matmul_paired(
             e,
             [w.matrix(&lw.w1), w.matrix(&lw.w3)],
@@ -233,19 +221,7 @@ pub fn forward(
 
         // x += hb @ w2^T                                                (T, D)
         let input = Input::prepare(e, &s.hb, n, hid, &lw.w2.dtype, &mut s.xq, &mut s.xs);
-        let x = SyncPtr(s.x.as_mut_ptr());
-        let proj = SyncPtr(s.proj.as_mut_ptr());
-        par_matmul(
-            e,
-            &[w.matrix(&lw.w2)],
-            &[Out::new(&mut s.proj[..n * dim], dim)],
-            &input,
-            n,
-            |_, rows| {
-                // SAFETY: each chunk owns columns `rows` of x and proj.
-                unsafe { add_columns(x, proj, dim, n, rows) }
-            },
-        );
+        add_product(e, w.matrix(&lw.w2), &input, &mut s.x, &mut s.proj, n);
     }
     cache.commit(n);
 
@@ -470,6 +446,31 @@ fn par_matmul_paired<F>(
             done(rows);
         }
     });
+}
+
+/// `x += input @ w^T` for the `(n, w.rows)` residual stream `x`, with `proj`
+/// as scratch; each chunk adds its own columns as soon as it has them.
+fn add_product(
+    e: Engine<'_>,
+    w: MatRef<'_>,
+    input: &Input<'_>,
+    x: &mut [f32],
+    proj: &mut [f32],
+    n: usize,
+) {
+    let dim = w.rows;
+    let (xp, pp) = (SyncPtr(x.as_mut_ptr()), SyncPtr(proj.as_mut_ptr()));
+    par_matmul(
+        e,
+        &[w],
+        &[Out::new(&mut proj[..n * dim], dim)],
+        input,
+        n,
+        |_, rows| {
+            // SAFETY: each chunk owns columns `rows` of x and proj.
+            unsafe { add_columns(xp, pp, dim, n, rows) }
+        },
+    );
 }
 
 /// `x[t, cols] += proj[t, cols]` for every token of the batch.
