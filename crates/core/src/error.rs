@@ -22,10 +22,7 @@ pub enum Error {
     Format { path: PathBuf, reason: String },
 
     /// The prompt (plus what must follow it) does not fit the context window.
-    #[error(
-        "the prompt is {tokens} tokens long but the context holds {context} tokens; \
-         shorten the prompt or open the model with a larger context_length"
-    )]
+    #[error("{tokens} tokens do not fit the context of {context} tokens")]
     ContextLength { tokens: usize, context: usize },
 
     /// An argument is out of its valid range.
