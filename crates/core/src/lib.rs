@@ -33,6 +33,7 @@ pub mod kv_cache;
 pub mod model;
 pub mod models;
 pub mod pool;
+pub mod quant;
 pub mod sampler;
 pub mod session;
 pub mod tokenizer;

@@ -3,7 +3,9 @@
 //! Runs without the test harness, on the main thread only, so that it also
 //! runs under qemu-user for aarch64 (see `../shared/tools/aarch64-check.sh`).
 
-use tinyllm_core::kernels::{Isa, Kernels, reference};
+use half::{bf16, f16};
+use tinyllm_core::kernels::{Isa, Kernels, QuantBlocks, reference};
+use tinyllm_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act, QK};
 
 /// f32 sums in another order: each result may differ from the f64 reference
 /// by this fraction of `sum_j |a_j * b_j|` (about 80 f32 epsilons, several
@@ -114,7 +116,124 @@ fn matmul_f32(k: &Kernels, c: &mut Check, g: &mut Gen) {
     }
 }
 
-fn q8(k: &Kernels, c: &mut Check, g: &mut Gen) {
+fn float_weights(k: &Kernels, c: &mut Check, g: &mut Gen) {
+    for (rows, kk, n) in SHAPES {
+        let w32 = g.vec(rows * kk);
+        let x = g.vec(n * kk);
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb16: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        let mut got16 = vec![f32::NAN; n * rows];
+        let mut gotb16 = vec![f32::NAN; n * rows];
+        // SAFETY: the outputs hold n rows of `rows`.
+        unsafe {
+            k.matmul_f16_into(&w16, kk, &x, kk, n, got16.as_mut_ptr(), rows);
+            k.matmul_bf16_into(&wb16, kk, &x, kk, n, gotb16.as_mut_ptr(), rows);
+        }
+        let cases = [
+            (
+                "f16",
+                reference::matmul_float(&w16, kk, &x, n, f16::to_f32),
+                got16,
+            ),
+            (
+                "bf16",
+                reference::matmul_float(&wb16, kk, &x, n, bf16::to_f32),
+                gotb16,
+            ),
+        ];
+        for (name, want, got) in cases {
+            for t in 0..n {
+                for r in 0..rows {
+                    let mag: f64 = (0..kk)
+                        .map(|j| (w32[r * kk + j] * x[t * kk + j]).abs() as f64)
+                        .sum();
+                    let what = format!("{:?} matmul_{name} {rows}x{kk} by {n}: [{t},{r}]", k.isa());
+                    // 1.01: the weights rounded to 16 bits may be a little larger.
+                    c.close(
+                        &what,
+                        got[t * rows + r],
+                        want[t * rows + r],
+                        mag * 1.01,
+                        TOL_F32_SUM,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `(rows, blocks per row, tokens)`: tiles and their leftovers.
+const QUANT_SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 1),
+    (3, 2, 2),
+    (4, 8, 4),
+    (17, 5, 5),
+    (64, 24, 1),
+    (37, 64, 7),
+    (130, 24, 9),
+    (5, 128, 3),
+];
+
+fn quantized_type<W: QuantBlocks>(name: &str, k: &Kernels, c: &mut Check, g: &mut Gen) {
+    for (rows, nb, n) in QUANT_SHAPES {
+        // Rows with different scales and, for the offset types, a bias.
+        let mut w32 = g.vec(rows * nb * QK);
+        for (r, row) in w32.chunks_mut(nb * QK).enumerate() {
+            let (scale, bias) = (0.5 + r as f32 % 3.0, if r % 4 == 1 { 0.7 } else { 0.0 });
+            row.iter_mut().for_each(|v| *v = *v * scale + bias);
+        }
+        let w: Vec<W> = quant::quantize_row(&w32);
+        let x32 = g.vec(n * nb * QK);
+        let mut x = vec![quant::quantize_act(&[0.0; QK]); n * nb];
+        k.quantize_act(&x32, &mut x);
+        let want_x: Vec<BlockQ8Act> = x32
+            .chunks_exact(QK)
+            .map(|b| quant::quantize_act(b.try_into().unwrap()))
+            .collect();
+        c.equal(&format!("{:?} quantize_act", k.isa()), &x, &want_x);
+
+        let want = reference::matmul_quant(&w, nb, &x, n);
+        let mut got = vec![f32::NAN; n * rows];
+        // SAFETY: `got` holds n rows of `rows`.
+        unsafe { k.matmul_quant_into(&w, nb, &x, n, got.as_mut_ptr(), rows) };
+        for t in 0..n {
+            for r in 0..rows {
+                // The kernels add each block's offset apart from its values.
+                let mag: f64 = (0..nb)
+                    .map(|b| {
+                        let (wb, xb) = (&w[r * nb + b], &x[t * nb + b]);
+                        let wv = wb.dequantize();
+                        (0..QK)
+                            .map(|j| {
+                                let xj = (xb.d * xb.qs[j] as f32).abs() as f64;
+                                xj * (wv[j].abs() + wb.offset().abs()) as f64
+                            })
+                            .sum::<f64>()
+                    })
+                    .sum();
+                let what = format!(
+                    "{:?} matmul_{name} {rows}x{nb} blocks by {n}: [{t},{r}]",
+                    k.isa()
+                );
+                c.close(
+                    &what,
+                    got[t * rows + r],
+                    want[t * rows + r],
+                    mag,
+                    TOL_F32_SUM,
+                );
+            }
+        }
+    }
+}
+
+fn quantized(k: &Kernels, c: &mut Check, g: &mut Gen) {
+    quantized_type::<BlockQ8_0>("q8_0", k, c, g);
+    quantized_type::<BlockQ4_0>("q4_0", k, c, g);
+    quantized_type::<BlockQ4_1>("q4_1", k, c, g);
+}
+
+fn q8g(k: &Kernels, c: &mut Check, g: &mut Gen) {
     for (rows, kk, n) in SHAPES {
         for gs in [1, 2, 4, 32, 64] {
             if kk % gs != 0 {
@@ -125,26 +244,26 @@ fn q8(k: &Kernels, c: &mut Check, g: &mut Gen) {
             // An all-zero group must quantize to scale 0, not NaN.
             w[..gs].fill(0.0);
             x[..gs].fill(0.0);
-            let (wq, ws) = reference::quantize_q8(&w, gs);
-            let (xq_want, xs_want) = reference::quantize_q8(&x, gs);
+            let (wq, ws) = reference::quantize_q8g(&w, gs);
+            let (xq_want, xs_want) = reference::quantize_q8g(&x, gs);
             let mut xq = vec![0i8; n * kk];
             let mut xs = vec![0f32; n * kk / gs];
-            k.quantize_q8(&x, gs, &mut xq, &mut xs);
+            k.quantize_q8g(&x, gs, &mut xq, &mut xs);
             c.equal(
-                &format!("{:?} quantize_q8 values gs={gs}", k.isa()),
+                &format!("{:?} quantize_q8g values gs={gs}", k.isa()),
                 &xq,
                 &xq_want,
             );
             c.equal(
-                &format!("{:?} quantize_q8 scales gs={gs}", k.isa()),
+                &format!("{:?} quantize_q8g scales gs={gs}", k.isa()),
                 &xs,
                 &xs_want,
             );
 
-            let want = reference::matmul_q8(&wq, &ws, kk, gs, &xq, &xs, n);
+            let want = reference::matmul_q8g(&wq, &ws, kk, gs, &xq, &xs, n);
             let mut got = vec![f32::NAN; n * rows];
             // SAFETY: `got` holds n rows of `rows`.
-            unsafe { k.matmul_q8_into(&wq, &ws, kk, gs, &xq, &xs, n, got.as_mut_ptr(), rows) };
+            unsafe { k.matmul_q8g_into(&wq, &ws, kk, gs, &xq, &xs, n, got.as_mut_ptr(), rows) };
             let ng = kk / gs;
             for t in 0..n {
                 for r in 0..rows {
@@ -161,7 +280,7 @@ fn q8(k: &Kernels, c: &mut Check, g: &mut Gen) {
                         })
                         .sum();
                     let what = format!(
-                        "{:?} matmul_q8 {rows}x{kk} gs={gs} by {n}: [{t},{r}]",
+                        "{:?} matmul_q8g {rows}x{kk} gs={gs} by {n}: [{t},{r}]",
                         k.isa()
                     );
                     c.close(
@@ -280,7 +399,9 @@ fn main() {
         let before = c.failures;
         let mut g = Gen(0x9e37_79b9_7f4a_7c15);
         matmul_f32(k, &mut c, &mut g);
-        q8(k, &mut c, &mut g);
+        float_weights(k, &mut c, &mut g);
+        quantized(k, &mut c, &mut g);
+        q8g(k, &mut c, &mut g);
         elementwise(k, &mut c, &mut g);
         attention(k, &mut c, &mut g);
         let status = if c.failures == before { "ok" } else { "FAILED" };

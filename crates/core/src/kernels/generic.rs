@@ -12,6 +12,7 @@
 //! the extents the arguments describe, and that the CPU supports `S`.
 
 use super::simd::Simd;
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act, QK};
 
 // ---------------------------------------------------------------------------
 // Small vector helpers
@@ -185,14 +186,57 @@ pub(super) unsafe fn attend<S: Simd>(
 }
 
 // ---------------------------------------------------------------------------
-// f32 matrix products
+// Float matrix products (f32, f16 and bf16 weights, f32 activations)
 // ---------------------------------------------------------------------------
+
+/// A weight element the float products read: loaded `LANES` at a time as
+/// f32, or one at a time for the tails.
+pub(super) trait FloatWeight: Copy {
+    unsafe fn load<S: Simd>(p: *const Self) -> S::F;
+    fn to_f32(self) -> f32;
+}
+
+impl FloatWeight for f32 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const f32) -> S::F {
+        // SAFETY: the caller guarantees LANES values at `p`.
+        unsafe { S::load(p) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl FloatWeight for half::f16 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const half::f16) -> S::F {
+        // SAFETY: as above; f16 is a transparent u16.
+        unsafe { S::load_f16(p.cast()) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+}
+
+impl FloatWeight for half::bf16 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(p: *const half::bf16) -> S::F {
+        // SAFETY: as above; bf16 is a transparent u16.
+        unsafe { S::load_bf16(p.cast()) }
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+}
 
 /// One register tile: `R` weight rows against `C` tokens, over all of `k`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_f32<S: Simd, const R: usize, const C: usize>(
-    w: *const f32,
+unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
+    w: *const W,
     k: usize,
     x: *const f32,
     ldx: usize,
@@ -211,7 +255,7 @@ unsafe fn tile_f32<S: Simd, const R: usize, const C: usize>(
                 *v = S::load(x.add(c * ldx + i));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let wv = S::load(w.add(r * k + i));
+                let wv = W::load::<S>(w.add(r * k + i));
                 for (a, &xc) in acc_r.iter_mut().zip(&xv) {
                     *a = S::mul_add(wv, xc, *a);
                 }
@@ -222,7 +266,7 @@ unsafe fn tile_f32<S: Simd, const R: usize, const C: usize>(
             for (c, &a) in acc_r.iter().enumerate() {
                 let mut s = S::sum(a);
                 for j in kv..k {
-                    s += *w.add(r * k + j) * *x.add(c * ldx + j);
+                    s += (*w.add(r * k + j)).to_f32() * *x.add(c * ldx + j);
                 }
                 *out.add(c * ldo + r) = s;
             }
@@ -234,8 +278,8 @@ unsafe fn tile_f32<S: Simd, const R: usize, const C: usize>(
 /// tiled `R` rows by `C` tokens.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn matmul_f32<S: Simd, const R: usize, const C: usize>(
-    w: *const f32,
+pub(super) unsafe fn matmul_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
+    w: *const W,
     rows: usize,
     k: usize,
     x: *const f32,
@@ -247,32 +291,196 @@ pub(super) unsafe fn matmul_f32<S: Simd, const R: usize, const C: usize>(
     // SAFETY: every tile stays inside `rows x k` of `w`, `n_tok x ldx` of
     // `x` and `n_tok x ldo` of `out` (caller's extents).
     unsafe {
-        let mut r = 0;
-        while r + R <= rows {
-            let wr = w.add(r * k);
-            let mut t = 0;
-            while t + C <= n_tok {
-                tile_f32::<S, R, C>(wr, k, x.add(t * ldx), ldx, out.add(t * ldo + r), ldo);
-                t += C;
+        tiles::<R, C>(rows, n_tok, |r, t, tr, tc| {
+            let (wr, xt, o) = (w.add(r * k), x.add(t * ldx), out.add(t * ldo + r));
+            match (tr == R, tc == C) {
+                (true, true) => tile_float::<S, W, R, C>(wr, k, xt, ldx, o, ldo),
+                (true, false) => tile_float::<S, W, R, 1>(wr, k, xt, ldx, o, ldo),
+                (false, true) => tile_float::<S, W, 1, C>(wr, k, xt, ldx, o, ldo),
+                (false, false) => tile_float::<S, W, 1, 1>(wr, k, xt, ldx, o, ldo),
             }
-            while t < n_tok {
-                tile_f32::<S, R, 1>(wr, k, x.add(t * ldx), ldx, out.add(t * ldo + r), ldo);
-                t += 1;
-            }
-            r += R;
+        });
+    }
+}
+
+/// Walks a `rows x n_tok` output in tiles of `R x C`, then the leftover
+/// rows and tokens one at a time: calls `f(row, token, tile_rows,
+/// tile_tokens)` with tile sizes `R` or 1 and `C` or 1.
+#[inline(always)]
+fn tiles<const R: usize, const C: usize>(
+    rows: usize,
+    n_tok: usize,
+    mut f: impl FnMut(usize, usize, usize, usize),
+) {
+    let mut r = 0;
+    while r < rows {
+        let tr = if r + R <= rows { R } else { 1 };
+        let mut t = 0;
+        while t < n_tok {
+            let tc = if t + C <= n_tok { C } else { 1 };
+            f(r, t, tr, tc);
+            t += tc;
         }
-        while r < rows {
-            let wr = w.add(r * k);
-            let mut t = 0;
-            while t + C <= n_tok {
-                tile_f32::<S, 1, C>(wr, k, x.add(t * ldx), ldx, out.add(t * ldo + r), ldo);
-                t += C;
+        r += tr;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Quantized matrix products: weight blocks (see `quant`) against activations
+// quantized into `BlockQ8Act`, each block's product an integer sum.
+// ---------------------------------------------------------------------------
+
+/// How a weight block type feeds the integer kernels: its 32 values as
+/// bytes `v`, a scale `d` and, for the 4-bit types, an offset `o`, so that
+/// value `j` is `d * v[j] + o` (with `v` unsigned and below 16) or, for
+/// `OFFSET == false`, `d * v[j]` (with `v` signed).
+pub(super) trait QuantWeight: Copy {
+    const OFFSET: bool;
+    unsafe fn values<S: Simd>(b: *const Self) -> S::B32;
+    unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32);
+}
+
+impl QuantWeight for BlockQ8_0 {
+    const OFFSET: bool = false;
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self) -> S::B32 {
+        // SAFETY: `b` points at a block (caller).
+        unsafe { S::load_b32((*b).qs.as_ptr().cast()) }
+    }
+    #[inline(always)]
+    unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32) {
+        // SAFETY: as above.
+        unsafe { (S::f16_to_f32((*b).d.to_bits()), 0.0) }
+    }
+}
+
+impl QuantWeight for BlockQ4_0 {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self) -> S::B32 {
+        // SAFETY: as above.
+        unsafe { S::unpack_nibbles((*b).qs.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32) {
+        // SAFETY: as above.
+        let d = unsafe { S::f16_to_f32((*b).d.to_bits()) };
+        (d, -8.0 * d)
+    }
+}
+
+impl QuantWeight for BlockQ4_1 {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self) -> S::B32 {
+        // SAFETY: as above.
+        unsafe { S::unpack_nibbles((*b).qs.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32) {
+        // SAFETY: as above.
+        unsafe {
+            (
+                S::f16_to_f32((*b).d.to_bits()),
+                S::f16_to_f32((*b).m.to_bits()),
+            )
+        }
+    }
+}
+
+/// One register tile of a quantized product: `R` rows of `nb` weight blocks
+/// against `C` tokens of `nb` activation blocks.
+///
+/// `sum_j (d v_j + o) (dx q_j) = d dx sum_j v_j q_j + o (dx sum_j q_j)`: the
+/// first term is an integer dot product per block, the second uses the
+/// activation block's `s = dx * sum_j q_j`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_quant<S: Simd, W: QuantWeight, const R: usize, const C: usize>(
+    w: *const W,
+    nb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: `w` holds `R` rows of `nb` blocks, `x` holds `C` rows of
+    // `ldx >= nb` blocks, `out` has `C` rows of `ldo >= R` (caller).
+    unsafe {
+        let mut acc = [[S::acc_zero(); C]; R];
+        let mut offsets = [[0.0f32; C]; R];
+        for b in 0..nb {
+            let xb: [*const BlockQ8Act; C] = std::array::from_fn(|c| x.add(c * ldx + b));
+            let xv = xb.map(|p| S::load_b32((*p).qs.as_ptr().cast()));
+            let xd = xb.map(|p| (*p).d);
+            let xs = xb.map(|p| (*p).s);
+            for r in 0..R {
+                let wb = w.add(r * nb + b);
+                let v = W::values::<S>(wb);
+                let (d, o) = W::scale_offset::<S>(wb);
+                for c in 0..C {
+                    if W::OFFSET {
+                        acc[r][c] = S::acc_add(acc[r][c], S::dot_u4_i8(v, xv[c]), d * xd[c]);
+                        offsets[r][c] += o * xs[c];
+                    } else {
+                        acc[r][c] = S::acc_add(acc[r][c], S::dot_i8_i8(v, xv[c]), d * xd[c]);
+                    }
+                }
             }
-            while t < n_tok {
-                tile_f32::<S, 1, 1>(wr, k, x.add(t * ldx), ldx, out.add(t * ldo + r), ldo);
-                t += 1;
+        }
+        for r in 0..R {
+            for c in 0..C {
+                *out.add(c * ldo + r) = S::acc_sum(acc[r][c]) + offsets[r][c];
             }
-            r += 1;
+        }
+    }
+}
+
+/// `out[t, r] = sum over blocks of w[r] . x[t]` for `r < rows`, `t < n_tok`:
+/// `w` is `(rows, nb)` blocks, `x` is `(n_tok, ldx)` activation blocks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn matmul_quant<S: Simd, W: QuantWeight, const R: usize, const C: usize>(
+    w: *const W,
+    rows: usize,
+    nb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    n_tok: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: every tile stays inside the extents the arguments describe.
+    unsafe {
+        tiles::<R, C>(rows, n_tok, |r, t, tr, tc| {
+            let (wr, xt, o) = (w.add(r * nb), x.add(t * ldx), out.add(t * ldo + r));
+            match (tr == R, tc == C) {
+                (true, true) => tile_quant::<S, W, R, C>(wr, nb, xt, ldx, o, ldo),
+                (true, false) => tile_quant::<S, W, R, 1>(wr, nb, xt, ldx, o, ldo),
+                (false, true) => tile_quant::<S, W, 1, C>(wr, nb, xt, ldx, o, ldo),
+                (false, false) => tile_quant::<S, W, 1, 1>(wr, nb, xt, ldx, o, ldo),
+            }
+        });
+    }
+}
+
+/// Quantizes `nb * 32` activations into blocks (see `quant::quantize_act`).
+#[inline(always)]
+pub(super) unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
+    // SAFETY: `x` holds `nb * 32` floats and `out` `nb` blocks (caller).
+    unsafe {
+        for b in 0..nb {
+            let xb = &*x.add(b * QK).cast::<[f32; QK]>();
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let qs = xb.map(|v| (v * id).round() as i8);
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            out.add(b).write(BlockQ8Act {
+                d,
+                s: d * sum as f32,
+                qs,
+            });
         }
     }
 }
@@ -288,7 +496,7 @@ pub(super) unsafe fn matmul_f32<S: Simd, const R: usize, const C: usize>(
 /// Quantizes `n` floats in groups of `gs`: `s[g] = max|x| / 127`,
 /// `q = round(x / s)` (half away from zero). A group of zeros gets scale 0.
 #[inline(always)]
-pub(super) unsafe fn quantize_q8(x: *const f32, n: usize, gs: usize, q: *mut i8, s: *mut f32) {
+pub(super) unsafe fn quantize_q8g(x: *const f32, n: usize, gs: usize, q: *mut i8, s: *mut f32) {
     // SAFETY: `x` and `q` hold `n` values and `s` holds `n / gs` (caller).
     unsafe {
         for g in 0..n / gs {
@@ -326,7 +534,7 @@ unsafe fn dot_i8(a: *const i8, b: *const i8, n: usize) -> i32 {
 /// `k / gs` groups per row. `xq` is `(n_tok, k)`, `xs` is `(n_tok, k / gs)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn matmul_q8(
+pub(super) unsafe fn matmul_q8g(
     wq: *const i8,
     ws: *const f32,
     rows: usize,

@@ -15,6 +15,8 @@ mod generic;
 pub mod reference;
 mod simd;
 
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act, QK};
+use half::{bf16, f16};
 use std::sync::OnceLock;
 
 /// An instruction set the kernels are compiled for.
@@ -28,11 +30,19 @@ pub enum Isa {
     Avx512,
     /// aarch64 NEON.
     Neon,
+    /// aarch64 NEON with the dot-product instructions (`sdot`).
+    NeonDot,
 }
 
 impl Isa {
     /// Every tier, slowest first.
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Neon,
+        Isa::NeonDot,
+    ];
 
     /// The name used in `TINYLLM_ISA` and in reports.
     pub fn name(self) -> &'static str {
@@ -41,6 +51,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
         }
     }
 
@@ -54,19 +65,34 @@ impl Isa {
         match self {
             Isa::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
             #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 }
 
-type MatmulF32 = unsafe fn(*const f32, usize, usize, *const f32, usize, usize, *mut f32, usize);
-type MatmulQ8 = unsafe fn(
+type MatmulFloat<W> = unsafe fn(*const W, usize, usize, *const f32, usize, usize, *mut f32, usize);
+type MatmulQuant<W> =
+    unsafe fn(*const W, usize, usize, *const BlockQ8Act, usize, usize, *mut f32, usize);
+type QuantizeAct = unsafe fn(*const f32, usize, *mut BlockQ8Act);
+type MatmulQ8g = unsafe fn(
     *const i8,
     *const f32,
     usize,
@@ -78,7 +104,7 @@ type MatmulQ8 = unsafe fn(
     *mut f32,
     usize,
 );
-type QuantizeQ8 = unsafe fn(*const f32, usize, usize, *mut i8, *mut f32);
+type QuantizeQ8g = unsafe fn(*const f32, usize, usize, *mut i8, *mut f32);
 type Attend =
     unsafe fn(*const f32, usize, *const f32, *const f32, usize, usize, f32, *mut f32, *mut f32);
 type RmsNorm = unsafe fn(*const f32, *const f32, usize, f32, *mut f32);
@@ -93,9 +119,15 @@ type Softmax = unsafe fn(*mut f32, usize);
 #[derive(Debug)]
 pub struct Kernels {
     isa: Isa,
-    matmul_f32: MatmulF32,
-    matmul_q8: MatmulQ8,
-    quantize_q8: QuantizeQ8,
+    matmul_f32: MatmulFloat<f32>,
+    matmul_f16: MatmulFloat<f16>,
+    matmul_bf16: MatmulFloat<bf16>,
+    matmul_q8_0: MatmulQuant<BlockQ8_0>,
+    matmul_q4_0: MatmulQuant<BlockQ4_0>,
+    matmul_q4_1: MatmulQuant<BlockQ4_1>,
+    quantize_act: QuantizeAct,
+    matmul_q8g: MatmulQ8g,
+    quantize_q8g: QuantizeQ8g,
     attend: Attend,
     rmsnorm: RmsNorm,
     silu_mul: SiluMul,
@@ -103,36 +135,52 @@ pub struct Kernels {
 }
 
 /// Defines a module holding one tier's kernel table: the generic kernels
-/// instantiated for `$simd`, inside functions compiled with `$attr`.
+/// instantiated for `$simd`, inside functions compiled with `$attr`, with
+/// register tiles of `$r` weight rows by `$c` tokens.
 macro_rules! tier {
     ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal), $(#[$attr:meta])*) => {
         mod $module {
             #![allow(clippy::too_many_arguments)]
             use super::generic;
             use super::Isa;
+            use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act};
+            use half::{bf16, f16};
             #[allow(unused_imports)]
             use super::simd::*;
 
             $(#[$attr])*
-            unsafe fn matmul_f32(
-                w: *const f32, rows: usize, k: usize, x: *const f32, ldx: usize,
+            unsafe fn matmul_float<W: generic::FloatWeight>(
+                w: *const W, rows: usize, k: usize, x: *const f32, ldx: usize,
                 n_tok: usize, out: *mut f32, ldo: usize,
             ) {
-                // SAFETY: forwarded contract (see `generic::matmul_f32`).
-                unsafe { generic::matmul_f32::<$simd, $r, $c>(w, rows, k, x, ldx, n_tok, out, ldo) }
+                // SAFETY: forwarded contract (see `generic::matmul_float`).
+                unsafe { generic::matmul_float::<$simd, W, $r, $c>(w, rows, k, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
-            unsafe fn matmul_q8(
+            unsafe fn matmul_quant<W: generic::QuantWeight>(
+                w: *const W, rows: usize, nb: usize, x: *const BlockQ8Act, ldx: usize,
+                n_tok: usize, out: *mut f32, ldo: usize,
+            ) {
+                // SAFETY: forwarded contract (see `generic::matmul_quant`).
+                unsafe { generic::matmul_quant::<$simd, W, $r, $c>(w, rows, nb, x, ldx, n_tok, out, ldo) }
+            }
+            $(#[$attr])*
+            unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
+                // SAFETY: forwarded contract (see `generic::quantize_act`).
+                unsafe { generic::quantize_act(x, nb, out) }
+            }
+            $(#[$attr])*
+            unsafe fn matmul_q8g(
                 wq: *const i8, ws: *const f32, rows: usize, k: usize, gs: usize,
                 xq: *const i8, xs: *const f32, n_tok: usize, out: *mut f32, ldo: usize,
             ) {
-                // SAFETY: forwarded contract (see `generic::matmul_q8`).
-                unsafe { generic::matmul_q8(wq, ws, rows, k, gs, xq, xs, n_tok, out, ldo) }
+                // SAFETY: forwarded contract (see `generic::matmul_q8g`).
+                unsafe { generic::matmul_q8g(wq, ws, rows, k, gs, xq, xs, n_tok, out, ldo) }
             }
             $(#[$attr])*
-            unsafe fn quantize_q8(x: *const f32, n: usize, gs: usize, q: *mut i8, s: *mut f32) {
-                // SAFETY: forwarded contract (see `generic::quantize_q8`).
-                unsafe { generic::quantize_q8(x, n, gs, q, s) }
+            unsafe fn quantize_q8g(x: *const f32, n: usize, gs: usize, q: *mut i8, s: *mut f32) {
+                // SAFETY: forwarded contract (see `generic::quantize_q8g`).
+                unsafe { generic::quantize_q8g(x, n, gs, q, s) }
             }
             $(#[$attr])*
             unsafe fn attend(
@@ -162,9 +210,15 @@ macro_rules! tier {
 
             pub(super) static KERNELS: super::Kernels = super::Kernels {
                 isa: $isa,
-                matmul_f32,
-                matmul_q8,
-                quantize_q8,
+                matmul_f32: matmul_float::<f32>,
+                matmul_f16: matmul_float::<f16>,
+                matmul_bf16: matmul_float::<bf16>,
+                matmul_q8_0: matmul_quant::<BlockQ8_0>,
+                matmul_q4_0: matmul_quant::<BlockQ4_0>,
+                matmul_q4_1: matmul_quant::<BlockQ4_1>,
+                quantize_act,
+                matmul_q8g,
+                quantize_q8g,
                 attend,
                 rmsnorm,
                 silu_mul,
@@ -176,11 +230,19 @@ macro_rules! tier {
 
 tier!(portable, Isa::Portable, Portable, tile = (2, 2),);
 #[cfg(target_arch = "x86_64")]
-tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3), #[target_feature(enable = "avx2,fma")]);
+tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3), #[target_feature(enable = "avx2,fma,f16c")]);
 #[cfg(target_arch = "x86_64")]
-tier!(avx512, Isa::Avx512, Avx512, tile = (4, 4), #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]);
+tier!(
+    avx512,
+    Isa::Avx512,
+    Avx512,
+    tile = (4, 4),
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+);
 #[cfg(target_arch = "aarch64")]
 tier!(neon, Isa::Neon, Neon, tile = (4, 4), #[target_feature(enable = "neon")]);
+#[cfg(target_arch = "aarch64")]
+tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4), #[target_feature(enable = "neon,dotprod")]);
 
 impl Kernels {
     /// The kernel table of `isa`, if this CPU supports it.
@@ -196,6 +258,8 @@ impl Kernels {
             Isa::Avx512 => Some(&avx512::KERNELS),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Some(&neon::KERNELS),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => Some(&neon_dot::KERNELS),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -242,10 +306,8 @@ impl Kernels {
         out: *mut f32,
         ldo: usize,
     ) {
-        let rows = w.len() / k;
-        assert!(w.len() == rows * k && ldx >= k && ldo >= rows);
-        assert!(n_tok == 0 || x.len() >= (n_tok - 1) * ldx + k);
-        // SAFETY: `w` and `x` extents checked above; `out` is the caller's.
+        let rows = check_float(w.len(), k, x.len(), ldx, n_tok, ldo);
+        // SAFETY: `w` and `x` extents checked; `out` is the caller's.
         unsafe { (self.matmul_f32)(w.as_ptr(), rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
     }
 
@@ -258,6 +320,77 @@ impl Kernels {
         unsafe { self.matmul_f32_into(w, k, x, k, n_tok, out.as_mut_ptr(), rows) }
     }
 
+    /// Like [`Kernels::matmul_f32_into`], for f16 weights.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernels::matmul_f32_into`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul_f16_into(
+        &self,
+        w: &[f16],
+        k: usize,
+        x: &[f32],
+        ldx: usize,
+        n_tok: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let rows = check_float(w.len(), k, x.len(), ldx, n_tok, ldo);
+        // SAFETY: input extents checked; `out` is the caller's.
+        unsafe { (self.matmul_f16)(w.as_ptr(), rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
+    }
+
+    /// Like [`Kernels::matmul_f32_into`], for bf16 weights.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernels::matmul_f32_into`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn matmul_bf16_into(
+        &self,
+        w: &[bf16],
+        k: usize,
+        x: &[f32],
+        ldx: usize,
+        n_tok: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let rows = check_float(w.len(), k, x.len(), ldx, n_tok, ldo);
+        // SAFETY: input extents checked; `out` is the caller's.
+        unsafe { (self.matmul_bf16)(w.as_ptr(), rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
+    }
+
+    /// `out[t * ldo + r] = w[r] . x[t]` for quantized weights: `w` holds rows
+    /// of `nb` blocks, `x` holds `n_tok` rows of `nb` activation blocks
+    /// (see [`Kernels::quantize_act`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernels::matmul_f32_into`].
+    pub unsafe fn matmul_quant_into<W: QuantBlocks>(
+        &self,
+        w: &[W],
+        nb: usize,
+        x: &[BlockQ8Act],
+        n_tok: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let rows = w.len() / nb;
+        assert!(nb > 0 && w.len() == rows * nb && ldo >= rows && x.len() >= n_tok * nb);
+        // SAFETY: input extents checked above; `out` is the caller's.
+        unsafe { (W::kernel(self))(w.as_ptr(), rows, nb, x.as_ptr(), nb, n_tok, out, ldo) }
+    }
+
+    /// Quantizes `x` (a multiple of 32 long) into activation blocks.
+    pub fn quantize_act(&self, x: &[f32], out: &mut [BlockQ8Act]) {
+        assert!(x.len() == out.len() * QK);
+        // SAFETY: extents checked above.
+        unsafe { (self.quantize_act)(x.as_ptr(), out.len(), out.as_mut_ptr()) }
+    }
+
     /// The group-quantized product: `out[t * ldo + r] = sum_g
     /// dot(wq[r, g], xq[t, g]) * ws[r, g] * xs[t, g]` over the `k / gs`
     /// groups of row `r`, for `r < wq.len() / k` and `t < n_tok`.
@@ -266,7 +399,7 @@ impl Kernels {
     ///
     /// As for [`Kernels::matmul_f32_into`].
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn matmul_q8_into(
+    pub unsafe fn matmul_q8g_into(
         &self,
         wq: &[i8],
         ws: &[f32],
@@ -284,7 +417,7 @@ impl Kernels {
         assert!(xq.len() >= n_tok * k && xs.len() >= n_tok * (k / gs));
         // SAFETY: input extents checked above; `out` is the caller's.
         unsafe {
-            (self.matmul_q8)(
+            (self.matmul_q8g)(
                 wq.as_ptr(),
                 ws.as_ptr(),
                 rows,
@@ -300,11 +433,11 @@ impl Kernels {
     }
 
     /// Quantizes `x` in groups of `gs` into int8 values `q` and scales `s`.
-    pub fn quantize_q8(&self, x: &[f32], gs: usize, q: &mut [i8], s: &mut [f32]) {
+    pub fn quantize_q8g(&self, x: &[f32], gs: usize, q: &mut [i8], s: &mut [f32]) {
         assert!(gs > 0 && x.len().is_multiple_of(gs));
         assert!(q.len() == x.len() && s.len() == x.len() / gs);
         // SAFETY: extents checked above.
-        unsafe { (self.quantize_q8)(x.as_ptr(), x.len(), gs, q.as_mut_ptr(), s.as_mut_ptr()) }
+        unsafe { (self.quantize_q8g)(x.as_ptr(), x.len(), gs, q.as_mut_ptr(), s.as_mut_ptr()) }
     }
 
     /// Attention of one query head over the first `n_pos` positions of one
@@ -362,5 +495,44 @@ impl Kernels {
             // SAFETY: `x` is a valid, non-empty slice.
             unsafe { (self.softmax)(x.as_mut_ptr(), x.len()) }
         }
+    }
+}
+
+/// Checks the extents of a float product and returns its number of rows.
+fn check_float(
+    w_len: usize,
+    k: usize,
+    x_len: usize,
+    ldx: usize,
+    n_tok: usize,
+    ldo: usize,
+) -> usize {
+    let rows = w_len / k;
+    assert!(w_len == rows * k && ldx >= k && ldo >= rows);
+    assert!(n_tok == 0 || x_len >= (n_tok - 1) * ldx + k);
+    rows
+}
+
+/// The quantized block types, each with its kernel in a table.
+pub trait QuantBlocks: crate::quant::Block {
+    #[doc(hidden)]
+    fn kernel(k: &Kernels) -> MatmulQuant<Self>;
+}
+
+impl QuantBlocks for BlockQ8_0 {
+    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
+        k.matmul_q8_0
+    }
+}
+
+impl QuantBlocks for BlockQ4_0 {
+    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
+        k.matmul_q4_0
+    }
+}
+
+impl QuantBlocks for BlockQ4_1 {
+    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
+        k.matmul_q4_1
     }
 }

@@ -3,6 +3,8 @@
 //! They define what every tier must compute and are the oracle the kernel
 //! tests compare each tier against. Nothing on a hot path calls them.
 
+use crate::quant::{Block, BlockQ8Act};
+
 /// `out (n_tok, rows) = x (n_tok, k) @ w (rows, k)^T`.
 pub fn matmul_f32(w: &[f32], k: usize, x: &[f32], n_tok: usize) -> Vec<f32> {
     let rows = w.len() / k;
@@ -18,9 +20,43 @@ pub fn matmul_f32(w: &[f32], k: usize, x: &[f32], n_tok: usize) -> Vec<f32> {
     out
 }
 
+/// `out (n_tok, rows) = x (n_tok, k) @ w (rows, k)^T` for weights of any
+/// float type (given as f32 values).
+pub fn matmul_float<W: Copy>(
+    w: &[W],
+    k: usize,
+    x: &[f32],
+    n_tok: usize,
+    to_f32: impl Fn(W) -> f32,
+) -> Vec<f32> {
+    let wf: Vec<f32> = w.iter().map(|&v| to_f32(v)).collect();
+    matmul_f32(&wf, k, x, n_tok)
+}
+
+/// The quantized product: dequantized weight blocks against dequantized
+/// activation blocks, summed in f64. `w` is `(rows, nb)` blocks, `x` is
+/// `(n_tok, nb)` activation blocks.
+pub fn matmul_quant<W: Block>(w: &[W], nb: usize, x: &[BlockQ8Act], n_tok: usize) -> Vec<f32> {
+    let rows = w.len() / nb;
+    let mut out = vec![0.0; n_tok * rows];
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let mut s = 0.0f64;
+            for b in 0..nb {
+                let (wv, xb) = (w[r * nb + b].dequantize(), &x[t * nb + b]);
+                for (j, &v) in wv.iter().enumerate() {
+                    s += v as f64 * (xb.d as f64 * xb.qs[j] as f64);
+                }
+            }
+            out[t * rows + r] = s as f32;
+        }
+    }
+    out
+}
+
 /// Group quantization: per group of `gs`, scale = max|x| / 127 and
 /// q = round half away from zero of x / scale (0 for an all-zero group).
-pub fn quantize_q8(x: &[f32], gs: usize) -> (Vec<i8>, Vec<f32>) {
+pub fn quantize_q8g(x: &[f32], gs: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; x.len()];
     let mut s = vec![0.0f32; x.len() / gs];
     for (g, group) in x.chunks_exact(gs).enumerate() {
@@ -39,7 +75,7 @@ pub fn quantize_q8(x: &[f32], gs: usize) -> (Vec<i8>, Vec<f32>) {
 }
 
 /// The group-quantized product with exact integer group sums.
-pub fn matmul_q8(
+pub fn matmul_q8g(
     wq: &[i8],
     ws: &[f32],
     k: usize,

@@ -3,33 +3,45 @@
 //!
 //! Each kernel in this crate is written once, generically over [`Simd`], and
 //! compiled once per instruction set inside a function that enables that
-//! set's target features (see `kernels::isa`). Every method here is
+//! set's target features (see `kernels::mod`). Every method here is
 //! `#[inline(always)]`, so after inlining the intrinsics sit in a function
 //! compiled for their instruction set and become single instructions.
 //!
-//! Each method is one intrinsic whose only requirement is the trait's safety
-//! contract (the CPU has the instruction set; pointers cover `LANES` floats),
-//! so the module allows unsafe operations in its unsafe functions.
+//! Each method is one or a few intrinsics whose only requirement is the
+//! trait's safety contract (the CPU has the instruction set; pointers cover
+//! what the method reads or writes), so the module allows unsafe operations
+//! in its unsafe functions.
 
 #![allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-/// A vector of `LANES` f32 values and the operations the kernels need.
+/// Vectors of f32 values, and the integer block operations of the quantized
+/// kernels.
 ///
 /// # Safety
 ///
 /// The methods are `unsafe` because they are only sound where the CPU
-/// supports the implementing instruction set, and because `load`/`store`
-/// read or write `LANES` floats through a raw pointer.
+/// supports the implementing instruction set, and because the loads and
+/// stores go through raw pointers that must cover what they touch.
 pub(crate) trait Simd: Copy {
     /// How many f32 values one vector holds.
     const LANES: usize;
     /// The vector type.
     type F: Copy;
+    /// An accumulator of block products (a few f32 lanes).
+    type Acc: Copy;
+    /// The 32 bytes of one quantized block, in a register.
+    type B32: Copy;
+    /// The i32 partial sums of one block's dot product.
+    type I: Copy;
 
     unsafe fn zero() -> Self::F;
     unsafe fn splat(x: f32) -> Self::F;
     /// Loads `LANES` floats from `p` (no alignment needed).
     unsafe fn load(p: *const f32) -> Self::F;
+    /// Loads `LANES` IEEE half floats from `p` as f32.
+    unsafe fn load_f16(p: *const u16) -> Self::F;
+    /// Loads `LANES` bfloat16 values from `p` as f32.
+    unsafe fn load_bf16(p: *const u16) -> Self::F;
     /// Stores `LANES` floats to `p` (no alignment needed).
     unsafe fn store(p: *mut f32, v: Self::F);
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
@@ -40,6 +52,24 @@ pub(crate) trait Simd: Copy {
     unsafe fn sum(v: Self::F) -> f32;
     /// The largest lane.
     unsafe fn max_lane(v: Self::F) -> f32;
+
+    /// One IEEE half float as f32.
+    unsafe fn f16_to_f32(h: u16) -> f32;
+
+    unsafe fn acc_zero() -> Self::Acc;
+    /// The sum of an accumulator's lanes.
+    unsafe fn acc_sum(a: Self::Acc) -> f32;
+    /// Loads 32 bytes.
+    unsafe fn load_b32(p: *const u8) -> Self::B32;
+    /// The 32 four-bit values of `qs` (16 bytes: low nibbles are values
+    /// 0..16, high nibbles 16..32) as bytes.
+    unsafe fn unpack_nibbles(qs: *const u8) -> Self::B32;
+    /// `sum_j u[j] * x[j]` for unsigned `u` below 16 and signed `x`.
+    unsafe fn dot_u4_i8(u: Self::B32, x: Self::B32) -> Self::I;
+    /// `sum_j w[j] * x[j]` for signed `w` and `x` (`x` not -128).
+    unsafe fn dot_i8_i8(w: Self::B32, x: Self::B32) -> Self::I;
+    /// `acc + dot * scale`.
+    unsafe fn acc_add(acc: Self::Acc, dot: Self::I, scale: f32) -> Self::Acc;
 }
 
 // ---------------------------------------------------------------------------
@@ -57,6 +87,9 @@ const PL: usize = 8;
 impl Simd for Portable {
     const LANES: usize = PL;
     type F = [f32; PL];
+    type Acc = f32;
+    type B32 = [i8; 32];
+    type I = i32;
 
     #[inline(always)]
     unsafe fn zero() -> Self::F {
@@ -68,13 +101,21 @@ impl Simd for Portable {
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Self::F {
-        // SAFETY: the caller guarantees `PL` readable floats at `p`.
-        unsafe { p.cast::<[f32; PL]>().read_unaligned() }
+        p.cast::<[f32; PL]>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn load_f16(p: *const u16) -> Self::F {
+        let h = p.cast::<[u16; PL]>().read_unaligned();
+        h.map(|b| half::f16::from_bits(b).to_f32())
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const u16) -> Self::F {
+        let h = p.cast::<[u16; PL]>().read_unaligned();
+        h.map(|b| f32::from_bits((b as u32) << 16))
     }
     #[inline(always)]
     unsafe fn store(p: *mut f32, v: Self::F) {
-        // SAFETY: the caller guarantees `PL` writable floats at `p`.
-        unsafe { p.cast::<[f32; PL]>().write_unaligned(v) }
+        p.cast::<[f32; PL]>().write_unaligned(v)
     }
     #[inline(always)]
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F {
@@ -97,10 +138,50 @@ impl Simd for Portable {
     unsafe fn max_lane(v: Self::F) -> f32 {
         v.into_iter().fold(f32::NEG_INFINITY, f32::max)
     }
+    #[inline(always)]
+    unsafe fn f16_to_f32(h: u16) -> f32 {
+        half::f16::from_bits(h).to_f32()
+    }
+    #[inline(always)]
+    unsafe fn acc_zero() -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn acc_sum(a: f32) -> f32 {
+        a
+    }
+    #[inline(always)]
+    unsafe fn load_b32(p: *const u8) -> [i8; 32] {
+        p.cast::<[i8; 32]>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn unpack_nibbles(qs: *const u8) -> [i8; 32] {
+        let b = qs.cast::<[u8; 16]>().read_unaligned();
+        std::array::from_fn(|j| {
+            if j < 16 {
+                (b[j] & 15) as i8
+            } else {
+                (b[j - 16] >> 4) as i8
+            }
+        })
+    }
+    #[inline(always)]
+    unsafe fn dot_u4_i8(u: [i8; 32], x: [i8; 32]) -> i32 {
+        u.iter().zip(&x).map(|(&a, &b)| a as i32 * b as i32).sum()
+    }
+    #[inline(always)]
+    unsafe fn dot_i8_i8(w: [i8; 32], x: [i8; 32]) -> i32 {
+        w.iter().zip(&x).map(|(&a, &b)| a as i32 * b as i32).sum()
+    }
+    #[inline(always)]
+    unsafe fn acc_add(acc: f32, dot: i32, scale: f32) -> f32 {
+        acc + dot as f32 * scale
+    }
 }
 
 // ---------------------------------------------------------------------------
-// x86-64: AVX2 with FMA (8 lanes) and AVX-512F (16 lanes).
+// x86-64: AVX2 with FMA and F16C (8 lanes), AVX-512 with VNNI (16 lanes).
+// Quantized blocks are 32 bytes: one ymm register in both.
 // ---------------------------------------------------------------------------
 
 #[cfg(target_arch = "x86_64")]
@@ -111,13 +192,74 @@ mod x86 {
     use super::Simd;
     use std::arch::x86_64::*;
 
-    /// AVX2 + FMA.
+    /// AVX2 + FMA + F16C.
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct Avx2;
+
+    /// AVX-512 (F, BW, VL, VNNI).
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Avx512;
+
+    #[inline(always)]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline(always)]
+    unsafe fn unpack_nibbles(qs: *const u8) -> __m256i {
+        let v = _mm_loadu_si128(qs.cast());
+        let mask = _mm_set1_epi8(15);
+        let lo = _mm_and_si128(v, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(v), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    #[inline(always)]
+    unsafe fn f16_to_f32(h: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+
+    /// The block operations the two x86 tiers share.
+    macro_rules! x86_blocks {
+        () => {
+            type Acc = __m256;
+            type B32 = __m256i;
+            type I = __m256i;
+
+            #[inline(always)]
+            unsafe fn f16_to_f32(h: u16) -> f32 {
+                f16_to_f32(h)
+            }
+            #[inline(always)]
+            unsafe fn acc_zero() -> __m256 {
+                _mm256_setzero_ps()
+            }
+            #[inline(always)]
+            unsafe fn acc_sum(a: __m256) -> f32 {
+                hsum256(a)
+            }
+            #[inline(always)]
+            unsafe fn load_b32(p: *const u8) -> __m256i {
+                _mm256_loadu_si256(p.cast())
+            }
+            #[inline(always)]
+            unsafe fn unpack_nibbles(qs: *const u8) -> __m256i {
+                unpack_nibbles(qs)
+            }
+            #[inline(always)]
+            unsafe fn acc_add(acc: __m256, dot: __m256i, scale: f32) -> __m256 {
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc)
+            }
+        };
+    }
 
     impl Simd for Avx2 {
         const LANES: usize = 8;
         type F = __m256;
+        x86_blocks!();
 
         #[inline(always)]
         unsafe fn zero() -> __m256 {
@@ -129,13 +271,20 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> __m256 {
-            // SAFETY: the caller guarantees 8 readable floats at `p`.
-            unsafe { _mm256_loadu_ps(p) }
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> __m256 {
+            let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w))
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m256) {
-            // SAFETY: the caller guarantees 8 writable floats at `p`.
-            unsafe { _mm256_storeu_ps(p, v) }
+            _mm256_storeu_ps(p, v)
         }
         #[inline(always)]
         unsafe fn mul(a: __m256, b: __m256) -> __m256 {
@@ -151,10 +300,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn sum(v: __m256) -> f32 {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-            _mm_cvtss_f32(s)
+            hsum256(v)
         }
         #[inline(always)]
         unsafe fn max_lane(v: __m256) -> f32 {
@@ -163,15 +309,23 @@ mod x86 {
             let s = _mm_max_ss(s, _mm_shuffle_ps::<0b01>(s, s));
             _mm_cvtss_f32(s)
         }
+        #[inline(always)]
+        unsafe fn dot_u4_i8(u: __m256i, x: __m256i) -> __m256i {
+            // u < 16, so the pairwise i16 sums cannot saturate.
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+        }
+        #[inline(always)]
+        unsafe fn dot_i8_i8(w: __m256i, x: __m256i) -> __m256i {
+            // |w| * (x with w's sign): 2 * 128 * 127 fits an i16.
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+        }
     }
-
-    /// AVX-512 Foundation.
-    #[derive(Clone, Copy, Debug)]
-    pub(crate) struct Avx512;
 
     impl Simd for Avx512 {
         const LANES: usize = 16;
         type F = __m512;
+        x86_blocks!();
 
         #[inline(always)]
         unsafe fn zero() -> __m512 {
@@ -183,13 +337,20 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> __m512 {
-            // SAFETY: the caller guarantees 16 readable floats at `p`.
-            unsafe { _mm512_loadu_ps(p) }
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load_f16(p: *const u16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn load_bf16(p: *const u16) -> __m512 {
+            let w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(w))
         }
         #[inline(always)]
         unsafe fn store(p: *mut f32, v: __m512) {
-            // SAFETY: the caller guarantees 16 writable floats at `p`.
-            unsafe { _mm512_storeu_ps(p, v) }
+            _mm512_storeu_ps(p, v)
         }
         #[inline(always)]
         unsafe fn mul(a: __m512, b: __m512) -> __m512 {
@@ -211,15 +372,29 @@ mod x86 {
         unsafe fn max_lane(v: __m512) -> f32 {
             _mm512_reduce_max_ps(v)
         }
+        #[inline(always)]
+        unsafe fn dot_u4_i8(u: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+        }
+        #[inline(always)]
+        unsafe fn dot_i8_i8(w: __m256i, x: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(w, w),
+                _mm256_sign_epi8(x, w),
+            )
+        }
     }
 }
 
 // ---------------------------------------------------------------------------
-// aarch64: NEON (4 lanes), part of the baseline of every aarch64 target.
+// aarch64: NEON (4 lanes), part of the baseline of every aarch64 target, and
+// the same with the dot-product instructions (`sdot`), which Rust offers as
+// a target feature but not yet as an intrinsic, so it is written in `asm!`.
 // ---------------------------------------------------------------------------
 
 #[cfg(target_arch = "aarch64")]
-pub(crate) use arm::Neon;
+pub(crate) use arm::{Neon, NeonDot};
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
@@ -230,47 +405,153 @@ mod arm {
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct Neon;
 
+    /// NEON with the dot-product extension.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct NeonDot;
+
+    /// Four f16 values (in a 64-bit register) widened to f32.
+    #[inline(always)]
+    unsafe fn f16x4_to_f32(h: uint16x4_t) -> float32x4_t {
+        let out: float32x4_t;
+        core::arch::asm!(
+            "fcvtl {out:v}.4s, {h:v}.4h",
+            out = lateout(vreg) out,
+            h = in(vreg) h,
+            options(pure, nomem, nostack)
+        );
+        out
+    }
+
+    /// `sum_j a[j] * b[j]` over 16 signed bytes, as 4 i32 lanes, without
+    /// the dot-product instructions.
+    #[inline(always)]
+    unsafe fn dot16_widening(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+        let hi = vmull_high_s8(a, b);
+        vpadalq_s16(vpaddlq_s16(lo), hi)
+    }
+
+    /// `acc + sum_j a[j] * b[j]` over 16 signed bytes, with `sdot`.
+    #[inline(always)]
+    unsafe fn dot16_sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        core::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack)
+        );
+        acc
+    }
+
+    /// The operations both NEON tiers share.
+    macro_rules! neon_common {
+        () => {
+            const LANES: usize = 4;
+            type F = float32x4_t;
+            type Acc = float32x4_t;
+            type B32 = int8x16x2_t;
+            type I = int32x4_t;
+
+            #[inline(always)]
+            unsafe fn zero() -> float32x4_t {
+                vdupq_n_f32(0.0)
+            }
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> float32x4_t {
+                vdupq_n_f32(x)
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> float32x4_t {
+                vld1q_f32(p)
+            }
+            #[inline(always)]
+            unsafe fn load_f16(p: *const u16) -> float32x4_t {
+                f16x4_to_f32(vld1_u16(p))
+            }
+            #[inline(always)]
+            unsafe fn load_bf16(p: *const u16) -> float32x4_t {
+                vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p)))
+            }
+            #[inline(always)]
+            unsafe fn store(p: *mut f32, v: float32x4_t) {
+                vst1q_f32(p, v)
+            }
+            #[inline(always)]
+            unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+                vmulq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn mul_add(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+                vfmaq_f32(c, a, b)
+            }
+            #[inline(always)]
+            unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+                vmaxq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn sum(v: float32x4_t) -> f32 {
+                vaddvq_f32(v)
+            }
+            #[inline(always)]
+            unsafe fn max_lane(v: float32x4_t) -> f32 {
+                vmaxvq_f32(v)
+            }
+            #[inline(always)]
+            unsafe fn f16_to_f32(h: u16) -> f32 {
+                vgetq_lane_f32::<0>(f16x4_to_f32(vdup_n_u16(h)))
+            }
+            #[inline(always)]
+            unsafe fn acc_zero() -> float32x4_t {
+                vdupq_n_f32(0.0)
+            }
+            #[inline(always)]
+            unsafe fn acc_sum(a: float32x4_t) -> f32 {
+                vaddvq_f32(a)
+            }
+            #[inline(always)]
+            unsafe fn load_b32(p: *const u8) -> int8x16x2_t {
+                vld1q_s8_x2(p.cast())
+            }
+            #[inline(always)]
+            unsafe fn unpack_nibbles(qs: *const u8) -> int8x16x2_t {
+                let v = vld1q_u8(qs);
+                let lo = vandq_u8(v, vdupq_n_u8(15));
+                let hi = vshrq_n_u8::<4>(v);
+                int8x16x2_t(vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi))
+            }
+            #[inline(always)]
+            unsafe fn acc_add(acc: float32x4_t, dot: int32x4_t, scale: f32) -> float32x4_t {
+                vfmaq_n_f32(acc, vcvtq_f32_s32(dot), scale)
+            }
+        };
+    }
+
     impl Simd for Neon {
-        const LANES: usize = 4;
-        type F = float32x4_t;
+        neon_common!();
 
         #[inline(always)]
-        unsafe fn zero() -> float32x4_t {
-            vdupq_n_f32(0.0)
+        unsafe fn dot_u4_i8(u: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
+            // u < 16 is also a valid signed byte.
+            vaddq_s32(dot16_widening(u.0, x.0), dot16_widening(u.1, x.1))
         }
         #[inline(always)]
-        unsafe fn splat(x: f32) -> float32x4_t {
-            vdupq_n_f32(x)
+        unsafe fn dot_i8_i8(w: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
+            vaddq_s32(dot16_widening(w.0, x.0), dot16_widening(w.1, x.1))
+        }
+    }
+
+    impl Simd for NeonDot {
+        neon_common!();
+
+        #[inline(always)]
+        unsafe fn dot_u4_i8(u: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
+            dot16_sdot(dot16_sdot(vdupq_n_s32(0), u.0, x.0), u.1, x.1)
         }
         #[inline(always)]
-        unsafe fn load(p: *const f32) -> float32x4_t {
-            // SAFETY: the caller guarantees 4 readable floats at `p`.
-            unsafe { vld1q_f32(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: float32x4_t) {
-            // SAFETY: the caller guarantees 4 writable floats at `p`.
-            unsafe { vst1q_f32(p, v) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
-            vmulq_f32(a, b)
-        }
-        #[inline(always)]
-        unsafe fn mul_add(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
-            vfmaq_f32(c, a, b)
-        }
-        #[inline(always)]
-        unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
-            vmaxq_f32(a, b)
-        }
-        #[inline(always)]
-        unsafe fn sum(v: float32x4_t) -> f32 {
-            vaddvq_f32(v)
-        }
-        #[inline(always)]
-        unsafe fn max_lane(v: float32x4_t) -> f32 {
-            vmaxvq_f32(v)
+        unsafe fn dot_i8_i8(w: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
+            dot16_sdot(dot16_sdot(vdupq_n_s32(0), w.0, x.0), w.1, x.1)
         }
     }
 }

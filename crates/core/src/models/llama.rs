@@ -319,7 +319,7 @@ impl<'a> Input<'a> {
             DType::F32 => Input::F32 { x: &x[..n * k], k },
             DType::Q8Group { group_size: gs } => {
                 let (q, s) = (&mut xq[..n * k], &mut xs[..n * k / gs]);
-                e.kernels.quantize_q8(&x[..n * k], gs, q, s);
+                e.kernels.quantize_q8g(&x[..n * k], gs, q, s);
                 Input::Q8 { q, s, gs }
             }
         }
@@ -352,7 +352,7 @@ fn matmul_chunk(
             // SAFETY: as above.
             unsafe {
                 e.kernels
-                    .matmul_q8_into(wq, ws, w.cols, *gs, q, s, n, out, ldo)
+                    .matmul_q8g_into(wq, ws, w.cols, *gs, q, s, n, out, ldo)
             }
         }
         _ => unreachable!("the input was prepared for this matrix's dtype"),

@@ -1,0 +1,381 @@
+//! Quantized weight blocks: their layouts, quantizers and dequantizers.
+//!
+//! Every block holds [`QK`] = 32 consecutive values of a row. The layouts
+//! are defined once here, `#[repr(C)]` with their sizes asserted, so that a
+//! file, the CPU kernels and (later) the Metal kernels read the same bytes.
+//! The value of element `j` of a block is:
+//!
+//! | type | bytes | value |
+//! | --- | --- | --- |
+//! | [`BlockQ8_0`] | 34 | `d * qs[j]` |
+//! | [`BlockQ4_0`] | 18 | `d * (q[j] - 8)` |
+//! | [`BlockQ4_1`] | 20 | `d * q[j] + m` |
+//!
+//! where `q[j]` of a 4-bit block is the low nibble of `qs[j]` for `j < 16`
+//! and the high nibble of `qs[j - 16]` for `j >= 16` (the layout of ggml's
+//! Q4_0/Q4_1, so those tensors of GGUF files can be used as they are).
+//!
+//! The kernels multiply these by activations quantized at run time into
+//! [`BlockQ8Act`], so each block's dot product is an integer sum.
+
+use half::f16;
+
+/// Values per block.
+pub const QK: usize = 32;
+
+/// 8-bit weights: `d * qs[j]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK],
+}
+
+/// 4-bit weights, symmetric: `d * (q[j] - 8)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// 4-bit weights with an offset: `d * q[j] + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// Activations quantized at run time: `d * qs[j]`, with `s = d * sum(qs)`
+/// kept for the offsets of the weight types.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8Act {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; QK],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+const _: () = assert!(std::mem::size_of::<BlockQ8Act>() == 40);
+const _: () = assert!(std::mem::align_of::<BlockQ8_0>() == 2);
+
+/// What every weight block type shares.
+pub trait Block: Copy + Send + Sync + 'static {
+    /// Bytes of one block.
+    const BYTES: usize = std::mem::size_of::<Self>();
+    /// Quantizes 32 values.
+    fn quantize(x: &[f32; QK]) -> Self;
+    /// The 32 values the block stands for.
+    fn dequantize(&self) -> [f32; QK];
+    /// The part every value of the block shares (`-8 d`, `m` or 0); the
+    /// kernels add it separately, so their rounding scales with it.
+    fn offset(&self) -> f32;
+}
+
+impl Block for BlockQ8_0 {
+    fn quantize(x: &[f32; QK]) -> Self {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        BlockQ8_0 {
+            d: f16::from_f32(d),
+            qs: x.map(|v| (v * id).round() as i8),
+        }
+    }
+
+    fn dequantize(&self) -> [f32; QK] {
+        let d = self.d.to_f32();
+        self.qs.map(|q| d * q as f32)
+    }
+
+    fn offset(&self) -> f32 {
+        0.0
+    }
+}
+
+impl Block for BlockQ4_0 {
+    /// Chooses the scale that minimises the squared error over the block
+    /// (searched around `max / -8` and `max / 7`, then refined by least
+    /// squares), instead of fixing it to `max / -8`.
+    fn quantize(x: &[f32; QK]) -> Self {
+        let (d, q) = symmetric_4bit(x);
+        BlockQ4_0 {
+            d: f16::from_f32(d),
+            qs: pack_nibbles(&q.map(|v| (v + 8) as u8)),
+        }
+    }
+
+    fn dequantize(&self) -> [f32; QK] {
+        let d = self.d.to_f32();
+        unpack_nibbles(&self.qs).map(|q| d * (q as f32 - 8.0))
+    }
+
+    fn offset(&self) -> f32 {
+        -8.0 * self.d.to_f32()
+    }
+}
+
+impl Block for BlockQ4_1 {
+    /// Starts from `min` and `(max - min) / 15`, then refines scale and
+    /// offset by least squares while the error falls.
+    fn quantize(x: &[f32; QK]) -> Self {
+        let (d, m, q) = affine_4bit(x);
+        BlockQ4_1 {
+            d: f16::from_f32(d),
+            m: f16::from_f32(m),
+            qs: pack_nibbles(&q),
+        }
+    }
+
+    fn dequantize(&self) -> [f32; QK] {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        unpack_nibbles(&self.qs).map(|q| d * q as f32 + m)
+    }
+
+    fn offset(&self) -> f32 {
+        self.m.to_f32()
+    }
+}
+
+/// `q[j]` into nibbles: `j < 16` low, `j >= 16` high.
+pub fn pack_nibbles(q: &[u8; QK]) -> [u8; QK / 2] {
+    std::array::from_fn(|j| (q[j] & 15) | (q[j + QK / 2] << 4))
+}
+
+/// The inverse of [`pack_nibbles`].
+pub fn unpack_nibbles(qs: &[u8; QK / 2]) -> [u8; QK] {
+    std::array::from_fn(|j| {
+        if j < QK / 2 {
+            qs[j] & 15
+        } else {
+            qs[j - QK / 2] >> 4
+        }
+    })
+}
+
+/// The symmetric 4-bit quantization of a block with least squared error:
+/// returns `d` and `q` in `-8..=7`.
+fn symmetric_4bit(x: &[f32; QK]) -> (f32, [i8; QK]) {
+    let max = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    if max == 0.0 {
+        return (0.0, [0; QK]);
+    }
+    let quantize = |inv: f32| x.map(|v| (v * inv).round().clamp(-8.0, 7.0) as i8);
+    // For a given q the best d is sum(x q) / sum(q q), leaving an error of
+    // sum(x x) - sum(x q)^2 / sum(q q): maximise sum(x q)^2 / sum(q q).
+    let fit = |q: &[i8; QK]| {
+        let (mut xq, mut qq) = (0.0f64, 0.0f64);
+        for (&v, &k) in x.iter().zip(q) {
+            xq += v as f64 * k as f64;
+            qq += k as f64 * k as f64;
+        }
+        if qq > 0.0 {
+            (xq / qq, xq * xq / qq)
+        } else {
+            (0.0, -1.0)
+        }
+    };
+    let mut best = (-1.0f64, 0.0f64, [0i8; QK]);
+    // Map the largest magnitude to about -8 or to about +7.
+    for target in [-8.0f32, 7.0] {
+        for step in -10..=10 {
+            let q = quantize((target + 0.1 * step as f32) / max);
+            let (d, score) = fit(&q);
+            if score > best.0 {
+                best = (score, d, q);
+            }
+        }
+    }
+    // Refine: requantize with the fitted scale until it stops helping.
+    for _ in 0..4 {
+        if best.1 == 0.0 {
+            break;
+        }
+        let q = quantize((1.0 / best.1) as f32);
+        let (d, score) = fit(&q);
+        if score <= best.0 {
+            break;
+        }
+        best = (score, d, q);
+    }
+    (best.1 as f32, best.2)
+}
+
+/// The affine 4-bit quantization of a block: returns `d`, `m` and `q` in
+/// `0..=15` with `x ~ d * q + m`.
+fn affine_4bit(x: &[f32; QK]) -> (f32, f32, [u8; QK]) {
+    let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == min {
+        return (0.0, min, [0; QK]);
+    }
+    let quantize = |d: f32, m: f32| x.map(|v| ((v - m) / d).round().clamp(0.0, 15.0) as u8);
+    let error = |d: f32, m: f32, q: &[u8; QK]| -> f64 {
+        x.iter()
+            .zip(q)
+            .map(|(&v, &k)| {
+                let e = (d * k as f32 + m - v) as f64;
+                e * e
+            })
+            .sum()
+    };
+    let (mut d, mut m) = ((max - min) / 15.0, min);
+    let mut q = quantize(d, m);
+    let mut err = error(d, m, &q);
+    for _ in 0..4 {
+        // Least squares for d and m given q.
+        let n = QK as f64;
+        let (mut sq, mut sqq, mut sx, mut sqx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (&v, &k) in x.iter().zip(&q) {
+            let k = k as f64;
+            sq += k;
+            sqq += k * k;
+            sx += v as f64;
+            sqx += k * v as f64;
+        }
+        let det = n * sqq - sq * sq;
+        if det <= 0.0 {
+            break;
+        }
+        let nd = ((n * sqx - sq * sx) / det) as f32;
+        let nm = ((sx - nd as f64 * sq) / n) as f32;
+        if nd <= 0.0 {
+            break;
+        }
+        let nq = quantize(nd, nm);
+        let ne = error(nd, nm, &nq);
+        if ne >= err {
+            break;
+        }
+        (d, m, q, err) = (nd, nm, nq, ne);
+    }
+    (d, m, q)
+}
+
+/// Quantizes a row (a multiple of [`QK`] long) into blocks.
+pub fn quantize_row<B: Block>(x: &[f32]) -> Vec<B> {
+    assert!(x.len().is_multiple_of(QK));
+    x.chunks_exact(QK)
+        .map(|c| B::quantize(c.try_into().expect("a whole block")))
+        .collect()
+}
+
+/// The values of a row of blocks.
+pub fn dequantize_row<B: Block>(blocks: &[B], out: &mut [f32]) {
+    assert_eq!(out.len(), blocks.len() * QK);
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+        o.copy_from_slice(&b.dequantize());
+    }
+}
+
+/// Quantizes activations the way the kernels do: `d = max|x| / 127`,
+/// `q = round(x / d)`, `s = d * sum(q)`.
+pub fn quantize_act(x: &[f32; QK]) -> BlockQ8Act {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let qs = x.map(|v| (v * id).round() as i8);
+    let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+    BlockQ8Act {
+        d,
+        s: d * sum as f32,
+        qs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(seed: u32) -> [f32; QK] {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        std::array::from_fn(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 2.0
+        })
+    }
+
+    fn sq_error(x: &[f32; QK], y: &[f32; QK]) -> f64 {
+        x.iter().zip(y).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+    }
+
+    #[test]
+    fn nibbles_round_trip() {
+        let q: [u8; QK] = std::array::from_fn(|j| (j * 7 % 16) as u8);
+        assert_eq!(unpack_nibbles(&pack_nibbles(&q)), q);
+    }
+
+    #[test]
+    fn q4_0_beats_the_plain_max_over_minus_8_rule() {
+        // The plain rule: d = max / -8, q = round(x / d) + 8 clamped.
+        let (mut ours, mut plain) = (0.0, 0.0);
+        for seed in 1..500 {
+            let x = block(seed);
+            ours += sq_error(&x, &BlockQ4_0::quantize(&x).dequantize());
+            let max = x
+                .iter()
+                .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = max / -8.0;
+            let p = x.map(|v| d * ((v / d).round().clamp(-8.0, 7.0)));
+            plain += sq_error(&x, &p);
+        }
+        assert!(ours < plain * 0.9, "ours {ours} plain {plain}");
+    }
+
+    #[test]
+    fn q8_0_errors_are_within_half_a_step() {
+        for seed in 1..200 {
+            let x = block(seed);
+            let step = x.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            let y = BlockQ8_0::quantize(&x).dequantize();
+            for j in 0..QK {
+                // Half a step, plus the rounding of the scale to f16
+                // (127 * 2^-11 of a step at most).
+                assert!((y[j] - x[j]).abs() <= step * 0.57, "{} vs {}", y[j], x[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn q4_1_refinement_never_loses_to_min_max() {
+        let (mut ours, mut plain) = (0.0, 0.0);
+        for seed in 1..500 {
+            let x = block(seed);
+            ours += sq_error(&x, &BlockQ4_1::quantize(&x).dequantize());
+            let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let d = (max - min) / 15.0;
+            let p = x.map(|v| d * ((v - min) / d).round().clamp(0.0, 15.0) + min);
+            plain += sq_error(&x, &p);
+        }
+        assert!(ours < plain, "ours {ours} plain {plain}");
+    }
+
+    #[test]
+    fn zeros_stay_zeros() {
+        let zeros = [0.0; QK];
+        assert_eq!(BlockQ4_0::quantize(&zeros).dequantize(), zeros);
+        assert_eq!(BlockQ4_1::quantize(&zeros).dequantize(), zeros);
+        assert_eq!(BlockQ8_0::quantize(&zeros).dequantize(), zeros);
+    }
+
+    #[test]
+    fn activation_blocks_carry_their_sum() {
+        let x = block(9);
+        let a = quantize_act(&x);
+        let sum: i32 = a.qs.iter().map(|&q| q as i32).sum();
+        assert_eq!(a.s, a.d * sum as f32);
+        for (&q, &v) in a.qs.iter().zip(&x) {
+            assert!((a.d * q as f32 - v).abs() <= a.d * 0.5 + 1e-6);
+        }
+    }
+}
