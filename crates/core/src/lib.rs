@@ -25,6 +25,7 @@
 //! ```
 
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod format;
 pub mod generate;

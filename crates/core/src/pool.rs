@@ -252,6 +252,23 @@ fn worker(shared: &Shared, index: usize) {
     }
 }
 
+/// A raw pointer that the threads of a region may share, each using a
+/// disjoint part of what it points to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
+
+impl<T> SyncPtr<T> {
+    /// The pointer. (A method, so closures capture the `Sync` wrapper.)
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: users only write disjoint elements from different threads.
+unsafe impl<T> Send for SyncPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SyncPtr<T> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

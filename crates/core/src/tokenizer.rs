@@ -106,6 +106,11 @@ impl Tokenizer {
         self.pieces.get(id as usize).map(|p| p.as_slice())
     }
 
+    /// The merge score of token `id`.
+    pub fn score(&self, id: u32) -> Option<f32> {
+        self.scores.get(id as usize).copied()
+    }
+
     /// Encodes `text` as run.c does: BOS if asked, the dummy-prefix space
     /// (for non-empty text), one token per UTF-8 character where the
     /// vocabulary has it (else one byte token per byte), then repeated

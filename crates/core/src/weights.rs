@@ -5,17 +5,88 @@
 //! turns descriptors into borrowed views. Nothing is copied: the weights cost
 //! address space and page cache, not heap.
 
+use crate::quant::{Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use half::{bf16, f16};
 use memmap2::Mmap;
 use std::ops::Range;
 
 /// How a matrix's elements are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     /// 32-bit floats.
     F32,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 8-bit blocks of 32 with an f16 scale ([`BlockQ8_0`]).
+    Q8_0,
+    /// 4-bit blocks of 32 with an f16 scale ([`BlockQ4_0`]).
+    Q4_0,
+    /// 4-bit blocks of 32 with an f16 scale and offset ([`BlockQ4_1`]).
+    Q4_1,
     /// llama2.c's group-quantized int8: all int8 values row-major, then one
     /// f32 scale per `group_size` consecutive values.
     Q8Group { group_size: usize },
+}
+
+impl DType {
+    /// The name used in tinyllm files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q8Group { .. } => "q8_group",
+        }
+    }
+
+    /// Parses a name of a dtype tinyllm files can hold.
+    pub fn from_name(name: &str) -> Option<DType> {
+        [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+        ]
+        .into_iter()
+        .find(|d| d.name() == name)
+    }
+
+    /// Whether rows are stored in blocks of [`QK`] values.
+    pub fn is_blocked(self) -> bool {
+        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+    }
+
+    /// Bytes of a `rows x cols` matrix of this type, values and scales
+    /// (`None` if `cols` does not fit the type's blocks or it overflows).
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
+        let n = rows.checked_mul(cols)?;
+        let block = |bytes: usize| cols.is_multiple_of(QK).then(|| n / QK * bytes);
+        match self {
+            DType::F32 => n.checked_mul(4),
+            DType::F16 | DType::BF16 => n.checked_mul(2),
+            DType::Q8_0 => block(BlockQ8_0::BYTES),
+            DType::Q4_0 => block(BlockQ4_0::BYTES),
+            DType::Q4_1 => block(BlockQ4_1::BYTES),
+            DType::Q8Group { group_size } => {
+                cols.is_multiple_of(group_size).then(|| n + n / group_size * 4)
+            }
+        }
+    }
+
+    /// Bits per weight, scales included.
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            DType::Q8Group { group_size } => 8.0 + 32.0 / group_size as f64,
+            _ => self.matrix_bytes(1, QK).unwrap_or(0) as f64 * 8.0 / QK as f64,
+        }
+    }
 }
 
 /// Where one matrix lives in the file.
@@ -31,22 +102,11 @@ pub struct MatrixDesc {
 }
 
 impl MatrixDesc {
-    /// Bytes of values (not counting scales).
-    pub fn value_bytes(&self) -> usize {
-        match self.dtype {
-            DType::F32 => self.rows * self.cols * 4,
-            DType::Q8Group { .. } => self.rows * self.cols,
-        }
-    }
-
-    /// Bytes the matrix occupies in all.
+    /// Bytes the matrix occupies in all (values and scales).
     pub fn bytes(&self) -> usize {
-        match self.dtype {
-            DType::F32 => self.value_bytes(),
-            DType::Q8Group { group_size } => {
-                self.value_bytes() + self.rows * self.cols / group_size * 4
-            }
-        }
+        self.dtype
+            .matrix_bytes(self.rows, self.cols)
+            .expect("the loader checked the matrix's size")
     }
 }
 
@@ -80,6 +140,21 @@ pub struct LayerDesc {
     pub w3: MatrixDesc,
 }
 
+impl LayerDesc {
+    /// The block's matrices with their names in tinyllm files.
+    pub fn matrices(&self) -> [(&'static str, &MatrixDesc); 7] {
+        [
+            ("attn_q", &self.wq),
+            ("attn_k", &self.wk),
+            ("attn_v", &self.wv),
+            ("attn_output", &self.wo),
+            ("ffn_gate", &self.w1),
+            ("ffn_down", &self.w2),
+            ("ffn_up", &self.w3),
+        ]
+    }
+}
+
 /// Every tensor of a model, as descriptors into one mapped file.
 #[derive(Debug)]
 pub struct Weights {
@@ -101,11 +176,16 @@ pub struct MatRef<'a> {
     pub data: MatData<'a>,
 }
 
-/// The elements of a [`MatRef`].
+/// The elements of a [`MatRef`], row-major.
 #[derive(Clone, Copy, Debug)]
 pub enum MatData<'a> {
-    /// `(rows, cols)` floats.
     F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+    /// `cols / 32` blocks per row.
+    Q8_0(&'a [BlockQ8_0]),
+    Q4_0(&'a [BlockQ4_0]),
+    Q4_1(&'a [BlockQ4_1]),
     /// `(rows, cols)` int8 values and `rows * cols / group_size` scales.
     Q8Group {
         q: &'a [i8],
@@ -118,11 +198,18 @@ impl<'a> MatRef<'a> {
     /// The rows `range` of the matrix.
     pub fn slice_rows(&self, range: Range<usize>) -> MatRef<'a> {
         let (r0, r1, k) = (range.start, range.end, self.cols);
+        let (e0, e1) = (r0 * k, r1 * k);
+        let (b0, b1) = (e0 / QK, e1 / QK);
         let data = match self.data {
-            MatData::F32(w) => MatData::F32(&w[r0 * k..r1 * k]),
+            MatData::F32(w) => MatData::F32(&w[e0..e1]),
+            MatData::F16(w) => MatData::F16(&w[e0..e1]),
+            MatData::BF16(w) => MatData::BF16(&w[e0..e1]),
+            MatData::Q8_0(w) => MatData::Q8_0(&w[b0..b1]),
+            MatData::Q4_0(w) => MatData::Q4_0(&w[b0..b1]),
+            MatData::Q4_1(w) => MatData::Q4_1(&w[b0..b1]),
             MatData::Q8Group { q, s, group_size } => MatData::Q8Group {
-                q: &q[r0 * k..r1 * k],
-                s: &s[r0 * k / group_size..r1 * k / group_size],
+                q: &q[e0..e1],
+                s: &s[e0 / group_size..e1 / group_size],
                 group_size,
             },
         };
@@ -136,12 +223,23 @@ impl<'a> MatRef<'a> {
     /// Writes row `r` as floats into `out` (`cols` long).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let k = self.cols;
+        let (e0, e1) = (r * k, (r + 1) * k);
         match self.data {
-            MatData::F32(w) => out.copy_from_slice(&w[r * k..(r + 1) * k]),
+            MatData::F32(w) => out.copy_from_slice(&w[e0..e1]),
+            MatData::F16(w) => out
+                .iter_mut()
+                .zip(&w[e0..e1])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            MatData::BF16(w) => out
+                .iter_mut()
+                .zip(&w[e0..e1])
+                .for_each(|(o, v)| *o = v.to_f32()),
+            MatData::Q8_0(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
+            MatData::Q4_0(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
+            MatData::Q4_1(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
             MatData::Q8Group { q, s, group_size } => {
-                let row = &q[r * k..(r + 1) * k];
-                for (j, (o, &v)) in out.iter_mut().zip(row).enumerate() {
-                    *o = v as f32 * s[(r * k + j) / group_size];
+                for (j, (o, &v)) in out.iter_mut().zip(&q[e0..e1]).enumerate() {
+                    *o = v as f32 * s[(e0 + j) / group_size];
                 }
             }
         }
@@ -173,12 +271,18 @@ impl Weights {
 
     /// A view of the matrix `d`.
     pub fn matrix(&self, d: &MatrixDesc) -> MatRef<'_> {
+        let bytes = &self.map[d.offset..];
         let n = d.rows * d.cols;
         let data = match d.dtype {
-            DType::F32 => MatData::F32(f32s(&self.map[d.offset..d.offset + 4 * n])),
+            DType::F32 => MatData::F32(cast(bytes, n)),
+            DType::F16 => MatData::F16(cast(bytes, n)),
+            DType::BF16 => MatData::BF16(cast(bytes, n)),
+            DType::Q8_0 => MatData::Q8_0(cast(bytes, n / QK)),
+            DType::Q4_0 => MatData::Q4_0(cast(bytes, n / QK)),
+            DType::Q4_1 => MatData::Q4_1(cast(bytes, n / QK)),
             DType::Q8Group { group_size } => MatData::Q8Group {
-                q: i8s(&self.map[d.offset..d.offset + n]),
-                s: f32s(&self.map[d.scales_offset..d.scales_offset + 4 * (n / group_size)]),
+                q: cast(bytes, n),
+                s: cast(&self.map[d.scales_offset..], n / group_size),
                 group_size,
             },
         };
@@ -191,7 +295,7 @@ impl Weights {
 
     /// A view of the vector `d`.
     pub fn vector(&self, d: &VectorDesc) -> &[f32] {
-        f32s(&self.map[d.offset..d.offset + 4 * d.len])
+        cast(&self.map[d.offset..], d.len)
     }
 
     /// Bytes read from the weights to decode one token: every block's
@@ -201,10 +305,7 @@ impl Weights {
             .layers
             .iter()
             .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3]
-                    .iter()
-                    .map(|m| m.bytes())
-                    .sum::<usize>()
+                l.matrices().iter().map(|(_, m)| m.bytes()).sum::<usize>()
                     + 4 * (l.attn_norm.len + l.ffn_norm.len)
             })
             .sum();
@@ -213,19 +314,53 @@ impl Weights {
     }
 }
 
-/// Views little-endian bytes as f32. The loader only hands out 4-aligned
-/// offsets into a page-aligned mapping, so misalignment is a bug.
-fn f32s(bytes: &[u8]) -> &[f32] {
-    // SAFETY: every bit pattern is a valid f32; `align_to` only puts
-    // correctly aligned elements in the middle part.
-    let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
-    assert!(head.is_empty() && tail.is_empty(), "misaligned f32 tensor");
-    mid
+/// Types any bit pattern of whose size is a valid value, so file bytes can
+/// be viewed as them.
+///
+/// # Safety
+///
+/// Implementors must be `Copy`, have no padding and accept every bit pattern.
+pub(crate) unsafe trait Pod: Copy {}
+// SAFETY: plain numbers and `#[repr(C)]` blocks of them without padding
+// (their sizes are asserted in `quant`).
+unsafe impl Pod for f32 {}
+// SAFETY: as above.
+unsafe impl Pod for i8 {}
+// SAFETY: as above.
+unsafe impl Pod for u8 {}
+// SAFETY: as above.
+unsafe impl Pod for u32 {}
+// SAFETY: as above.
+unsafe impl Pod for f16 {}
+// SAFETY: as above.
+unsafe impl Pod for bf16 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ8_0 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ4_0 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ4_1 {}
+
+/// The first `n` values of type `T` at the start of `bytes`. The loaders
+/// only hand out offsets aligned for their types in a page-aligned mapping,
+/// and extents they checked, so a failure here is a bug.
+pub(crate) fn cast<T: Pod>(bytes: &[u8], n: usize) -> &[T] {
+    let len = n * std::mem::size_of::<T>();
+    let bytes = &bytes[..len];
+    assert!(
+        (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
+        "misaligned tensor"
+    );
+    // SAFETY: `T: Pod` accepts any bytes; the pointer is aligned (checked)
+    // and the length covers exactly `n` values inside `bytes`.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), n) }
 }
 
-fn i8s(bytes: &[u8]) -> &[i8] {
-    // SAFETY: u8 and i8 have the same size, alignment and valid bit patterns.
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) }
+/// The bytes of a slice of plain values.
+pub(crate) fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
+    // SAFETY: `T: Pod` has no padding, so every byte of the slice is
+    // initialised; the length is the slice's size in bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 #[cfg(target_endian = "big")]

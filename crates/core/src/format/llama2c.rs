@@ -84,11 +84,10 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
     }
 
     let mut layout = Layout::new(path, data_start);
-    let weights = match kind {
-        FileKind::Llama2cLegacy => layout_legacy(&mut layout, &config, untied)?,
-        FileKind::Llama2cV1 | FileKind::Llama2cV2 => {
-            layout_versioned(&mut layout, &config, untied, dtype)?
-        }
+    let weights = if versioned {
+        layout_versioned(&mut layout, &config, untied, dtype)?
+    } else {
+        layout_legacy(&mut layout, &config, untied)?
     };
     if layout.end != map.len() {
         let how = if map.len() < layout.end {
@@ -119,6 +118,8 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         kind,
         config,
         weights: Weights::new(map, embedding, layers, final_norm, classifier),
+        tokenizer: None,
+        header: None,
     })
 }
 
@@ -208,23 +209,19 @@ impl<'a> Layout<'a> {
     }
 
     fn matrix(&mut self, rows: usize, cols: usize, dtype: DType) -> Result<MatrixDesc> {
-        let n = rows.checked_mul(cols);
-        match dtype {
-            DType::F32 => Ok(MatrixDesc {
-                rows,
-                cols,
-                dtype,
-                offset: self.bytes(n.and_then(|n| n.checked_mul(4)))?,
-                scales_offset: 0,
-            }),
-            DType::Q8Group { group_size } => {
-                if !cols.is_multiple_of(group_size) {
-                    return Err(Error::format(
-                        self.path,
-                        format!("group size {group_size} does not divide a row of {cols} values"),
-                    ));
+        let Some(bytes) = dtype.matrix_bytes(rows, cols) else {
+            let reason = match dtype {
+                DType::Q8Group { group_size } if !cols.is_multiple_of(group_size) => {
+                    format!("group size {group_size} does not divide a row of {cols} values")
                 }
-                let offset = self.bytes(n)?;
+                _ => "tensor sizes overflow".to_string(),
+            };
+            return Err(Error::format(self.path, reason));
+        };
+        let (offset, scales_offset) = match dtype {
+            DType::Q8Group { group_size } => {
+                let n = rows * cols;
+                let offset = self.bytes(Some(n))?;
                 if !self.end.is_multiple_of(4) {
                     return Err(Error::format(
                         self.path,
@@ -233,16 +230,17 @@ impl<'a> Layout<'a> {
                         ),
                     ));
                 }
-                let scales_offset = self.bytes(n.and_then(|n| (n / group_size).checked_mul(4)))?;
-                Ok(MatrixDesc {
-                    rows,
-                    cols,
-                    dtype,
-                    offset,
-                    scales_offset,
-                })
+                (offset, self.bytes(Some(bytes - n))?)
             }
-        }
+            _ => (self.bytes(Some(bytes))?, 0),
+        };
+        Ok(MatrixDesc {
+            rows,
+            cols,
+            dtype,
+            offset,
+            scales_offset,
+        })
     }
 
     /// One matrix of each layer, laid out one after another.

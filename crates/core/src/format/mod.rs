@@ -5,9 +5,11 @@
 //! file's length before anything reads a weight.
 
 pub mod llama2c;
+pub mod tinyllm;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 use memmap2::Mmap;
 use std::fs::File;
@@ -22,6 +24,8 @@ pub enum FileKind {
     Llama2cV1,
     /// llama2.c's `export.py` version 2: 256-byte header, int8 groups.
     Llama2cV2,
+    /// tinyllm's own format (`docs/FORMAT.md`).
+    Tinyllm,
 }
 
 impl FileKind {
@@ -31,6 +35,7 @@ impl FileKind {
             FileKind::Llama2cLegacy => "llama2.c (legacy, f32)",
             FileKind::Llama2cV1 => "llama2.c version 1 (f32)",
             FileKind::Llama2cV2 => "llama2.c version 2 (int8 groups)",
+            FileKind::Tinyllm => "tinyllm",
         }
     }
 }
@@ -41,6 +46,10 @@ pub struct ModelFile {
     pub kind: FileKind,
     pub config: Config,
     pub weights: Weights,
+    /// The tokenizer the file carries, if any.
+    pub tokenizer: Option<Tokenizer>,
+    /// A tinyllm file's header.
+    pub header: Option<tinyllm::Header>,
 }
 
 /// Opens `path`, recognises its kind by content and maps its weights.
@@ -68,6 +77,9 @@ pub fn open(path: &Path) -> Result<ModelFile> {
             path,
             "GGUF files are not supported by this version of tinyllm",
         ));
+    }
+    if head.starts_with(tinyllm::MAGIC) {
+        return tinyllm::open(path, map);
     }
     llama2c::open(path, map)
 }

@@ -14,7 +14,8 @@
 use crate::config::Config;
 use crate::kernels::Kernels;
 use crate::kv_cache::KvCache;
-use crate::pool::ThreadPool;
+use crate::pool::{SyncPtr, ThreadPool};
+use crate::quant::{self, BlockQ8Act, QK};
 use crate::weights::{DType, MatData, MatRef, Weights};
 use std::ops::Range;
 
@@ -49,8 +50,10 @@ pub struct Scratch {
     proj: Vec<f32>,
     /// `(n_threads, max_len)` attention scores, one row per thread
     scores: Vec<f32>,
-    /// `(T, max(D, Q, H))` activations quantized for int8 weights, and
-    /// `(T, max(D, Q, H) / group_size)` their scales
+    /// Activations quantized for the weights that take them: blocks of 32
+    /// for the block types, `(T, max(D, Q, H) / 32)`
+    acts: Vec<BlockQ8Act>,
+    /// and llama2.c's int8 groups, `(T, max(D, Q, H))` values and their scales
     xq: Vec<i8>,
     xs: Vec<f32>,
     /// `(head_dim / 2,)` rotary frequencies
@@ -71,10 +74,14 @@ impl Scratch {
         n_threads: usize,
     ) -> Self {
         let widest = c.dim.max(c.q_dim()).max(c.hidden_dim);
-        let quantized = match weights.embedding.dtype {
-            DType::F32 => 0,
-            DType::Q8Group { .. } => 1,
-        };
+        let dtypes: Vec<DType> = weights
+            .layers
+            .iter()
+            .flat_map(|l| l.matrices().map(|(_, m)| m.dtype))
+            .chain([weights.classifier.dtype])
+            .collect();
+        let blocked = usize::from(dtypes.iter().any(|d| d.is_blocked()));
+        let grouped = usize::from(dtypes.iter().any(|d| matches!(d, DType::Q8Group { .. })));
         let half = c.head_dim / 2;
         // Each pair (2j, 2j+1) of a head turns at pos * theta^(-2j / head_dim),
         // computed in f32 with the same operations as llama2.c's run.c.
@@ -91,8 +98,9 @@ impl Scratch {
             hb2: vec![0.0; max_batch * c.hidden_dim],
             proj: vec![0.0; max_batch * c.dim],
             scores: vec![0.0; n_threads * max_len],
-            xq: vec![0; quantized * max_batch * widest],
-            xs: vec![0.0; quantized * max_batch * widest],
+            acts: vec![quant::quantize_act(&[0.0; QK]); blocked * max_batch * widest.div_ceil(QK)],
+            xq: vec![0; grouped * max_batch * widest],
+            xs: vec![0.0; grouped * max_batch * widest],
             inv_freq,
             cos: vec![0.0; max_batch * half],
             sin: vec![0.0; max_batch * half],
@@ -159,7 +167,8 @@ pub fn forward(
         // q = xb @ wq^T (T, Q); k, v = xb @ wk^T, xb @ wv^T written straight
         // into the cache at positions p0..p0+T                         (T, KV)
         let (kc, vc) = cache.layer_mut(l);
-        let input = Input::prepare(e, &s.xb, n, dim, &lw.wq.dtype, &mut s.xq, &mut s.xs);
+        let dtypes = [lw.wq.dtype, lw.wk.dtype, lw.wv.dtype];
+        let input = Input::prepare(e, &s.xb, n, dim, &dtypes, &mut s.acts, &mut s.xq, &mut s.xs);
         let outs = [
             Out::new(&mut s.q[..n * q_dim], q_dim),
             Out::new(&mut kc[p0 * kv_dim..(p0 + n) * kv_dim], kv_dim),
@@ -187,14 +196,25 @@ pub fn forward(
         attention(e, kc, vc, s, n, p0);
 
         // x += att @ wo^T                                               (T, D)
-        let input = Input::prepare(e, &s.att, n, q_dim, &lw.wo.dtype, &mut s.xq, &mut s.xs);
+        let dtypes = [lw.wo.dtype];
+        let input = Input::prepare(
+            e,
+            &s.att,
+            n,
+            q_dim,
+            &dtypes,
+            &mut s.acts,
+            &mut s.xq,
+            &mut s.xs,
+        );
         add_product(e, w.matrix(&lw.wo), &input, &mut s.x, &mut s.proj, n);
 
         // ---- feed-forward -------------------------------------------------
         rmsnorm_rows(e, &s.x, w.vector(&lw.ffn_norm), &mut s.xb, n, dim);
 
         // hb = silu(xb @ w1^T) * (xb @ w3^T)                           (T, H)
-        let input = Input::prepare(e, &s.xb, n, dim, &lw.w1.dtype, &mut s.xq, &mut s.xs);
+        let dtypes = [lw.w1.dtype, lw.w3.dtype];
+        let input = Input::prepare(e, &s.xb, n, dim, &dtypes, &mut s.acts, &mut s.xq, &mut s.xs);
         let outs = [
             Out::new(&mut s.hb[..n * hid], hid),
             Out::new(&mut s.hb2[..n * hid], hid),
@@ -220,7 +240,8 @@ pub fn forward(
         );
 
         // x += hb @ w2^T                                                (T, D)
-        let input = Input::prepare(e, &s.hb, n, hid, &lw.w2.dtype, &mut s.xq, &mut s.xs);
+        let dtypes = [lw.w2.dtype];
+        let input = Input::prepare(e, &s.hb, n, hid, &dtypes, &mut s.acts, &mut s.xq, &mut s.xs);
         add_product(e, w.matrix(&lw.w2), &input, &mut s.x, &mut s.proj, n);
     }
     cache.commit(n);
@@ -242,7 +263,17 @@ pub fn forward(
         dim,
     );
     let cls = w.classifier.clone();
-    let input = Input::prepare(e, &s.xb, rows, dim, &cls.dtype, &mut s.xq, &mut s.xs);
+    let dtypes = [cls.dtype];
+    let input = Input::prepare(
+        e,
+        &s.xb,
+        rows,
+        dim,
+        &dtypes,
+        &mut s.acts,
+        &mut s.xq,
+        &mut s.xs,
+    );
     par_matmul(
         e,
         &[w.matrix(&cls)],
@@ -256,21 +287,6 @@ pub fn forward(
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A raw pointer that threads may share; each uses a disjoint part.
-#[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
-
-impl<T> SyncPtr<T> {
-    /// The pointer. (A method, so closures capture the `Sync` wrapper.)
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-// SAFETY: users only write disjoint elements from different threads.
-unsafe impl<T> Send for SyncPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SyncPtr<T> {}
 
 /// A `(T, ld)` output matrix that threads fill by disjoint column ranges.
 #[derive(Clone, Copy)]
@@ -290,39 +306,51 @@ impl Out {
     }
 }
 
-/// The input of a group of products: f32 activations, or the same quantized
-/// for int8 weights.
-enum Input<'a> {
-    F32 {
-        x: &'a [f32],
-        k: usize,
-    },
-    Q8 {
-        q: &'a [i8],
-        s: &'a [f32],
-        gs: usize,
-    },
+/// The input of a group of products: f32 activations `(T, k)`, and the
+/// same quantized for the weights that take quantized input.
+struct Input<'a> {
+    x: &'a [f32],
+    k: usize,
+    /// `(T, k / 32)` blocks, for the block types.
+    acts: &'a [BlockQ8Act],
+    /// `(T, k)` values and `(T, k / group_size)` scales, for llama2.c's groups.
+    q8g: Option<(&'a [i8], &'a [f32], usize)>,
 }
 
 impl<'a> Input<'a> {
-    /// The `(T, k)` activations `x` in the form weights of `dtype` take.
+    /// The `(T, k)` activations `x` in every form the weights of `dtypes` take.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         e: Engine<'_>,
         x: &'a [f32],
         n: usize,
         k: usize,
-        dtype: &DType,
+        dtypes: &[DType],
+        acts: &'a mut [BlockQ8Act],
         xq: &'a mut [i8],
         xs: &'a mut [f32],
     ) -> Input<'a> {
-        match *dtype {
-            DType::F32 => Input::F32 { x: &x[..n * k], k },
-            DType::Q8Group { group_size: gs } => {
-                let (q, s) = (&mut xq[..n * k], &mut xs[..n * k / gs]);
-                e.kernels.quantize_q8g(&x[..n * k], gs, q, s);
-                Input::Q8 { q, s, gs }
-            }
+        let x = &x[..n * k];
+        let mut input = Input {
+            x,
+            k,
+            acts: &[],
+            q8g: None,
+        };
+        if dtypes.iter().any(|d| d.is_blocked()) {
+            let acts = &mut acts[..n * k / QK];
+            e.kernels.quantize_act(x, acts);
+            input.acts = acts;
         }
+        if let Some(gs) = dtypes.iter().find_map(|d| match d {
+            DType::Q8Group { group_size } => Some(*group_size),
+            _ => None,
+        }) {
+            let (q, s) = (&mut xq[..n * k], &mut xs[..n * k / gs]);
+            e.kernels.quantize_q8g(x, gs, q, s);
+            input.q8g = Some((q, s, gs));
+        }
+        input
     }
 }
 
@@ -335,27 +363,28 @@ fn matmul_chunk(
     out: *mut f32,
     ldo: usize,
 ) {
-    match (&w.data, input) {
-        (MatData::F32(wd), Input::F32 { x, k }) => {
-            // SAFETY: the caller gives this chunk exclusive use of its columns.
-            unsafe { e.kernels.matmul_f32_into(wd, *k, x, *k, n, out, ldo) }
-        }
-        (
+    let (k, x, nb) = (input.k, input.x, w.cols / QK);
+    let kern = e.kernels;
+    // SAFETY: (all arms) the caller gives this chunk exclusive use of its
+    // output columns; the kernels check the input extents.
+    unsafe {
+        match w.data {
+            MatData::F32(wd) => kern.matmul_f32_into(wd, k, x, k, n, out, ldo),
+            MatData::F16(wd) => kern.matmul_f16_into(wd, k, x, k, n, out, ldo),
+            MatData::BF16(wd) => kern.matmul_bf16_into(wd, k, x, k, n, out, ldo),
+            MatData::Q8_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
+            MatData::Q4_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
+            MatData::Q4_1(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q8Group {
                 q: wq,
                 s: ws,
                 group_size,
-            },
-            Input::Q8 { q, s, gs },
-        ) => {
-            assert_eq!(group_size, gs);
-            // SAFETY: as above.
-            unsafe {
-                e.kernels
-                    .matmul_q8g_into(wq, ws, w.cols, *gs, q, s, n, out, ldo)
+            } => {
+                let (q, s, gs) = input.q8g.expect("prepared for this matrix's dtype");
+                assert_eq!(group_size, gs);
+                kern.matmul_q8g_into(wq, ws, w.cols, gs, q, s, n, out, ldo)
             }
         }
-        _ => unreachable!("the input was prepared for this matrix's dtype"),
     }
 }
 
@@ -459,18 +488,12 @@ fn add_product(
     n: usize,
 ) {
     let dim = w.rows;
-    let (xp, pp) = (SyncPtr(x.as_mut_ptr()), SyncPtr(proj.as_mut_ptr()));
-    par_matmul(
-        e,
-        &[w],
-        &[Out::new(&mut proj[..n * dim], dim)],
-        input,
-        n,
-        |_, rows| {
-            // SAFETY: each chunk owns columns `rows` of x and proj.
-            unsafe { add_columns(xp, pp, dim, n, rows) }
-        },
-    );
+    let out = Out::new(&mut proj[..n * dim], dim);
+    let (xp, pp) = (SyncPtr(x.as_mut_ptr()), out.ptr);
+    par_matmul(e, &[w], &[out], input, n, |_, rows| {
+        // SAFETY: each chunk owns columns `rows` of x and proj.
+        unsafe { add_columns(xp, pp, dim, n, rows) }
+    });
 }
 
 /// `x[t, cols] += proj[t, cols]` for every token of the batch.

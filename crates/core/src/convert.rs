@@ -1,0 +1,311 @@
+//! Converting any model the engine opens into a tinyllm file, at a chosen
+//! precision, quantizing rows in parallel.
+
+use crate::error::{Error, Result};
+use crate::format::tinyllm::{Header, HeaderConfig, TensorInfo, TokenizerInfo, Writer};
+use crate::model::Model;
+use crate::pool::{SyncPtr, ThreadPool};
+use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::tokenizer::{BOS, EOS, Tokenizer};
+use crate::weights::{DType, MatRef, MatrixDesc, as_bytes};
+use half::{bf16, f16};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// How to store each weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recipe {
+    /// Every matrix in one type.
+    Uniform(DType),
+    /// 4-bit (q4_0) matrices, but 8-bit (q8_0) for the tensors that matter
+    /// most: the embeddings, the classifier and the attention values.
+    Q4Mixed,
+}
+
+impl Recipe {
+    /// The recipes by name, as the command line takes them.
+    pub const NAMES: [&'static str; 7] = ["f32", "f16", "bf16", "q8_0", "q4", "q4_1", "q4_mixed"];
+
+    pub fn parse(name: &str) -> Result<Recipe> {
+        Ok(match name {
+            "f32" => Recipe::Uniform(DType::F32),
+            "f16" => Recipe::Uniform(DType::F16),
+            "bf16" => Recipe::Uniform(DType::BF16),
+            "q8_0" => Recipe::Uniform(DType::Q8_0),
+            "q4" | "q4_0" => Recipe::Uniform(DType::Q4_0),
+            "q4_1" => Recipe::Uniform(DType::Q4_1),
+            "q4_mixed" => Recipe::Q4Mixed,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown quantization '{name}' (choose from {})",
+                    Recipe::NAMES.join(", ")
+                )));
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::Uniform(DType::Q4_0) => "q4",
+            Recipe::Uniform(d) => d.name(),
+            Recipe::Q4Mixed => "q4_mixed",
+        }
+    }
+
+    /// The type of the matrix `name` with rows of `cols` values. A block type
+    /// needs rows that are a multiple of 32 values; other rows fall back to f16.
+    pub fn dtype(self, name: &str, cols: usize) -> DType {
+        let want = match self {
+            Recipe::Uniform(d) => d,
+            Recipe::Q4Mixed
+                if name == "token_embd" || name == "output" || name.ends_with(".attn_v") =>
+            {
+                DType::Q8_0
+            }
+            Recipe::Q4Mixed => DType::Q4_0,
+        };
+        if want.is_blocked() && !cols.is_multiple_of(QK) {
+            DType::F16
+        } else {
+            want
+        }
+    }
+}
+
+/// What a conversion wrote.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub tensors: usize,
+    /// Weights in the matrices (norms and tokenizer not counted).
+    pub parameters: usize,
+    /// Bytes of the matrices.
+    pub weight_bytes: usize,
+    /// Bytes of the whole file.
+    pub file_bytes: u64,
+    pub seconds: f64,
+    /// How many matrices of each type.
+    pub dtypes: BTreeMap<&'static str, usize>,
+}
+
+impl Report {
+    /// Bits per weight over the matrices, scales included.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.weight_bytes as f64 * 8.0 / self.parameters.max(1) as f64
+    }
+}
+
+/// One tensor to write.
+enum Source<'a> {
+    Matrix(MatRef<'a>, DType),
+    Vector(&'a [f32]),
+    Bytes(Vec<u8>),
+}
+
+/// Converts `model` (with its `tokenizer`) into a tinyllm file at `dst`.
+/// `source` is recorded in the header as provenance. `progress(done,
+/// total, name)` is called before each tensor and once at the end.
+pub fn convert(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    dst: &Path,
+    recipe: Recipe,
+    source: serde_json::Value,
+    pool: &ThreadPool,
+    progress: &mut dyn FnMut(usize, usize, &str) -> Result<()>,
+) -> Result<Report> {
+    let start = Instant::now();
+    let c = &model.config;
+    let w = &model.weights;
+    if tokenizer.vocab_size() != c.vocab_size {
+        return Err(Error::InvalidArgument(format!(
+            "the tokenizer has {} tokens but the model has {}",
+            tokenizer.vocab_size(),
+            c.vocab_size
+        )));
+    }
+
+    // The tensors in file order: each block's together, as decoding reads them.
+    let mut list: Vec<(String, Vec<usize>, Source<'_>)> = Vec::new();
+    let matrix = |list: &mut Vec<_>, name: String, d: &MatrixDesc| {
+        let dtype = recipe.dtype(&name, d.cols);
+        list.push((
+            name,
+            vec![d.rows, d.cols],
+            Source::Matrix(w.matrix(d), dtype),
+        ));
+    };
+    matrix(&mut list, "token_embd".into(), &w.embedding);
+    for (i, l) in w.layers.iter().enumerate() {
+        list.push((
+            format!("blk.{i}.attn_norm"),
+            vec![c.dim],
+            Source::Vector(w.vector(&l.attn_norm)),
+        ));
+        for (name, d) in &l.matrices()[..4] {
+            matrix(&mut list, format!("blk.{i}.{name}"), d);
+        }
+        list.push((
+            format!("blk.{i}.ffn_norm"),
+            vec![c.dim],
+            Source::Vector(w.vector(&l.ffn_norm)),
+        ));
+        for (name, d) in &l.matrices()[4..] {
+            matrix(&mut list, format!("blk.{i}.{name}"), d);
+        }
+    }
+    list.push((
+        "output_norm".into(),
+        vec![c.dim],
+        Source::Vector(w.vector(&w.final_norm)),
+    ));
+    if w.classifier != w.embedding {
+        matrix(&mut list, "output".into(), &w.classifier);
+    }
+    let (blob, offsets, scores) = tokenizer_tensors(tokenizer);
+    list.push((
+        "tokenizer.pieces".into(),
+        vec![blob.len().max(1)],
+        Source::Bytes(blob),
+    ));
+    list.push((
+        "tokenizer.offsets".into(),
+        vec![c.vocab_size + 1],
+        Source::Bytes(offsets),
+    ));
+    list.push((
+        "tokenizer.scores".into(),
+        vec![c.vocab_size],
+        Source::Bytes(scores),
+    ));
+
+    let mut report = Report {
+        tensors: list.len(),
+        parameters: 0,
+        weight_bytes: 0,
+        file_bytes: 0,
+        seconds: 0.0,
+        dtypes: BTreeMap::new(),
+    };
+    let infos: Vec<TensorInfo> = list
+        .iter()
+        .map(|(name, shape, src)| {
+            let dtype = match src {
+                Source::Matrix(_, d) => {
+                    let n = shape[0] * shape[1];
+                    report.parameters += n;
+                    report.weight_bytes += d.matrix_bytes(shape[0], shape[1]).unwrap_or(0);
+                    *report.dtypes.entry(d.name()).or_default() += 1;
+                    d.name()
+                }
+                Source::Vector(_) => "f32",
+                Source::Bytes(_) if name == "tokenizer.pieces" => "u8",
+                Source::Bytes(_) if name == "tokenizer.offsets" => "u32",
+                Source::Bytes(_) => "f32",
+            };
+            TensorInfo {
+                name: name.clone(),
+                dtype: dtype.into(),
+                shape: shape.clone(),
+                offset: 0,
+                nbytes: 0,
+            }
+        })
+        .collect();
+    let header = Header {
+        architecture: "llama".into(),
+        config: HeaderConfig::from(c),
+        tokenizer: Some(TokenizerInfo {
+            kind: "llama2c".into(),
+            bos_id: BOS,
+            eos_id: EOS,
+        }),
+        chat_template: model.header.as_ref().and_then(|h| h.chat_template.clone()),
+        source,
+        quantization: serde_json::json!({
+            "recipe": recipe.name(),
+            "bits_per_weight": report.bits_per_weight(),
+            "tensors": report.dtypes,
+            "by": concat!("tinyllm ", env!("CARGO_PKG_VERSION")),
+        }),
+        tensors: infos,
+    };
+
+    let mut writer = Writer::create(dst, header)?;
+    let total = list.len();
+    for (i, (name, _, src)) in list.into_iter().enumerate() {
+        progress(i, total, &name)?;
+        match src {
+            Source::Matrix(m, dtype) => writer.write_tensor(&encode(m, dtype, pool))?,
+            Source::Vector(v) => writer.write_tensor(as_bytes(v))?,
+            Source::Bytes(b) => {
+                let mut b = b;
+                if b.is_empty() {
+                    b.push(0); // an empty vocabulary blob still needs one byte
+                }
+                writer.write_tensor(&b)?
+            }
+        }
+    }
+    progress(total, total, "")?;
+    writer.finish()?;
+    report.file_bytes = std::fs::metadata(dst).map_err(|e| Error::io(dst, e))?.len();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The tokenizer as three tensors: piece bytes, `vocab + 1` offsets, scores.
+fn tokenizer_tensors(t: &Tokenizer) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut blob = Vec::new();
+    let mut offsets: Vec<u32> = vec![0];
+    let mut scores = Vec::with_capacity(t.vocab_size());
+    for id in 0..t.vocab_size() as u32 {
+        blob.extend_from_slice(t.piece(id).unwrap_or_default());
+        offsets.push(blob.len() as u32);
+        scores.push(t.score(id).unwrap_or(0.0));
+    }
+    (
+        blob,
+        as_bytes(&offsets).to_vec(),
+        as_bytes(&scores).to_vec(),
+    )
+}
+
+/// The bytes of matrix `m` stored as `dtype`, rows encoded in parallel.
+fn encode(m: MatRef<'_>, dtype: DType, pool: &ThreadPool) -> Vec<u8> {
+    let row_bytes = dtype
+        .matrix_bytes(1, m.cols)
+        .expect("the recipe chose a type that fits");
+    let mut out = vec![0u8; m.rows * row_bytes];
+    let dst = SyncPtr(out.as_mut_ptr());
+    pool.for_chunks(m.rows, 16, |_, rows| {
+        let mut row = vec![0.0f32; m.cols];
+        for r in rows {
+            m.row_into(r, &mut row);
+            // SAFETY: row `r` of the output belongs to this chunk alone.
+            let o =
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * row_bytes), row_bytes) };
+            encode_row(&row, dtype, o);
+        }
+    });
+    out
+}
+
+/// One row of floats as `dtype`.
+fn encode_row(x: &[f32], dtype: DType, out: &mut [u8]) {
+    match dtype {
+        DType::F32 => out.copy_from_slice(as_bytes(x)),
+        DType::F16 => {
+            let v: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+            out.copy_from_slice(as_bytes(&v));
+        }
+        DType::BF16 => {
+            let v: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+            out.copy_from_slice(as_bytes(&v));
+        }
+        DType::Q8_0 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ8_0>(x))),
+        DType::Q4_0 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ4_0>(x))),
+        DType::Q4_1 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ4_1>(x))),
+        DType::Q8Group { .. } => unreachable!("tinyllm files do not hold llama2.c groups"),
+    }
+}
