@@ -4,12 +4,14 @@
 >>> model = tinyllm.Model.default()          # the built-in stories260K
 >>> print(model.generate("Once upon a time", max_tokens=50))
 
-``tinyllm.Model(path, tokenizer=None)`` opens llama2.c model files; its
-``generate``, ``stream``, ``tokenize``, ``detokenize``, ``logits`` and
-``chat`` do the rest. The engine is written in Rust and runs with the GIL
-released.
+``tinyllm.Model(path, tokenizer=None)`` opens llama2.c model files and
+tinyllm files; its ``generate``, ``stream``, ``tokenize``, ``detokenize``,
+``logits`` and ``chat`` do the rest. ``tinyllm.convert`` writes tinyllm files
+with 16-, 8- or 4-bit weights; ``tinyllm.info`` describes a model file.
+The engine is written in Rust and runs with the GIL released.
 """
 
+from tinyllm._convert import convert, info
 from tinyllm._model import Model, ModelConfig, Stream
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
 
@@ -21,6 +23,8 @@ __all__ = [
     "Stream",
     "__version__",
     "available_isas",
+    "convert",
+    "info",
 ]
 
 __version__ = "0.1.0"

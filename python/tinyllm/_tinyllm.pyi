@@ -1,11 +1,20 @@
 """Type stubs of the compiled module ``tinyllm._tinyllm`` (checked against
 the built module by ``mypy.stubtest`` in the tests)."""
 
+from collections.abc import Callable
 from typing import Any, final
 
 import numpy as np
 
-__all__ = ["ContextLengthError", "Engine", "ModelFormatError", "Stream", "available_isas"]
+__all__ = [
+    "ContextLengthError",
+    "Engine",
+    "ModelFormatError",
+    "Stream",
+    "available_isas",
+    "convert",
+    "file_info",
+]
 
 class ModelFormatError(ValueError):
     """A model or tokenizer file is truncated, corrupt, of an unknown kind, or
@@ -57,3 +66,12 @@ class Stream:
     def stats(self) -> dict[str, Any]: ...
 
 def available_isas() -> list[str]: ...
+def convert(
+    src: str,
+    dst: str,
+    quant: str,
+    tokenizer: str | None = None,
+    n_threads: int | None = None,
+    progress: Callable[[int, int, str], object] | None = None,
+) -> dict[str, Any]: ...
+def file_info(path: str) -> dict[str, Any]: ...

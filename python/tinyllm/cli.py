@@ -3,6 +3,8 @@
 ``tinyllm run`` streams a continuation to stdout (the prompt first, as
 llama2.c's ``run.c`` prints it) and its speed to stderr; ``tinyllm chat``
 opens an interactive chat. With no MODEL both use the built-in model.
+``tinyllm convert`` writes a tinyllm file, quantized; ``tinyllm info``
+describes a model file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from tinyllm._convert import QUANTS, convert, format_info, info
 from tinyllm._model import Model
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError
 
@@ -49,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(chat)
     chat.add_argument("--system", default=None, help="system prompt")
     _sampling_args(chat, max_tokens=None)
+    conv = sub.add_parser("convert", help="write a model as a tinyllm file, quantized")
+    conv.add_argument("src", help="model file (llama2.c or tinyllm)")
+    conv.add_argument("-o", "--output", required=True, help="the tinyllm file to write")
+    conv.add_argument("--quant", default="q4", choices=QUANTS, help="weight types (default q4)")
+    conv.add_argument("--tokenizer", "-z", help="tokenizer file (default: found beside the model)")
+    conv.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
+    info_p = sub.add_parser("info", help="describe a model file: header and tensors")
+    info_p.add_argument("file", help="model file")
     return parser
 
 
@@ -109,14 +120,25 @@ def _chat(args: argparse.Namespace) -> None:
     model.chat(system=args.system, **_sampling(args))
 
 
+def _convert(args: argparse.Namespace) -> None:
+    r = convert(args.src, args.output, args.quant, tokenizer=args.tokenizer, n_threads=args.threads)
+    dtypes = ", ".join(f"{n} {t}" for t, n in r["dtypes"].items())
+    print(
+        f"wrote {r['path']}: {r['file_bytes'] / 1e6:.1f} MB, {r['bits_per_weight']:.2f} bits per "
+        f"weight over {r['parameters']:,} weights ({dtypes}), in {r['seconds']:.1f} s",
+        file=sys.stderr,
+    )
+
+
+def _info(args: argparse.Namespace) -> None:
+    print(format_info(info(args.file)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "run":
-            _run(args)
-        else:
-            _chat(args)
+        {"run": _run, "chat": _chat, "convert": _convert, "info": _info}[args.command](args)
     except (OSError, ModelFormatError, ContextLengthError, ValueError, TypeError) as e:
         if isinstance(e, BrokenPipeError):
             return 0

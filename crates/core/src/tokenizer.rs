@@ -38,12 +38,22 @@ impl Tokenizer {
 
     /// Parses the bytes of a `tokenizer.bin`; `path` names it in errors.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
+        Self::parse_inner(path, bytes).map_err(|e| match e {
+            Error::Format { path, reason } => Error::Format {
+                path,
+                reason: format!("not a valid llama2.c tokenizer: {reason}"),
+            },
+            e => e,
+        })
+    }
+
+    fn parse_inner(path: &Path, bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new(path, bytes);
         let max_len = r.i32("the max_token_length header")?;
         if !(1..=1 << 16).contains(&max_len) {
             return Err(Error::format(
                 path,
-                format!("not a llama2.c tokenizer: max_token_length = {max_len} is out of range"),
+                format!("max_token_length = {max_len} is out of range"),
             ));
         }
         let mut pieces = Vec::new();

@@ -74,9 +74,9 @@ impl DType {
             DType::Q8_0 => block(BlockQ8_0::BYTES),
             DType::Q4_0 => block(BlockQ4_0::BYTES),
             DType::Q4_1 => block(BlockQ4_1::BYTES),
-            DType::Q8Group { group_size } => {
-                cols.is_multiple_of(group_size).then(|| n + n / group_size * 4)
-            }
+            DType::Q8Group { group_size } => cols
+                .is_multiple_of(group_size)
+                .then(|| n + n / group_size * 4),
         }
     }
 

@@ -14,9 +14,11 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
+use tinyllm_core::convert::{Recipe, convert as convert_model};
 use tinyllm_core::generate::{GenerateConfig, Generation, Step};
+use tinyllm_core::pool::ThreadPool;
 use tinyllm_core::{Error, Model, SamplerConfig, Session, SessionOptions, Tokenizer};
 
 pyo3::create_exception!(
@@ -57,35 +59,13 @@ fn to_py_err(e: Error) -> PyErr {
     }
 }
 
-/// Finds the tokenizer of a llama2.c model that was given none: beside the
-/// model, `tokenizer.bin` or `tok{vocab_size}.bin`.
-fn find_tokenizer(model: &Model) -> PyResult<PathBuf> {
-    let dir = model.path.parent().unwrap_or(Path::new("."));
-    let names = [
-        "tokenizer.bin".to_string(),
-        format!("tok{}.bin", model.config.vocab_size),
-    ];
-    for name in &names {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(PyFileNotFoundError::new_err(format!(
-        "{}: no tokenizer was given and none was found beside the model (looked for {} in {}); \
-         pass tokenizer=PATH",
-        model.path.display(),
-        names.join(" and "),
-        dir.display()
-    )))
-}
-
 /// The engine behind `tinyllm.Model`: a model, its tokenizer and a session.
 #[pyclass(module = "tinyllm._tinyllm")]
 struct Engine {
     session: Session,
     tokenizer: Arc<Tokenizer>,
-    tokenizer_path: PathBuf,
+    /// None when the tokenizer came from the model file itself.
+    tokenizer_path: Option<PathBuf>,
     /// Bumped by every call that changes the session, so a stale `Stream`
     /// can tell it no longer owns the KV cache.
     epoch: u64,
@@ -106,13 +86,8 @@ impl Engine {
         max_batch: Option<usize>,
     ) -> PyResult<Self> {
         let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
-        let tokenizer_path = match tokenizer {
-            Some(p) => p,
-            None => find_tokenizer(&model)?,
-        };
-        let tok = Tokenizer::open(&tokenizer_path).map_err(to_py_err)?;
-        model
-            .check_tokenizer(&tokenizer_path, tok.vocab_size())
+        let (tok, tokenizer_path) = model
+            .open_tokenizer(tokenizer.as_deref())
             .map_err(to_py_err)?;
         let options = SessionOptions {
             n_threads,
@@ -140,8 +115,8 @@ impl Engine {
         d.set_item("vocab_size", c.vocab_size)?;
         d.set_item("seq_len", c.seq_len)?;
         d.set_item("head_dim", c.head_dim)?;
-        d.set_item("rope_theta", c.rope_theta)?;
-        d.set_item("norm_eps", c.norm_eps)?;
+        d.set_item("rope_theta", shortest(c.rope_theta))?;
+        d.set_item("norm_eps", shortest(c.norm_eps))?;
         Ok(d)
     }
 
@@ -151,7 +126,11 @@ impl Engine {
         let m = s.model();
         let d = PyDict::new(py);
         d.set_item("path", m.path.display().to_string())?;
-        d.set_item("tokenizer_path", self.tokenizer_path.display().to_string())?;
+        let tok_path = self
+            .tokenizer_path
+            .as_ref()
+            .map(|p| p.display().to_string());
+        d.set_item("tokenizer_path", tok_path)?;
         d.set_item("format", m.kind.describe())?;
         d.set_item("file_bytes", m.weights.file_bytes().len())?;
         d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
@@ -329,6 +308,137 @@ impl Stream {
     }
 }
 
+/// Converts the model at `src` into a tinyllm file at `dst` with the recipe
+/// `quant`; calls `progress(done, total, tensor_name)` as it goes. Returns
+/// what was written.
+#[pyfunction]
+#[pyo3(signature = (src, dst, quant, tokenizer=None, n_threads=None, progress=None))]
+fn convert<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    quant: &str,
+    tokenizer: Option<PathBuf>,
+    n_threads: Option<usize>,
+    progress: Option<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let recipe = Recipe::parse(quant).map_err(to_py_err)?;
+    let model = py.detach(|| Model::open(&src)).map_err(to_py_err)?;
+    let (tok, tok_path) = model
+        .open_tokenizer(tokenizer.as_deref())
+        .map_err(to_py_err)?;
+    let threads =
+        n_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = ThreadPool::new(threads.clamp(1, 1024));
+    let source = serde_json::json!({
+        "file": src.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "format": model.kind.describe(),
+        "tokenizer": tok_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+    });
+    let progress = progress.map(|p| p.unbind());
+    // The callback's error (a KeyboardInterrupt, or one it raised) is kept
+    // here while the engine unwinds the conversion.
+    let mut failure: Option<PyErr> = None;
+    let result = py.detach(|| {
+        convert_model(
+            &model,
+            &tok,
+            &dst,
+            recipe,
+            source,
+            &pool,
+            &mut |done, total, name| {
+                Python::attach(|py| {
+                    let r = match &progress {
+                        Some(cb) => cb.call1(py, (done, total, name)).map(|_| ()),
+                        None => Ok(()),
+                    };
+                    r.and_then(|_| py.check_signals()).map_err(|e| {
+                        failure = Some(e);
+                        tinyllm_core::Error::InvalidArgument("conversion stopped".into())
+                    })
+                })
+            },
+        )
+    });
+    let report = match (result, failure) {
+        (_, Some(e)) => return Err(e),
+        (r, None) => r.map_err(to_py_err)?,
+    };
+    let d = PyDict::new(py);
+    d.set_item("path", dst.display().to_string())?;
+    d.set_item("quant", recipe.name())?;
+    d.set_item("tensors", report.tensors)?;
+    d.set_item("parameters", report.parameters)?;
+    d.set_item("file_bytes", report.file_bytes)?;
+    d.set_item("bits_per_weight", report.bits_per_weight())?;
+    d.set_item("seconds", report.seconds)?;
+    let dtypes = PyDict::new(py);
+    for (k, v) in &report.dtypes {
+        dtypes.set_item(*k, *v)?;
+    }
+    d.set_item("dtypes", dtypes)?;
+    Ok(d)
+}
+
+/// What a model file holds: its format, dimensions and tensors (and, for a
+/// tinyllm file, its header's provenance and quantization), as a dict.
+#[pyfunction]
+fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
+    let w = &model.weights;
+    let d = PyDict::new(py);
+    d.set_item("path", path.display().to_string())?;
+    d.set_item("format", model.kind.describe())?;
+    d.set_item("file_bytes", w.file_bytes().len())?;
+    d.set_item("bytes_per_token", w.bytes_per_token())?;
+    d.set_item("has_tokenizer", model.tokenizer.is_some())?;
+    let c = &model.config;
+    let config = PyDict::new(py);
+    for (k, v) in [
+        ("dim", c.dim),
+        ("hidden_dim", c.hidden_dim),
+        ("n_layers", c.n_layers),
+        ("n_heads", c.n_heads),
+        ("n_kv_heads", c.n_kv_heads),
+        ("vocab_size", c.vocab_size),
+        ("seq_len", c.seq_len),
+        ("head_dim", c.head_dim),
+    ] {
+        config.set_item(k, v)?;
+    }
+    config.set_item("rope_theta", shortest(c.rope_theta))?;
+    config.set_item("norm_eps", shortest(c.norm_eps))?;
+    d.set_item("config", config)?;
+    let mut tensors: Vec<(String, &'static str, Vec<usize>, usize)> = Vec::new();
+    let mut add = |name: String, m: &tinyllm_core::weights::MatrixDesc| {
+        tensors.push((name, m.dtype.name(), vec![m.rows, m.cols], m.bytes()));
+    };
+    add("token_embd".into(), &w.embedding);
+    for (i, l) in w.layers.iter().enumerate() {
+        for (name, m) in l.matrices() {
+            add(format!("blk.{i}.{name}"), m);
+        }
+    }
+    if w.classifier != w.embedding {
+        add("output".into(), &w.classifier);
+    }
+    d.set_item("tensors", tensors)?;
+    if let Some(h) = &model.header {
+        let json = pyo3::types::PyModule::import(py, "json")?;
+        let loads = |v: &serde_json::Value| json.call_method1("loads", (v.to_string(),));
+        d.set_item("source", loads(&h.source)?)?;
+        d.set_item("quantization", loads(&h.quantization)?)?;
+        d.set_item("chat_template", h.chat_template.clone())?;
+    }
+    Ok(d)
+}
+
+/// The f64 whose shortest decimal form is the f32's (1e-5, not 9.99999974e-6).
+fn shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
 /// The names of the kernel tiers this CPU runs, best last.
 #[pyfunction]
 fn available_isas() -> Vec<&'static str> {
@@ -344,6 +454,8 @@ fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Stream>()?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(convert, m)?)?;
+    m.add_function(wrap_pyfunction!(file_info, m)?)?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add(
         "ContextLengthError",

@@ -1,0 +1,96 @@
+"""Converting models to tinyllm files, and describing model files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, TextIO
+
+from tinyllm import _tinyllm
+from tinyllm._model import PathLike, _int, _path
+
+#: The quantization recipes ``convert`` takes.
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q4", "q4_1", "q4_mixed")
+
+
+class _Bar:
+    """A one-line progress bar on a terminal stream."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name:<28}"
+        self.out.write(line[:80])
+        if done == total:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def convert(
+    src: PathLike,
+    dst: PathLike,
+    quant: str = "q4",
+    *,
+    tokenizer: PathLike | None = None,
+    n_threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Writes the model at ``src`` as a tinyllm file at ``dst``.
+
+    Args:
+        src: a llama2.c model file (any layout) or a tinyllm file.
+        dst: the file to write (replaced only once complete).
+        quant: ``f32``, ``f16``, ``bf16``, ``q8_0`` (8 bits), ``q4`` (4 bits,
+            one scale per 32 weights), ``q4_1`` (4 bits with an offset), or
+            ``q4_mixed`` (``q4`` with 8-bit embeddings, classifier and
+            attention values). Matrices whose rows are not a multiple of 32
+            values are stored as f16 under the 8- and 4-bit recipes.
+        tokenizer: the source's tokenizer (default: as ``Model`` finds it);
+            it is stored in the new file, which then opens on its own.
+        n_threads: threads to quantize with (default: all cores).
+        progress: show a progress bar on stderr (when it is a terminal).
+
+    Returns:
+        A summary: ``file_bytes``, ``bits_per_weight``, ``parameters``,
+        ``tensors``, ``dtypes`` (matrices per type), ``seconds``.
+    """
+    if quant not in QUANTS:
+        raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
+    if n_threads is not None:
+        _int("n_threads", n_threads, minimum=1)
+    return _tinyllm.convert(
+        _path("src", src),
+        _path("dst", dst),
+        quant,
+        None if tokenizer is None else _path("tokenizer", tokenizer),
+        n_threads,
+        _Bar(sys.stderr) if progress and sys.stderr.isatty() else None,
+    )
+
+
+def info(path: PathLike) -> dict[str, Any]:
+    """What the model file at ``path`` holds: ``format``, ``config``,
+    ``tensors`` (name, dtype, shape, bytes), ``file_bytes``,
+    ``bytes_per_token``, and for tinyllm files ``source`` and
+    ``quantization``."""
+    return _tinyllm.file_info(_path("path", path))
+
+
+def format_info(i: dict[str, Any]) -> str:
+    """``info()`` as the text ``tinyllm info`` prints."""
+    lines = [
+        f"{i['path']}: {i['format']}, {i['file_bytes'] / 1e6:.1f} MB, "
+        f"{i['bytes_per_token'] / 1e6:.1f} MB read per token",
+        "config: " + ", ".join(f"{k}={v}" for k, v in i["config"].items()),
+    ]
+    if "quantization" in i:
+        lines.append(f"quantization: {i['quantization']}")
+        lines.append(f"source: {i['source']}")
+    lines.append(f"tokenizer: {'in the file' if i['has_tokenizer'] else 'separate file'}")
+    lines.append(f"{'tensor':<24} {'dtype':<6} {'shape':<14} {'bytes':>12}")
+    for name, dtype, shape, nbytes in i["tensors"]:
+        lines.append(f"{name:<24} {dtype:<6} {'x'.join(map(str, shape)):<14} {nbytes:>12,}")
+    return os.linesep.join(lines)
