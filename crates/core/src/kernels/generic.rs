@@ -255,6 +255,7 @@ unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
                 *v = S::load(x.add(c * ldx + i));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
+                S::prefetch(w.add(r * k + i).cast::<u8>().wrapping_add(PREFETCH_BYTES));
                 let wv = W::load::<S>(w.add(r * k + i));
                 for (a, &xc) in acc_r.iter_mut().zip(&xv) {
                     *a = S::mul_add(wv, xc, *a);
@@ -388,6 +389,11 @@ impl QuantWeight for BlockQ4_1 {
     }
 }
 
+/// How far ahead of their use the products prefetch weights. Measured on
+/// 2-core AVX-512: without it, int8 and 4-bit decoding reach only about half
+/// the memory bandwidth; 4 KiB ahead beat 256 B to 2 KiB.
+const PREFETCH_BYTES: usize = 4096;
+
 /// One register tile of a quantized product: `R` rows of `nb` weight blocks
 /// against `C` tokens of `nb` activation blocks.
 ///
@@ -416,6 +422,9 @@ unsafe fn tile_quant<S: Simd, W: QuantWeight, const R: usize, const C: usize>(
             let xs = xb.map(|p| (*p).s);
             for r in 0..R {
                 let wb = w.add(r * nb + b);
+                // Ask for the weights a few hundred bytes ahead of their use
+                // (a hint: the address may be past the row, never read).
+                S::prefetch(wb.cast::<u8>().wrapping_add(PREFETCH_BYTES));
                 let v = W::values::<S>(wb);
                 let (d, o) = W::scale_offset::<S>(wb);
                 for c in 0..C {

@@ -70,6 +70,8 @@ pub(crate) trait Simd: Copy {
     unsafe fn dot_i8_i8(w: Self::B32, x: Self::B32) -> Self::I;
     /// `acc + dot * scale`.
     unsafe fn acc_add(acc: Self::Acc, dot: Self::I, scale: f32) -> Self::Acc;
+    /// Asks for the cache line at `p` to be loaded (a hint; never faults).
+    unsafe fn prefetch(p: *const u8);
 }
 
 // ---------------------------------------------------------------------------
@@ -177,6 +179,8 @@ impl Simd for Portable {
     unsafe fn acc_add(acc: f32, dot: i32, scale: f32) -> f32 {
         acc + dot as f32 * scale
     }
+    #[inline(always)]
+    unsafe fn prefetch(_: *const u8) {}
 }
 
 // ---------------------------------------------------------------------------
@@ -252,6 +256,10 @@ mod x86 {
             #[inline(always)]
             unsafe fn acc_add(acc: __m256, dot: __m256i, scale: f32) -> __m256 {
                 _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(scale), acc)
+            }
+            #[inline(always)]
+            unsafe fn prefetch(p: *const u8) {
+                _mm_prefetch::<_MM_HINT_T0>(p.cast())
             }
         };
     }
@@ -524,6 +532,10 @@ mod arm {
             #[inline(always)]
             unsafe fn acc_add(acc: float32x4_t, dot: int32x4_t, scale: f32) -> float32x4_t {
                 vfmaq_n_f32(acc, vcvtq_f32_s32(dot), scale)
+            }
+            #[inline(always)]
+            unsafe fn prefetch(p: *const u8) {
+                core::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags));
             }
         };
     }
