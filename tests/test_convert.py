@@ -84,7 +84,7 @@ def test_rows_that_do_not_fit_blocks_fall_back_to_f16(converted: dict[str, Path]
     # stories260K's hidden size is 172, not a multiple of 32: ffn_down stays f16.
     tensors = {name: dtype for name, dtype, _, _ in tinyllm.info(converted["q4"])["tensors"]}
     assert tensors["blk.0.ffn_down"] == "f16"
-    assert tensors["blk.0.ffn_up"] == "q4_0"
+    assert tensors["blk.0.ffn_up"] == "q4_0x4"  # four rows interleaved
 
 
 def test_tinyllm_to_tinyllm(converted: dict[str, Path], tmp_path: Path) -> None:

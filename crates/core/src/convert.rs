@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::format::tinyllm::{Header, HeaderConfig, TensorInfo, TokenizerInfo, Writer};
 use crate::model::Model;
 use crate::pool::{SyncPtr, ThreadPool};
-use crate::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::{self, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, QK};
 use crate::tokenizer::{BOS, EOS, Tokenizer};
 use crate::weights::{DType, MatRef, MatrixDesc, as_bytes};
 use half::{bf16, f16};
@@ -53,22 +53,22 @@ impl Recipe {
         }
     }
 
-    /// The type of the matrix `name` with rows of `cols` values. A block type
-    /// needs rows that are a multiple of 32 values; other rows fall back to f16.
-    pub fn dtype(self, name: &str, cols: usize) -> DType {
+    /// The type of the matrix `name` of `rows` rows of `cols` values. A
+    /// block type needs rows that are a multiple of 32 values (other rows
+    /// fall back to f16); q8_0 and q4_0 are stored four rows interleaved
+    /// when the row count allows (`q8_0x4`, `q4_0x4`), for the kernels.
+    pub fn dtype(self, name: &str, rows: usize, cols: usize) -> DType {
+        let mixed_q8 = name == "token_embd" || name == "output" || name.ends_with(".attn_v");
         let want = match self {
             Recipe::Uniform(d) => d,
-            Recipe::Q4Mixed
-                if name == "token_embd" || name == "output" || name.ends_with(".attn_v") =>
-            {
-                DType::Q8_0
-            }
+            Recipe::Q4Mixed if mixed_q8 => DType::Q8_0,
             Recipe::Q4Mixed => DType::Q4_0,
         };
-        if want.is_blocked() && !cols.is_multiple_of(QK) {
-            DType::F16
-        } else {
-            want
+        match want {
+            d if d.is_blocked() && !cols.is_multiple_of(QK) => DType::F16,
+            DType::Q8_0 if rows.is_multiple_of(4) => DType::Q8_0x4,
+            DType::Q4_0 if rows.is_multiple_of(4) => DType::Q4_0x4,
+            d => d,
         }
     }
 }
@@ -128,7 +128,7 @@ pub fn convert(
     // The tensors in file order: each block's together, as decoding reads them.
     let mut list: Vec<(String, Vec<usize>, Source<'_>)> = Vec::new();
     let matrix = |list: &mut Vec<_>, name: String, d: &MatrixDesc| {
-        let dtype = recipe.dtype(&name, d.cols);
+        let dtype = recipe.dtype(&name, d.rows, d.cols);
         list.push((
             name,
             vec![d.rows, d.cols],
@@ -271,24 +271,46 @@ fn tokenizer_tensors(t: &Tokenizer) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     )
 }
 
-/// The bytes of matrix `m` stored as `dtype`, rows encoded in parallel.
+/// The bytes of matrix `m` stored as `dtype`, encoded in parallel a unit of
+/// rows at a time (four rows for the interleaved types, else one).
 fn encode(m: MatRef<'_>, dtype: DType, pool: &ThreadPool) -> Vec<u8> {
-    let row_bytes = dtype
-        .matrix_bytes(1, m.cols)
+    let unit = if dtype.is_interleaved() { 4 } else { 1 };
+    let unit_bytes = dtype
+        .matrix_bytes(unit, m.cols)
         .expect("the recipe chose a type that fits");
-    let mut out = vec![0u8; m.rows * row_bytes];
+    let units = m.rows / unit;
+    let mut out = vec![0u8; units * unit_bytes];
     let dst = SyncPtr(out.as_mut_ptr());
-    pool.for_chunks(m.rows, 16, |_, rows| {
-        let mut row = vec![0.0f32; m.cols];
-        for r in rows {
-            m.row_into(r, &mut row);
-            // SAFETY: row `r` of the output belongs to this chunk alone.
-            let o =
-                unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * row_bytes), row_bytes) };
-            encode_row(&row, dtype, o);
+    pool.for_chunks(units, 4, |_, range| {
+        let mut rows = vec![0.0f32; unit * m.cols];
+        for u in range {
+            for (i, row) in rows.chunks_exact_mut(m.cols).enumerate() {
+                m.row_into(u * unit + i, row);
+            }
+            // SAFETY: unit `u` of the output belongs to this chunk alone.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(dst.get().add(u * unit_bytes), unit_bytes)
+            };
+            encode_rows(&rows, m.cols, dtype, o);
         }
     });
     out
+}
+
+/// Rows of floats (four for the interleaved types, else one) as `dtype`.
+fn encode_rows(x: &[f32], cols: usize, dtype: DType, out: &mut [u8]) {
+    let nb = cols / QK;
+    match dtype {
+        DType::Q8_0x4 => {
+            let plain = quant::quantize_row::<BlockQ8_0>(x);
+            out.copy_from_slice(as_bytes(&quant::interleave::<BlockQ8_0x4>(&plain, nb)));
+        }
+        DType::Q4_0x4 => {
+            let plain = quant::quantize_row::<BlockQ4_0>(x);
+            out.copy_from_slice(as_bytes(&quant::interleave::<BlockQ4_0x4>(&plain, nb)));
+        }
+        _ => encode_row(x, dtype, out),
+    }
 }
 
 /// One row of floats as `dtype`.
@@ -306,6 +328,7 @@ fn encode_row(x: &[f32], dtype: DType, out: &mut [u8]) {
         DType::Q8_0 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ8_0>(x))),
         DType::Q4_0 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ4_0>(x))),
         DType::Q4_1 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ4_1>(x))),
+        DType::Q8_0x4 | DType::Q4_0x4 => unreachable!("interleaved types go through encode_rows"),
         DType::Q8Group { .. } => unreachable!("tinyllm files do not hold llama2.c groups"),
     }
 }

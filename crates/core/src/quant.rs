@@ -48,20 +48,44 @@ pub struct BlockQ4_1 {
     pub qs: [u8; QK / 2],
 }
 
-/// Activations quantized at run time: `d * qs[j]`, with `s = d * sum(qs)`
-/// kept for the offsets of the weight types.
+/// Activations quantized at run time: `d * qs[j]`, with `isum = sum(qs)`
+/// and `s = d * isum` kept for the offsets of the weight types.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BlockQ8Act {
     pub d: f32,
     pub s: f32,
+    pub isum: i32,
     pub qs: [i8; QK],
+}
+
+/// The q4_0 blocks of four consecutive rows over the same 32 columns,
+/// interleaved: the four scales, then each row's 16 bytes of nibbles. One
+/// 64-byte load brings the values of four rows, and one conversion their
+/// scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4_0x4 {
+    pub d: [f16; 4],
+    pub qs: [[u8; QK / 2]; 4],
+}
+
+/// The q8_0 blocks of four consecutive rows over the same 32 columns,
+/// interleaved: the four scales, then values 0..16 of each row, then values
+/// 16..32 of each row.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ8_0x4 {
+    pub d: [f16; 4],
+    pub qs: [[[i8; QK / 2]; 4]; 2],
 }
 
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
-const _: () = assert!(std::mem::size_of::<BlockQ8Act>() == 40);
+const _: () = assert!(std::mem::size_of::<BlockQ8Act>() == 44);
+const _: () = assert!(std::mem::size_of::<BlockQ4_0x4>() == 72);
+const _: () = assert!(std::mem::size_of::<BlockQ8_0x4>() == 136);
 const _: () = assert!(std::mem::align_of::<BlockQ8_0>() == 2);
 
 /// What every weight block type shares.
@@ -282,12 +306,64 @@ pub fn quantize_act(x: &[f32; QK]) -> BlockQ8Act {
     let d = amax / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
     let qs = x.map(|v| (v * id).round() as i8);
-    let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+    let isum: i32 = qs.iter().map(|&q| q as i32).sum();
     BlockQ8Act {
         d,
-        s: d * sum as f32,
+        s: d * isum as f32,
+        isum,
         qs,
     }
+}
+
+/// Four rows' blocks interleaved into groups; what [`interleave`] builds
+/// and [`Interleaved::row`] takes apart.
+pub trait Interleaved: Copy + Send + Sync + 'static {
+    /// The block type of one row.
+    type Row: Block;
+    fn interleave(rows: [&Self::Row; 4]) -> Self;
+    /// The block of row `r` (0..4) of the group.
+    fn row(&self, r: usize) -> Self::Row;
+}
+
+impl Interleaved for BlockQ4_0x4 {
+    type Row = BlockQ4_0;
+    fn interleave(rows: [&BlockQ4_0; 4]) -> Self {
+        BlockQ4_0x4 {
+            d: rows.map(|b| b.d),
+            qs: rows.map(|b| b.qs),
+        }
+    }
+    fn row(&self, r: usize) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: self.d[r],
+            qs: self.qs[r],
+        }
+    }
+}
+
+impl Interleaved for BlockQ8_0x4 {
+    type Row = BlockQ8_0;
+    fn interleave(rows: [&BlockQ8_0; 4]) -> Self {
+        let half = |h: usize| rows.map(|b| std::array::from_fn(|j| b.qs[h * QK / 2 + j]));
+        BlockQ8_0x4 {
+            d: rows.map(|b| b.d),
+            qs: [half(0), half(1)],
+        }
+    }
+    fn row(&self, r: usize) -> BlockQ8_0 {
+        BlockQ8_0 {
+            d: self.d[r],
+            qs: std::array::from_fn(|j| self.qs[j / (QK / 2)][r][j % (QK / 2)]),
+        }
+    }
+}
+
+/// Four rows of `nb` blocks each (row-major) as `nb` interleaved groups.
+pub fn interleave<I: Interleaved>(rows: &[I::Row], nb: usize) -> Vec<I> {
+    assert_eq!(rows.len(), 4 * nb);
+    (0..nb)
+        .map(|b| I::interleave(std::array::from_fn(|r| &rows[r * nb + b])))
+        .collect()
 }
 
 #[cfg(test)]
@@ -369,11 +445,26 @@ mod tests {
     }
 
     #[test]
+    fn interleaving_round_trips() {
+        let x: Vec<f32> = (0..4 * 3).flat_map(|s| block(s + 1)).collect();
+        let q8: Vec<BlockQ8_0> = quantize_row(&x);
+        let q4: Vec<BlockQ4_0> = quantize_row(&x);
+        let g8: Vec<BlockQ8_0x4> = interleave(&q8, 3);
+        let g4: Vec<BlockQ4_0x4> = interleave(&q4, 3);
+        for r in 0..4 {
+            for b in 0..3 {
+                assert_eq!(g8[b].row(r), q8[r * 3 + b]);
+                assert_eq!(g4[b].row(r), q4[r * 3 + b]);
+            }
+        }
+    }
+
+    #[test]
     fn activation_blocks_carry_their_sum() {
         let x = block(9);
         let a = quantize_act(&x);
         let sum: i32 = a.qs.iter().map(|&q| q as i32).sum();
-        assert_eq!(a.s, a.d * sum as f32);
+        assert_eq!((a.isum, a.s), (sum, a.d * sum as f32));
         for (&q, &v) in a.qs.iter().zip(&x) {
             assert!((a.d * q as f32 - v).abs() <= a.d * 0.5 + 1e-6);
         }

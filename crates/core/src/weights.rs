@@ -5,7 +5,9 @@
 //! turns descriptors into borrowed views. Nothing is copied: the weights cost
 //! address space and page cache, not heap.
 
-use crate::quant::{Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, QK};
+use crate::quant::{
+    Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, Interleaved, QK,
+};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use std::ops::Range;
@@ -25,6 +27,10 @@ pub enum DType {
     Q4_0,
     /// 4-bit blocks of 32 with an f16 scale and offset ([`BlockQ4_1`]).
     Q4_1,
+    /// [`DType::Q8_0`] blocks of four rows interleaved ([`BlockQ8_0x4`]).
+    Q8_0x4,
+    /// [`DType::Q4_0`] blocks of four rows interleaved ([`BlockQ4_0x4`]).
+    Q4_0x4,
     /// llama2.c's group-quantized int8: all int8 values row-major, then one
     /// f32 scale per `group_size` consecutive values.
     Q8Group { group_size: usize },
@@ -40,6 +46,8 @@ impl DType {
             DType::Q8_0 => "q8_0",
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
+            DType::Q8_0x4 => "q8_0x4",
+            DType::Q4_0x4 => "q4_0x4",
             DType::Q8Group { .. } => "q8_group",
         }
     }
@@ -53,6 +61,8 @@ impl DType {
             DType::Q8_0,
             DType::Q4_0,
             DType::Q4_1,
+            DType::Q8_0x4,
+            DType::Q4_0x4,
         ]
         .into_iter()
         .find(|d| d.name() == name)
@@ -60,7 +70,15 @@ impl DType {
 
     /// Whether rows are stored in blocks of [`QK`] values.
     pub fn is_blocked(self) -> bool {
-        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_1)
+        matches!(
+            self,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0x4 | DType::Q4_0x4
+        )
+    }
+
+    /// Whether rows are stored in interleaved groups of four.
+    pub fn is_interleaved(self) -> bool {
+        matches!(self, DType::Q8_0x4 | DType::Q4_0x4)
     }
 
     /// Bytes of a `rows x cols` matrix of this type, values and scales
@@ -74,6 +92,9 @@ impl DType {
             DType::Q8_0 => block(BlockQ8_0::BYTES),
             DType::Q4_0 => block(BlockQ4_0::BYTES),
             DType::Q4_1 => block(BlockQ4_1::BYTES),
+            DType::Q8_0x4 if rows.is_multiple_of(4) => block(BlockQ8_0::BYTES),
+            DType::Q4_0x4 if rows.is_multiple_of(4) => block(BlockQ4_0::BYTES),
+            DType::Q8_0x4 | DType::Q4_0x4 => None,
             DType::Q8Group { group_size } => cols
                 .is_multiple_of(group_size)
                 .then(|| n + n / group_size * 4),
@@ -186,6 +207,9 @@ pub enum MatData<'a> {
     Q8_0(&'a [BlockQ8_0]),
     Q4_0(&'a [BlockQ4_0]),
     Q4_1(&'a [BlockQ4_1]),
+    /// `rows / 4` rows of `cols / 32` groups.
+    Q8_0x4(&'a [BlockQ8_0x4]),
+    Q4_0x4(&'a [BlockQ4_0x4]),
     /// `(rows, cols)` int8 values and `rows * cols / group_size` scales.
     Q8Group {
         q: &'a [i8],
@@ -207,6 +231,9 @@ impl<'a> MatRef<'a> {
             MatData::Q8_0(w) => MatData::Q8_0(&w[b0..b1]),
             MatData::Q4_0(w) => MatData::Q4_0(&w[b0..b1]),
             MatData::Q4_1(w) => MatData::Q4_1(&w[b0..b1]),
+            // A group holds 4 rows' blocks: whole groups only.
+            MatData::Q8_0x4(w) => MatData::Q8_0x4(&w[group_range(r0, r1, self.rows, k)]),
+            MatData::Q4_0x4(w) => MatData::Q4_0x4(&w[group_range(r0, r1, self.rows, k)]),
             MatData::Q8Group { q, s, group_size } => MatData::Q8Group {
                 q: &q[e0..e1],
                 s: &s[e0 / group_size..e1 / group_size],
@@ -237,12 +264,32 @@ impl<'a> MatRef<'a> {
             MatData::Q8_0(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
             MatData::Q4_0(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
             MatData::Q4_1(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
+            MatData::Q8_0x4(w) => group_row_into(w, r, k, out),
+            MatData::Q4_0x4(w) => group_row_into(w, r, k, out),
             MatData::Q8Group { q, s, group_size } => {
                 for (j, (o, &v)) in out.iter_mut().zip(&q[e0..e1]).enumerate() {
                     *o = v as f32 * s[(e0 + j) / group_size];
                 }
             }
         }
+    }
+}
+
+/// The groups that hold rows `r0..r1` of an interleaved matrix of `rows`
+/// rows of `cols` values; `r0` and `r1` (unless it is `rows`) must be
+/// multiples of 4.
+fn group_range(r0: usize, r1: usize, rows: usize, cols: usize) -> Range<usize> {
+    assert!(r0.is_multiple_of(4) && (r1.is_multiple_of(4) || r1 == rows));
+    let nb = cols / QK;
+    (r0 / 4) * nb..r1.div_ceil(4) * nb
+}
+
+/// Row `r` of an interleaved matrix with rows of `cols` values, as floats.
+fn group_row_into<I: Interleaved>(groups: &[I], r: usize, cols: usize, out: &mut [f32]) {
+    let nb = cols / QK;
+    let row = &groups[(r / 4) * nb..(r / 4 + 1) * nb];
+    for (g, o) in row.iter().zip(out.chunks_exact_mut(QK)) {
+        o.copy_from_slice(&g.row(r % 4).dequantize());
     }
 }
 
@@ -280,6 +327,8 @@ impl Weights {
             DType::Q8_0 => MatData::Q8_0(cast(bytes, n / QK)),
             DType::Q4_0 => MatData::Q4_0(cast(bytes, n / QK)),
             DType::Q4_1 => MatData::Q4_1(cast(bytes, n / QK)),
+            DType::Q8_0x4 => MatData::Q8_0x4(cast(bytes, n / QK / 4)),
+            DType::Q4_0x4 => MatData::Q4_0x4(cast(bytes, n / QK / 4)),
             DType::Q8Group { group_size } => MatData::Q8Group {
                 q: cast(bytes, n),
                 s: cast(&self.map[d.scales_offset..], n / group_size),
@@ -340,6 +389,10 @@ unsafe impl Pod for BlockQ8_0 {}
 unsafe impl Pod for BlockQ4_0 {}
 // SAFETY: as above.
 unsafe impl Pod for BlockQ4_1 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ8_0x4 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ4_0x4 {}
 
 /// The first `n` values of type `T` at the start of `bytes`. The loaders
 /// only hand out offsets aligned for their types in a page-aligned mapping,

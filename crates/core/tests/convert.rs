@@ -200,7 +200,13 @@ fn damaged_tinyllm_files_are_format_errors() {
     assert!(
         check(&with("\"llama\"", "\"gpt2x\""), "arch").contains("unknown architecture 'gpt2x'")
     );
-    assert!(check(&with("\"dtype\":\"q4_0\"", "\"dtype\":\"q9_9\""), "dtype").contains("invalid"));
+    assert!(
+        check(
+            &with("\"dtype\":\"q4_0x4\"", "\"dtype\":\"q9_9x4\""),
+            "dtype"
+        )
+        .contains("invalid")
+    );
     assert!(
         check(&with("\"blk.0.attn_q\"", "\"blk.0.attn_z\""), "missing")
             .contains("'blk.0.attn_q' is missing")

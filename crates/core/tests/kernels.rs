@@ -4,8 +4,10 @@
 //! runs under qemu-user for aarch64 (see `../shared/tools/aarch64-check.sh`).
 
 use half::{bf16, f16};
-use tinyllm_core::kernels::{Isa, Kernels, QuantBlocks, reference};
-use tinyllm_core::quant::{self, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act, QK};
+use tinyllm_core::kernels::{Isa, Kernels, QuantBlocks, QuantGroups, reference};
+use tinyllm_core::quant::{
+    self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK,
+};
 
 /// f32 sums in another order: each result may differ from the f64 reference
 /// by this fraction of `sum_j |a_j * b_j|` (about 80 f32 epsilons, several
@@ -227,10 +229,61 @@ fn quantized_type<W: QuantBlocks>(name: &str, k: &Kernels, c: &mut Check, g: &mu
     }
 }
 
+fn interleaved_type<G: QuantGroups>(name: &str, k: &Kernels, c: &mut Check, g: &mut Gen)
+where
+    G::Row: QuantBlocks,
+{
+    for (rows, nb, n) in QUANT_SHAPES {
+        let rows = rows.next_multiple_of(4);
+        let w32 = g.vec(rows * nb * QK);
+        let plain: Vec<G::Row> = quant::quantize_row(&w32);
+        let groups: Vec<G> = plain
+            .chunks(4 * nb)
+            .flat_map(|four| quant::interleave::<G>(four, nb))
+            .collect();
+        let x32 = g.vec(n * nb * QK);
+        let mut x = vec![quant::quantize_act(&[0.0; QK]); n * nb];
+        k.quantize_act(&x32, &mut x);
+        let want = reference::matmul_quant(&plain, nb, &x, n);
+        let mut got = vec![f32::NAN; n * rows];
+        // SAFETY: `got` holds n rows of `rows`.
+        unsafe { k.matmul_quant4_into(&groups, nb, &x, n, got.as_mut_ptr(), rows) };
+        for t in 0..n {
+            for r in 0..rows {
+                let mag: f64 = (0..nb)
+                    .map(|b| {
+                        let (wb, xb) = (&plain[r * nb + b], &x[t * nb + b]);
+                        let wv = wb.dequantize();
+                        (0..QK)
+                            .map(|j| {
+                                let xj = (xb.d * xb.qs[j] as f32).abs() as f64;
+                                xj * (wv[j].abs() + wb.offset().abs()) as f64
+                            })
+                            .sum::<f64>()
+                    })
+                    .sum();
+                let what = format!(
+                    "{:?} matmul_{name} {rows}x{nb} blocks by {n}: [{t},{r}]",
+                    k.isa()
+                );
+                c.close(
+                    &what,
+                    got[t * rows + r],
+                    want[t * rows + r],
+                    mag,
+                    TOL_F32_SUM,
+                );
+            }
+        }
+    }
+}
+
 fn quantized(k: &Kernels, c: &mut Check, g: &mut Gen) {
     quantized_type::<BlockQ8_0>("q8_0", k, c, g);
     quantized_type::<BlockQ4_0>("q4_0", k, c, g);
     quantized_type::<BlockQ4_1>("q4_1", k, c, g);
+    interleaved_type::<BlockQ8_0x4>("q8_0x4", k, c, g);
+    interleaved_type::<BlockQ4_0x4>("q4_0x4", k, c, g);
 }
 
 fn q8g(k: &Kernels, c: &mut Check, g: &mut Gen) {

@@ -41,11 +41,17 @@ fn to_py_err(e: Error) -> PyErr {
             ref path,
             ref source,
         } => {
-            let args = (
-                source.raw_os_error().unwrap_or(0),
-                source.to_string(),
-                path.display().to_string(),
-            );
+            // Python's own form: (errno, strerror, filename).
+            let text = source.to_string();
+            let (errno, strerror) = match source.raw_os_error() {
+                Some(n) => (
+                    n,
+                    text.split(" (os error").next().unwrap_or(&text).to_string(),
+                ),
+                None if source.kind() == std::io::ErrorKind::NotFound => (2, text), // ENOENT
+                None => (0, text),
+            };
+            let args = (errno, strerror, path.display().to_string());
             match source.kind() {
                 std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(args),
                 std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(args),

@@ -12,7 +12,7 @@
 //! the extents the arguments describe, and that the CPU supports `S`.
 
 use super::simd::Simd;
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act, QK};
+use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK};
 
 // ---------------------------------------------------------------------------
 // Small vector helpers
@@ -473,6 +473,91 @@ pub(super) unsafe fn matmul_quant<S: Simd, W: QuantWeight, const R: usize, const
     }
 }
 
+/// How an interleaved group of four rows' blocks loads for [`Simd::dot4`].
+pub(super) trait QuantWeight4: Copy {
+    unsafe fn load<S: Simd>(b: *const Self) -> S::W4;
+}
+
+impl QuantWeight4 for BlockQ4_0x4 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(b: *const Self) -> S::W4 {
+        // SAFETY: `b` points at a group (caller).
+        unsafe { S::load_q4_0x4(b) }
+    }
+}
+
+impl QuantWeight4 for BlockQ8_0x4 {
+    #[inline(always)]
+    unsafe fn load<S: Simd>(b: *const Self) -> S::W4 {
+        // SAFETY: as above.
+        unsafe { S::load_q8_0x4(b) }
+    }
+}
+
+/// One register tile of an interleaved product: a group of four rows of
+/// `nb` group blocks against `C` tokens of `nb` activation blocks.
+#[inline(always)]
+unsafe fn tile_quant4<S: Simd, W: QuantWeight4, const C: usize>(
+    w: *const W,
+    nb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: `w` holds `nb` groups, `x` holds `C` rows of `ldx >= nb`
+    // blocks, `out` has `C` rows of `ldo >= 4` (caller).
+    unsafe {
+        let mut acc = [S::acc4_zero(); C];
+        for b in 0..nb {
+            let wb = w.add(b);
+            for line in (0..std::mem::size_of::<W>()).step_by(64) {
+                S::prefetch(wb.cast::<u8>().wrapping_add(PREFETCH_BYTES + line));
+            }
+            let wv = W::load::<S>(wb);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = S::dot4(*a, wv, x.add(c * ldx + b));
+            }
+        }
+        for (c, &a) in acc.iter().enumerate() {
+            for (r, v) in S::acc4_sums(a).into_iter().enumerate() {
+                *out.add(c * ldo + r) = v;
+            }
+        }
+    }
+}
+
+/// `out[t, r] = w[r] . x[t]` for the `4 * groups` rows of `w`, stored as
+/// `groups` rows of `nb` interleaved group blocks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn matmul_quant4<S: Simd, W: QuantWeight4, const C: usize>(
+    w: *const W,
+    groups: usize,
+    nb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    n_tok: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: every tile stays inside the extents the arguments describe.
+    unsafe {
+        for g in 0..groups {
+            let (wg, og) = (w.add(g * nb), out.add(4 * g));
+            let mut t = 0;
+            while t + C <= n_tok {
+                tile_quant4::<S, W, C>(wg, nb, x.add(t * ldx), ldx, og.add(t * ldo), ldo);
+                t += C;
+            }
+            while t < n_tok {
+                tile_quant4::<S, W, 1>(wg, nb, x.add(t * ldx), ldx, og.add(t * ldo), ldo);
+                t += 1;
+            }
+        }
+    }
+}
+
 /// Quantizes `nb * 32` activations into blocks (see `quant::quantize_act`).
 #[inline(always)]
 pub(super) unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
@@ -484,10 +569,11 @@ pub(super) unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let qs = xb.map(|v| (v * id).round() as i8);
-            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            let isum: i32 = qs.iter().map(|&q| q as i32).sum();
             out.add(b).write(BlockQ8Act {
                 d,
-                s: d * sum as f32,
+                s: d * isum as f32,
+                isum,
                 qs,
             });
         }

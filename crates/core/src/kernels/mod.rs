@@ -15,7 +15,7 @@ mod generic;
 pub mod reference;
 mod simd;
 
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act, QK};
+use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK};
 use half::{bf16, f16};
 use std::sync::OnceLock;
 
@@ -92,6 +92,8 @@ type MatmulFloat<W> = unsafe fn(*const W, usize, usize, *const f32, usize, usize
 type MatmulQuant<W> =
     unsafe fn(*const W, usize, usize, *const BlockQ8Act, usize, usize, *mut f32, usize);
 type QuantizeAct = unsafe fn(*const f32, usize, *mut BlockQ8Act);
+type MatmulQuant4<W> =
+    unsafe fn(*const W, usize, usize, *const BlockQ8Act, usize, usize, *mut f32, usize);
 type MatmulQ8g = unsafe fn(
     *const i8,
     *const f32,
@@ -125,6 +127,8 @@ pub struct Kernels {
     matmul_q8_0: MatmulQuant<BlockQ8_0>,
     matmul_q4_0: MatmulQuant<BlockQ4_0>,
     matmul_q4_1: MatmulQuant<BlockQ4_1>,
+    matmul_q4_0x4: MatmulQuant4<BlockQ4_0x4>,
+    matmul_q8_0x4: MatmulQuant4<BlockQ8_0x4>,
     quantize_act: QuantizeAct,
     matmul_q8g: MatmulQ8g,
     quantize_q8g: QuantizeQ8g,
@@ -143,7 +147,7 @@ macro_rules! tier {
             #![allow(clippy::too_many_arguments)]
             use super::generic;
             use super::Isa;
-            use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8Act};
+            use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act};
             use half::{bf16, f16};
             #[allow(unused_imports)]
             use super::simd::*;
@@ -163,6 +167,14 @@ macro_rules! tier {
             ) {
                 // SAFETY: forwarded contract (see `generic::matmul_quant`).
                 unsafe { generic::matmul_quant::<$simd, W, $r, $c>(w, rows, nb, x, ldx, n_tok, out, ldo) }
+            }
+            $(#[$attr])*
+            unsafe fn matmul_quant4<W: generic::QuantWeight4>(
+                w: *const W, groups: usize, nb: usize, x: *const BlockQ8Act, ldx: usize,
+                n_tok: usize, out: *mut f32, ldo: usize,
+            ) {
+                // SAFETY: forwarded contract (see `generic::matmul_quant4`).
+                unsafe { generic::matmul_quant4::<$simd, W, $c>(w, groups, nb, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
             unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
@@ -216,6 +228,8 @@ macro_rules! tier {
                 matmul_q8_0: matmul_quant::<BlockQ8_0>,
                 matmul_q4_0: matmul_quant::<BlockQ4_0>,
                 matmul_q4_1: matmul_quant::<BlockQ4_1>,
+                matmul_q4_0x4: matmul_quant4::<BlockQ4_0x4>,
+                matmul_q8_0x4: matmul_quant4::<BlockQ8_0x4>,
                 quantize_act,
                 matmul_q8g,
                 quantize_q8g,
@@ -384,6 +398,27 @@ impl Kernels {
         unsafe { (W::kernel(self))(w.as_ptr(), rows, nb, x.as_ptr(), nb, n_tok, out, ldo) }
     }
 
+    /// `out[t * ldo + r] = w[r] . x[t]` for weights in interleaved groups of
+    /// four rows: `w` holds `rows / 4` rows of `nb` groups.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernels::matmul_f32_into`].
+    pub unsafe fn matmul_quant4_into<W: QuantGroups>(
+        &self,
+        w: &[W],
+        nb: usize,
+        x: &[BlockQ8Act],
+        n_tok: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let groups = w.len() / nb;
+        assert!(nb > 0 && w.len() == groups * nb && ldo >= 4 * groups && x.len() >= n_tok * nb);
+        // SAFETY: input extents checked above; `out` is the caller's.
+        unsafe { (W::kernel(self))(w.as_ptr(), groups, nb, x.as_ptr(), nb, n_tok, out, ldo) }
+    }
+
     /// Quantizes `x` (a multiple of 32 long) into activation blocks.
     pub fn quantize_act(&self, x: &[f32], out: &mut [BlockQ8Act]) {
         assert!(x.len() == out.len() * QK);
@@ -534,5 +569,23 @@ impl QuantBlocks for BlockQ4_0 {
 impl QuantBlocks for BlockQ4_1 {
     fn kernel(k: &Kernels) -> MatmulQuant<Self> {
         k.matmul_q4_1
+    }
+}
+
+/// The interleaved group types, each with its kernel in a table.
+pub trait QuantGroups: crate::quant::Interleaved {
+    #[doc(hidden)]
+    fn kernel(k: &Kernels) -> MatmulQuant4<Self>;
+}
+
+impl QuantGroups for BlockQ4_0x4 {
+    fn kernel(k: &Kernels) -> MatmulQuant4<Self> {
+        k.matmul_q4_0x4
+    }
+}
+
+impl QuantGroups for BlockQ8_0x4 {
+    fn kernel(k: &Kernels) -> MatmulQuant4<Self> {
+        k.matmul_q8_0x4
     }
 }

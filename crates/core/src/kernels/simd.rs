@@ -14,6 +14,8 @@
 
 #![allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
+use crate::quant::{BlockQ4_0x4, BlockQ8_0x4, BlockQ8Act};
+
 /// Vectors of f32 values, and the integer block operations of the quantized
 /// kernels.
 ///
@@ -72,6 +74,19 @@ pub(crate) trait Simd: Copy {
     unsafe fn acc_add(acc: Self::Acc, dot: Self::I, scale: f32) -> Self::Acc;
     /// Asks for the cache line at `p` to be loaded (a hint; never faults).
     unsafe fn prefetch(p: *const u8);
+
+    /// A group of four rows' blocks (see `quant::BlockQ4_0x4`), loaded for
+    /// [`Simd::dot4`].
+    type W4: Copy;
+    /// Four rows' running sums.
+    type Acc4: Copy;
+    unsafe fn acc4_zero() -> Self::Acc4;
+    /// The four rows' sums.
+    unsafe fn acc4_sums(a: Self::Acc4) -> [f32; 4];
+    unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> Self::W4;
+    unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> Self::W4;
+    /// `acc[r] + (w[r] . x) * dw[r] * dx` for the four rows `r`.
+    unsafe fn dot4(acc: Self::Acc4, w: Self::W4, x: *const BlockQ8Act) -> Self::Acc4;
 }
 
 // ---------------------------------------------------------------------------
@@ -181,6 +196,46 @@ impl Simd for Portable {
     }
     #[inline(always)]
     unsafe fn prefetch(_: *const u8) {}
+
+    /// Signed values and scales of the four rows.
+    type W4 = ([[i8; 32]; 4], [f32; 4]);
+    type Acc4 = [f32; 4];
+
+    #[inline(always)]
+    unsafe fn acc4_zero() -> [f32; 4] {
+        [0.0; 4]
+    }
+    #[inline(always)]
+    unsafe fn acc4_sums(a: [f32; 4]) -> [f32; 4] {
+        a
+    }
+    #[inline(always)]
+    unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> Self::W4 {
+        let b = &*b;
+        let v = std::array::from_fn(|r| {
+            let u = Self::unpack_nibbles(b.qs[r].as_ptr());
+            u.map(|q| q - 8)
+        });
+        (v, b.d.map(|d| d.to_f32()))
+    }
+    #[inline(always)]
+    unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> Self::W4 {
+        let b = &*b;
+        let v = std::array::from_fn(|r| std::array::from_fn(|j| b.qs[j / 16][r][j % 16]));
+        (v, b.d.map(|d| d.to_f32()))
+    }
+    #[inline(always)]
+    unsafe fn dot4(acc: [f32; 4], w: Self::W4, x: *const BlockQ8Act) -> [f32; 4] {
+        let x = &*x;
+        std::array::from_fn(|r| {
+            let dot: i32 = w.0[r]
+                .iter()
+                .zip(&x.qs)
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
+            acc[r] + dot as f32 * (w.1[r] * x.d)
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -194,7 +249,33 @@ pub(crate) use x86::{Avx2, Avx512};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Simd;
+    use crate::quant::{BlockQ4_0x4, BlockQ8_0x4, BlockQ8Act};
     use std::arch::x86_64::*;
+
+    /// Four rows' blocks in a zmm pair: values 0..16 of row `r` in 128-bit
+    /// lane `r` of `lo`, values 16..32 in `hi`, unsigned (`value + bias`);
+    /// the row scales repeated over each lane.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct W4x16 {
+        lo: __m512i,
+        hi: __m512i,
+        scale: __m512,
+        bias: i32,
+    }
+
+    /// Four rows' blocks as two pairs of rows in ymm registers: signed
+    /// values `w`, their magnitudes `a`, `[pair][lo or hi]`.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct W4x8 {
+        w: [[__m256i; 2]; 2],
+        a: [[__m256i; 2]; 2],
+        scale: [__m256; 2],
+    }
+
+    #[inline(always)]
+    unsafe fn scales4(d: *const half::f16) -> __m128 {
+        _mm_cvtph_ps(_mm_loadl_epi64(d.cast()))
+    }
 
     /// AVX2 + FMA + F16C.
     #[derive(Clone, Copy, Debug)]
@@ -328,6 +409,96 @@ mod x86 {
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
             _mm256_madd_epi16(p, _mm256_set1_epi16(1))
         }
+
+        type W4 = W4x8;
+        type Acc4 = [__m256; 2];
+
+        #[inline(always)]
+        unsafe fn acc4_zero() -> [__m256; 2] {
+            [_mm256_setzero_ps(); 2]
+        }
+        #[inline(always)]
+        unsafe fn acc4_sums(a: [__m256; 2]) -> [f32; 4] {
+            // Each 128-bit half holds one row's four partial sums.
+            let h = _mm256_hadd_ps(a[0], a[1]); // r0 r0 r2 r2 | r1 r1 r3 r3
+            let h = _mm256_hadd_ps(h, h); // r0 r2 r0 r2 | r1 r3 r1 r3
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), h);
+            [out[0], out[4], out[1], out[5]]
+        }
+        // (Closures and `array::map` are avoided in these: they would be
+        // compiled without the tier's target features and not inlined.)
+        #[inline(always)]
+        unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> W4x8 {
+            let m = _mm256_set1_epi8(15);
+            let eight = _mm256_set1_epi8(8);
+            let v0 = _mm256_loadu_si256((*b).qs[0].as_ptr().cast());
+            let v1 = _mm256_loadu_si256((*b).qs[2].as_ptr().cast());
+            let lo0 = _mm256_sub_epi8(_mm256_and_si256(v0, m), eight);
+            let hi0 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(v0), m), eight);
+            let lo1 = _mm256_sub_epi8(_mm256_and_si256(v1, m), eight);
+            let hi1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(v1), m), eight);
+            w4x8([[lo0, hi0], [lo1, hi1]], scales4((*b).d.as_ptr()))
+        }
+        #[inline(always)]
+        unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> W4x8 {
+            let q = &(*b).qs;
+            let lo0 = _mm256_loadu_si256(q[0][0].as_ptr().cast());
+            let lo1 = _mm256_loadu_si256(q[0][2].as_ptr().cast());
+            let hi0 = _mm256_loadu_si256(q[1][0].as_ptr().cast());
+            let hi1 = _mm256_loadu_si256(q[1][2].as_ptr().cast());
+            w4x8([[lo0, hi0], [lo1, hi1]], scales4((*b).d.as_ptr()))
+        }
+        #[inline(always)]
+        unsafe fn dot4(acc: [__m256; 2], w: W4x8, x: *const BlockQ8Act) -> [__m256; 2] {
+            let q = (*x).qs.as_ptr();
+            let xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(q.cast()));
+            let xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128(q.add(16).cast()));
+            let dx = _mm256_set1_ps((*x).d);
+            [
+                pair_dot(acc[0], &w, 0, xlo, xhi, dx),
+                pair_dot(acc[1], &w, 1, xlo, xhi, dx),
+            ]
+        }
+    }
+
+    /// The W4x8 of these signed values and row scales.
+    #[inline(always)]
+    unsafe fn w4x8(w: [[__m256i; 2]; 2], d: __m128) -> W4x8 {
+        let abs = |v: __m256i| _mm256_sign_epi8(v, v);
+        W4x8 {
+            a: [[abs(w[0][0]), abs(w[0][1])], [abs(w[1][0]), abs(w[1][1])]],
+            w,
+            scale: pair_scales(d),
+        }
+    }
+
+    /// Rows `2p` and `2p + 1` of a W4x8 against `x`, added to `acc`.
+    #[inline(always)]
+    unsafe fn pair_dot(
+        acc: __m256,
+        w: &W4x8,
+        p: usize,
+        xlo: __m256i,
+        xhi: __m256i,
+        dx: __m256,
+    ) -> __m256 {
+        let ones = _mm256_set1_epi16(1);
+        let lo = _mm256_maddubs_epi16(w.a[p][0], _mm256_sign_epi8(xlo, w.w[p][0]));
+        let hi = _mm256_maddubs_epi16(w.a[p][1], _mm256_sign_epi8(xhi, w.w[p][1]));
+        // Widen each half to i32 before adding: two i16 sums could overflow.
+        let dot = _mm256_add_epi32(_mm256_madd_epi16(lo, ones), _mm256_madd_epi16(hi, ones));
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(w.scale[p], dx), acc)
+    }
+
+    /// Row scales `[d0 d1 d2 d3]` as `[d0 x4 | d1 x4]` and `[d2 x4 | d3 x4]`.
+    #[inline(always)]
+    unsafe fn pair_scales(d: __m128) -> [__m256; 2] {
+        let d = _mm256_castps128_ps256(d);
+        [
+            _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1)),
+            _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3)),
+        ]
     }
 
     impl Simd for Avx512 {
@@ -392,6 +563,64 @@ mod x86 {
                 _mm256_sign_epi8(x, w),
             )
         }
+
+        type W4 = W4x16;
+        type Acc4 = __m512;
+
+        #[inline(always)]
+        unsafe fn acc4_zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn acc4_sums(a: __m512) -> [f32; 4] {
+            // Sum the four lanes of each 128-bit lane (one row each).
+            let t = _mm512_add_ps(a, _mm512_shuffle_ps::<0b10_11_00_01>(a, a));
+            let t = _mm512_add_ps(t, _mm512_shuffle_ps::<0b01_00_11_10>(t, t));
+            let mut out = [0.0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), t);
+            [out[0], out[4], out[8], out[12]]
+        }
+        #[inline(always)]
+        unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> W4x16 {
+            let v = _mm512_loadu_si512((*b).qs.as_ptr().cast());
+            let m = _mm512_set1_epi8(15);
+            W4x16 {
+                lo: _mm512_and_si512(v, m),
+                hi: _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
+                scale: lane_scales(scales4((*b).d.as_ptr())),
+                bias: -8,
+            }
+        }
+        #[inline(always)]
+        unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> W4x16 {
+            // w + 128 as unsigned bytes, for vpdpbusd; the bias takes 128 back.
+            let flip = _mm512_set1_epi8(-128);
+            W4x16 {
+                lo: _mm512_xor_si512(_mm512_loadu_si512((*b).qs[0].as_ptr().cast()), flip),
+                hi: _mm512_xor_si512(_mm512_loadu_si512((*b).qs[1].as_ptr().cast()), flip),
+                scale: lane_scales(scales4((*b).d.as_ptr())),
+                bias: -128,
+            }
+        }
+        #[inline(always)]
+        unsafe fn dot4(acc: __m512, w: W4x16, x: *const BlockQ8Act) -> __m512 {
+            let q = (*x).qs.as_ptr();
+            let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(q.cast()));
+            let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16).cast()));
+            // sum((u + bias) x) = sum(u x) + bias * sum(x): start each row's
+            // first lane at bias * sum(x).
+            let start = _mm512_maskz_set1_epi32(0x1111, w.bias * (*x).isum);
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, w.lo, xlo), w.hi, xhi);
+            let scale = _mm512_mul_ps(w.scale, _mm512_set1_ps((*x).d));
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc)
+        }
+    }
+
+    /// Row scales `[d0 d1 d2 d3]` repeated over the four 128-bit lanes.
+    #[inline(always)]
+    unsafe fn lane_scales(d: __m128) -> __m512 {
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d))
     }
 }
 
@@ -407,7 +636,22 @@ pub(crate) use arm::{Neon, NeonDot};
 #[cfg(target_arch = "aarch64")]
 mod arm {
     use super::Simd;
+    use crate::quant::{BlockQ4_0x4, BlockQ8_0x4, BlockQ8Act};
     use std::arch::aarch64::*;
+
+    /// Four rows' blocks: signed values `[row][lo or hi]` and row scales.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct W4Neon {
+        w: [[int8x16_t; 2]; 4],
+        scale: float32x4_t,
+    }
+
+    /// `acc + [sum(d0) sum(d1) sum(d2) sum(d3)] * scale`.
+    #[inline(always)]
+    unsafe fn add_rows(acc: float32x4_t, d: [int32x4_t; 4], scale: float32x4_t) -> float32x4_t {
+        let s = vpaddq_s32(vpaddq_s32(d[0], d[1]), vpaddq_s32(d[2], d[3]));
+        vfmaq_f32(acc, vcvtq_f32_s32(s), scale)
+    }
 
     /// NEON (Advanced SIMD).
     #[derive(Clone, Copy, Debug)]
@@ -443,7 +687,10 @@ mod arm {
     #[inline(always)]
     unsafe fn dot16_sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
         let mut acc = acc;
+        // The directive lets the assembler take `sdot` in any function; it
+        // only runs in the neon-dotprod tier, chosen after detection.
         core::arch::asm!(
+            ".arch_extension dotprod",
             "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
             acc = inout(vreg) acc,
             a = in(vreg) a,
@@ -537,6 +784,42 @@ mod arm {
             unsafe fn prefetch(p: *const u8) {
                 core::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags));
             }
+
+            type W4 = W4Neon;
+            type Acc4 = float32x4_t;
+
+            #[inline(always)]
+            unsafe fn acc4_zero() -> float32x4_t {
+                vdupq_n_f32(0.0)
+            }
+            #[inline(always)]
+            unsafe fn acc4_sums(a: float32x4_t) -> [f32; 4] {
+                let mut out = [0.0f32; 4];
+                vst1q_f32(out.as_mut_ptr(), a);
+                out
+            }
+            #[inline(always)]
+            unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> W4Neon {
+                let eight = vdupq_n_s8(8);
+                let row = |r: usize| {
+                    let v = vld1q_u8((*b).qs[r].as_ptr());
+                    let lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15)));
+                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
+                    [vsubq_s8(lo, eight), vsubq_s8(hi, eight)]
+                };
+                W4Neon {
+                    w: [row(0), row(1), row(2), row(3)],
+                    scale: f16x4_to_f32(vld1_u16((*b).d.as_ptr().cast())),
+                }
+            }
+            #[inline(always)]
+            unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> W4Neon {
+                let row = |r: usize| [vld1q_s8((*b).qs[0][r].as_ptr()), vld1q_s8((*b).qs[1][r].as_ptr())];
+                W4Neon {
+                    w: [row(0), row(1), row(2), row(3)],
+                    scale: f16x4_to_f32(vld1_u16((*b).d.as_ptr().cast())),
+                }
+            }
         };
     }
 
@@ -552,6 +835,24 @@ mod arm {
         unsafe fn dot_i8_i8(w: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
             vaddq_s32(dot16_widening(w.0, x.0), dot16_widening(w.1, x.1))
         }
+        #[inline(always)]
+        unsafe fn dot4(acc: float32x4_t, w: W4Neon, x: *const BlockQ8Act) -> float32x4_t {
+            let (xlo, xhi) = (
+                vld1q_s8((*x).qs.as_ptr()),
+                vld1q_s8((*x).qs.as_ptr().add(16)),
+            );
+            let row = |r: usize| {
+                vaddq_s32(
+                    dot16_widening(w.w[r][0], xlo),
+                    dot16_widening(w.w[r][1], xhi),
+                )
+            };
+            add_rows(
+                acc,
+                [row(0), row(1), row(2), row(3)],
+                vmulq_n_f32(w.scale, (*x).d),
+            )
+        }
     }
 
     impl Simd for NeonDot {
@@ -564,6 +865,19 @@ mod arm {
         #[inline(always)]
         unsafe fn dot_i8_i8(w: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
             dot16_sdot(dot16_sdot(vdupq_n_s32(0), w.0, x.0), w.1, x.1)
+        }
+        #[inline(always)]
+        unsafe fn dot4(acc: float32x4_t, w: W4Neon, x: *const BlockQ8Act) -> float32x4_t {
+            let (xlo, xhi) = (
+                vld1q_s8((*x).qs.as_ptr()),
+                vld1q_s8((*x).qs.as_ptr().add(16)),
+            );
+            let z = vdupq_n_s32(0);
+            let d0 = dot16_sdot(dot16_sdot(z, w.w[0][0], xlo), w.w[0][1], xhi);
+            let d1 = dot16_sdot(dot16_sdot(z, w.w[1][0], xlo), w.w[1][1], xhi);
+            let d2 = dot16_sdot(dot16_sdot(z, w.w[2][0], xlo), w.w[2][1], xhi);
+            let d3 = dot16_sdot(dot16_sdot(z, w.w[3][0], xlo), w.w[3][1], xhi);
+            add_rows(acc, [d0, d1, d2, d3], vmulq_n_f32(w.scale, (*x).d))
         }
     }
 }

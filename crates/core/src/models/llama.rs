@@ -375,6 +375,8 @@ fn matmul_chunk(
             MatData::Q8_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q4_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q4_1(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
+            MatData::Q8_0x4(wd) => kern.matmul_quant4_into(wd, nb, input.acts, n, out, ldo),
+            MatData::Q4_0x4(wd) => kern.matmul_quant4_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q8Group {
                 q: wq,
                 s: ws,
