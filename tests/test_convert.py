@@ -135,3 +135,47 @@ def test_truncated_tinyllm_files(converted: dict[str, Path], tmp_path: Path) -> 
         with pytest.raises(ModelFormatError) as e:
             tinyllm.Model(cut)
         assert str(cut) in str(e.value)
+
+
+def test_eval_measures_a_quantized_model(
+    converted: dict[str, Path], stories: tinyllm.Model, golden: str
+) -> None:
+    same = tinyllm.eval(stories, stories, golden, ctx=64)
+    assert same["kl_mean"] == 0.0 and same["top1"] == 1.0
+    assert same["ppl"] == same["ppl_reference"] and same["chunks"] == 4
+    assert same["positions"] == 4 * 31
+    q8 = tinyllm.eval(converted["q8_0"], stories, golden, ctx=64)
+    q4 = tinyllm.eval(converted["q4"], stories, golden, ctx=64)
+    assert 0 < q8["kl_mean"] < 1e-3 < q4["kl_mean"] < 0.1
+    assert q8["top1"] > q4["top1"] > 0.8
+    assert q4["ppl"] > q8["ppl"] > 1.0
+    # The greedy story is the model's own most likely text: low perplexity.
+    assert same["ppl"] < 2.0
+    with pytest.raises(ValueError, match="fewer than one chunk"):
+        tinyllm.eval(stories, stories, "Once upon a time", ctx=64)
+
+
+def test_cli_eval(
+    converted: dict[str, Path], stories_path: Path, tmp_path: Path, golden: str
+) -> None:
+    text = tmp_path / "story.txt"
+    text.write_text(golden, encoding="utf-8")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tinyllm",
+            "eval",
+            str(converted["q8_0"]),
+            "--reference",
+            str(stories_path),
+            "--text",
+            str(text),
+            "--ctx",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "mean KL divergence" in r.stdout and "perplexity" in r.stdout

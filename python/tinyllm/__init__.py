@@ -7,11 +7,13 @@
 ``tinyllm.Model(path, tokenizer=None)`` opens llama2.c model files and
 tinyllm files; its ``generate``, ``stream``, ``tokenize``, ``detokenize``,
 ``logits`` and ``chat`` do the rest. ``tinyllm.convert`` writes tinyllm files
-with 16-, 8- or 4-bit weights; ``tinyllm.info`` describes a model file.
+with 16-, 8- or 4-bit weights; ``tinyllm.info`` describes a model file;
+``tinyllm.eval`` measures a quantized model against its original.
 The engine is written in Rust and runs with the GIL released.
 """
 
 from tinyllm._convert import convert, info
+from tinyllm._eval import eval
 from tinyllm._model import Model, ModelConfig, Stream
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
 
@@ -24,6 +26,7 @@ __all__ = [
     "__version__",
     "available_isas",
     "convert",
+    "eval",
     "info",
 ]
 

@@ -4,7 +4,8 @@
 llama2.c's ``run.c`` prints it) and its speed to stderr; ``tinyllm chat``
 opens an interactive chat. With no MODEL both use the built-in model.
 ``tinyllm convert`` writes a tinyllm file, quantized; ``tinyllm info``
-describes a model file.
+describes a model file; ``tinyllm eval`` measures a quantized model against
+its original.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from tinyllm._convert import QUANTS, convert, format_info, info
+from tinyllm._eval import eval as evaluate
 from tinyllm._model import Model
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError
 
@@ -60,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     info_p = sub.add_parser("info", help="describe a model file: header and tensors")
     info_p.add_argument("file", help="model file")
+    ev = sub.add_parser("eval", help="KL divergence, top-1 and perplexity against a reference")
+    ev.add_argument("model", help="the model to measure (e.g. a quantized tinyllm file)")
+    ev.add_argument("--reference", required=True, help="the reference (e.g. the f32 original)")
+    ev.add_argument("--text", required=True, help="a UTF-8 text file to score")
+    ev.add_argument("--ctx", type=int, default=128, help="tokens per chunk (default 128)")
+    ev.add_argument("--chunks", type=int, default=None, help="score at most this many chunks")
+    ev.add_argument("--tokenizer", "-z", help="tokenizer of the reference, if not beside it")
     return parser
 
 
@@ -134,11 +143,24 @@ def _info(args: argparse.Namespace) -> None:
     print(format_info(info(args.file)))
 
 
+def _eval(args: argparse.Namespace) -> None:
+    ref = Model(args.reference, args.tokenizer)
+    test = Model(args.model, args.tokenizer if args.model.endswith(".bin") else None)
+    r = evaluate(test, ref, args.text, ctx=args.ctx, max_chunks=args.chunks)
+    print(
+        f"{args.model} against {args.reference}, {r['positions']} predictions:\n"
+        f"  mean KL divergence {r['kl_mean']:.5f} (99th percentile {r['kl_p99']:.4f})\n"
+        f"  same top token     {100 * r['top1']:.2f}%\n"
+        f"  perplexity         {r['ppl']:.4f} (reference {r['ppl_reference']:.4f})"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        {"run": _run, "chat": _chat, "convert": _convert, "info": _info}[args.command](args)
+        commands = {"run": _run, "chat": _chat, "convert": _convert, "info": _info, "eval": _eval}
+        commands[args.command](args)
     except (OSError, ModelFormatError, ContextLengthError, ValueError, TypeError) as e:
         if isinstance(e, BrokenPipeError):
             return 0
