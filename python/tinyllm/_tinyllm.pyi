@@ -14,6 +14,7 @@ __all__ = [
     "available_isas",
     "convert",
     "file_info",
+    "read_bandwidth",
 ]
 
 class ModelFormatError(ValueError):
@@ -75,3 +76,4 @@ def convert(
     progress: Callable[[int, int, str], object] | None = None,
 ) -> dict[str, Any]: ...
 def file_info(path: str) -> dict[str, Any]: ...
+def read_bandwidth(n_threads: int | None = None, bytes: int = ..., reps: int = 5) -> float: ...

@@ -31,6 +31,7 @@ pub mod format;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;
+pub mod machine;
 pub mod model;
 pub mod models;
 pub mod pool;

@@ -445,6 +445,17 @@ fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
+/// Measures the memory read bandwidth (bytes per second) the engine's f32
+/// product reaches streaming a buffer of `bytes` on `n_threads` threads.
+#[pyfunction]
+#[pyo3(signature = (n_threads=None, bytes=1 << 30, reps=5))]
+fn read_bandwidth(py: Python<'_>, n_threads: Option<usize>, bytes: usize, reps: usize) -> f64 {
+    let threads =
+        n_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = ThreadPool::new(threads.clamp(1, 1024));
+    py.detach(|| tinyllm_core::machine::read_bandwidth(&pool, bytes.min(1 << 34), reps))
+}
+
 /// The names of the kernel tiers this CPU runs, best last.
 #[pyfunction]
 fn available_isas() -> Vec<&'static str> {
@@ -462,6 +473,7 @@ fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(file_info, m)?)?;
+    m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add(
         "ContextLengthError",
