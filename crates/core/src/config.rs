@@ -7,8 +7,10 @@ use std::path::Path;
 /// computed from a header well inside `u64` and rejects garbage early.
 const MAX_DIM: usize = 1 << 20;
 
-/// What the forward pass needs to know about a model.
-#[derive(Clone, Debug, PartialEq)]
+/// What the forward pass needs to know about a model (also the `config`
+/// object of a tinyllm file's header).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Width of the residual stream.
     pub dim: usize,

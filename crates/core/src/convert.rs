@@ -2,7 +2,7 @@
 //! precision, quantizing rows in parallel.
 
 use crate::error::{Error, Result};
-use crate::format::tinyllm::{Header, HeaderConfig, TensorInfo, TokenizerInfo, Writer};
+use crate::format::tinyllm::{Header, TensorInfo, TokenizerInfo, Writer};
 use crate::model::Model;
 use crate::pool::{SyncPtr, ThreadPool};
 use crate::quant::{self, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, QK};
@@ -214,7 +214,7 @@ pub fn convert(
         .collect();
     let header = Header {
         architecture: "llama".into(),
-        config: HeaderConfig::from(c),
+        config: c.clone(),
         tokenizer: Some(TokenizerInfo {
             kind: "llama2c".into(),
             bos_id: BOS,

@@ -176,6 +176,20 @@ const QUANT_SHAPES: [(usize, usize, usize); 8] = [
     (5, 128, 3),
 ];
 
+/// The scale of a quantized dot product's rounding: `sum_j |x_j| (|w_j| +
+/// |offset|)`, since the kernels add each block's offset apart from its values.
+fn magnitude<W: Block>(w: &[W], x: &[BlockQ8Act]) -> f64 {
+    let mut m = 0.0;
+    for (wb, xb) in w.iter().zip(x) {
+        let wv = wb.dequantize();
+        for (j, &v) in wv.iter().enumerate() {
+            let xj = (xb.d * xb.qs[j] as f32).abs() as f64;
+            m += xj * (v.abs() + wb.offset().abs()) as f64;
+        }
+    }
+    m
+}
+
 fn quantized_type<W: QuantBlocks>(name: &str, k: &Kernels, c: &mut Check, g: &mut Gen) {
     for (rows, nb, n) in QUANT_SHAPES {
         // Rows with different scales and, for the offset types, a bias.
@@ -200,19 +214,7 @@ fn quantized_type<W: QuantBlocks>(name: &str, k: &Kernels, c: &mut Check, g: &mu
         unsafe { k.matmul_quant_into(&w, nb, &x, n, got.as_mut_ptr(), rows) };
         for t in 0..n {
             for r in 0..rows {
-                // The kernels add each block's offset apart from its values.
-                let mag: f64 = (0..nb)
-                    .map(|b| {
-                        let (wb, xb) = (&w[r * nb + b], &x[t * nb + b]);
-                        let wv = wb.dequantize();
-                        (0..QK)
-                            .map(|j| {
-                                let xj = (xb.d * xb.qs[j] as f32).abs() as f64;
-                                xj * (wv[j].abs() + wb.offset().abs()) as f64
-                            })
-                            .sum::<f64>()
-                    })
-                    .sum();
+                let mag = magnitude(&w[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb]);
                 let what = format!(
                     "{:?} matmul_{name} {rows}x{nb} blocks by {n}: [{t},{r}]",
                     k.isa()
@@ -250,18 +252,7 @@ where
         unsafe { k.matmul_quant4_into(&groups, nb, &x, n, got.as_mut_ptr(), rows) };
         for t in 0..n {
             for r in 0..rows {
-                let mag: f64 = (0..nb)
-                    .map(|b| {
-                        let (wb, xb) = (&plain[r * nb + b], &x[t * nb + b]);
-                        let wv = wb.dequantize();
-                        (0..QK)
-                            .map(|j| {
-                                let xj = (xb.d * xb.qs[j] as f32).abs() as f64;
-                                xj * (wv[j].abs() + wb.offset().abs()) as f64
-                            })
-                            .sum::<f64>()
-                    })
-                    .sum();
+                let mag = magnitude(&plain[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb]);
                 let what = format!(
                     "{:?} matmul_{name} {rows}x{nb} blocks by {n}: [{t},{r}]",
                     k.isa()

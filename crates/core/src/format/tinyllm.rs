@@ -40,7 +40,7 @@ const MAX_HEADER: u64 = 256 << 20;
 pub struct Header {
     /// The model family (`"llama"`).
     pub architecture: String,
-    pub config: HeaderConfig,
+    pub config: Config,
     /// How the vocabulary is stored, if the file has one.
     #[serde(default)]
     pub tokenizer: Option<TokenizerInfo>,
@@ -54,22 +54,6 @@ pub struct Header {
     #[serde(default)]
     pub quantization: serde_json::Value,
     pub tensors: Vec<TensorInfo>,
-}
-
-/// The hyperparameters, as in [`Config`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderConfig {
-    pub dim: usize,
-    pub hidden_dim: usize,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub vocab_size: usize,
-    pub seq_len: usize,
-    pub head_dim: usize,
-    pub rope_theta: f32,
-    pub norm_eps: f32,
 }
 
 /// The tokenizer stored in the file.
@@ -97,40 +81,6 @@ pub struct TensorInfo {
     /// Bytes from the start of the data; a multiple of 64.
     pub offset: usize,
     pub nbytes: usize,
-}
-
-impl From<&Config> for HeaderConfig {
-    fn from(c: &Config) -> Self {
-        HeaderConfig {
-            dim: c.dim,
-            hidden_dim: c.hidden_dim,
-            n_layers: c.n_layers,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            vocab_size: c.vocab_size,
-            seq_len: c.seq_len,
-            head_dim: c.head_dim,
-            rope_theta: c.rope_theta,
-            norm_eps: c.norm_eps,
-        }
-    }
-}
-
-impl From<&HeaderConfig> for Config {
-    fn from(c: &HeaderConfig) -> Self {
-        Config {
-            dim: c.dim,
-            hidden_dim: c.hidden_dim,
-            n_layers: c.n_layers,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            vocab_size: c.vocab_size,
-            seq_len: c.seq_len,
-            head_dim: c.head_dim,
-            rope_theta: c.rope_theta,
-            norm_eps: c.norm_eps,
-        }
-    }
 }
 
 /// The byte size of a tensor of `dtype` and `shape`, if the pair is valid.
@@ -181,7 +131,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
             header.architecture
         )));
     }
-    let config = Config::from(&header.config);
+    let config = header.config.clone();
     config.validate(path)?;
     if config.head_dim * config.n_heads == 0 {
         return Err(bad("head_dim and n_heads must be positive".into()));
