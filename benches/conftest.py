@@ -1,5 +1,12 @@
-"""Benchmark fixtures: the models to time, and a summary table of tokens/s
-and GB/s printed at the end of the run."""
+"""Benchmark fixtures: the model files each engine runs (made once and kept
+in the bench cache), and a summary table of tokens/s and GB/s printed at the
+end of the run.
+
+Shapes are chosen with ``TINYLLM_BENCH_SHAPES`` (default
+``stories260K,15M,110M``; add ``1.1B`` for the TinyLlama shape, whose f32
+file is 4.4 GB). llama.cpp runs beside tinyllm when ``TINYLLM_LLAMACPP``
+names the directory of its programs (see ``benches/llamacpp.py``).
+"""
 
 from __future__ import annotations
 
@@ -12,40 +19,60 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import llamacpp  # noqa: E402
+
+import tinyllm  # noqa: E402
 
 import llama2c_format  # noqa: E402
 
 MODELS = Path(os.environ.get("TINYLLM_SHARED_MODELS", ROOT.parent / "shared" / "models"))
 CACHE = Path(os.environ.get("TINYLLM_BENCH_CACHE", ROOT / "benches" / ".cache"))
+LLAMA2_VOCAB = MODELS / "llama2-tokenizer.bin"
 
-#: Model shapes to time: (name, dim, hidden, layers, heads, kv heads, vocab, seq_len).
+#: Random-weight shapes: (dim, hidden, layers, heads, kv heads, vocab, seq_len).
 SHAPES = {
-    # Karpathy's stories110M: a token streams 438 MB of f32 weights.
+    "15M": (288, 768, 6, 6, 6, 32000, 256),
     "110M": (768, 2048, 12, 12, 12, 32000, 1024),
+    "1.1B": (2048, 5632, 22, 32, 4, 32000, 2048),
 }
+
+#: tinyllm recipe -> the llama.cpp type at the same bits per weight.
+PEER_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4": "Q4_0"}
+
+
+def selected_shapes() -> list[str]:
+    names = os.environ.get("TINYLLM_BENCH_SHAPES", "stories260K,15M,110M").split(",")
+    return [n.strip() for n in names if n.strip()]
 
 
 @dataclass
 class Result:
     model: str
+    weights: str
     phase: str
     engine: str
     tokens_per_s: float
-    gb_per_s: float
+    gb_per_s: float | None
 
 
 RESULTS: list[Result] = []
+BANDWIDTH: list[float] = []
 
 
-def record(model: str, phase: str, engine: str, tokens_per_s: float, bytes_per_s: float) -> None:
-    RESULTS.append(Result(model, phase, engine, tokens_per_s, bytes_per_s / 1e9))
+def record(
+    model: str, weights: str, phase: str, engine: str, tokens_per_s: float, gb_per_s: float | None
+) -> None:
+    RESULTS.append(Result(model, weights, phase, engine, tokens_per_s, gb_per_s))
 
 
-def random_model_file(name: str) -> Path:
-    """A llama2.c legacy file of random weights of the named shape, made once
-    and kept in the bench cache."""
-    dim, hidden, layers, heads, kv, vocab, seq = SHAPES[name]
-    path = CACHE / f"random{name}.bin"
+def source_file(shape: str) -> tuple[Path, Path]:
+    """The f32 llama2.c file of a shape and its tokenizer (made once)."""
+    if shape == "stories260K":
+        return MODELS / "stories260K.bin", MODELS / "tok512.bin"
+    dim, hidden, layers, heads, kv, vocab, seq = SHAPES[shape]
+    path = CACHE / f"random{shape}.bin"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         config, weights = llama2c_format.random_model(
@@ -54,25 +81,54 @@ def random_model_file(name: str) -> Path:
         tmp = path.with_suffix(".tmp")
         llama2c_format.write(tmp, config, weights, version=0)
         tmp.rename(path)
-    return path
+    return path, LLAMA2_VOCAB
 
 
-@pytest.fixture(scope="session")
-def model_files() -> dict[str, tuple[Path, Path]]:
-    """Model name -> (model file, tokenizer file)."""
-    files = {"stories260K": (MODELS / "stories260K.bin", MODELS / "tok512.bin")}
-    for name in SHAPES:
-        files[name] = (random_model_file(name), MODELS / "llama2-tokenizer.bin")
-    return files
+def tinyllm_file(shape: str, quant: str) -> tuple[Path, Path | None]:
+    """The model tinyllm runs for (shape, recipe): the f32 llama2.c file
+    itself, or a tinyllm file converted from it (made once)."""
+    src, tok = source_file(shape)
+    if quant == "f32":
+        return src, tok
+    dst = CACHE / f"{shape}-{quant}.tllm"
+    if not dst.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tinyllm.convert(src, dst, quant, tokenizer=tok, progress=False)
+    return dst, None
+
+
+def gguf_file(shape: str, qtype: str) -> Path:
+    """The same weights as a GGUF file of llama.cpp type ``qtype`` (made once)."""
+    src, _ = source_file(shape)
+    base = CACHE / f"{shape}-F32.gguf"
+    if not base.exists():
+        # The tokenizer comes from the shared vocabularies (see llamacpp.py).
+        llamacpp.llama2c_to_gguf(src, base, None, dtype="f32")
+    if qtype == "F32":
+        return base
+    dst = CACHE / f"{shape}-{qtype}.gguf"
+    if not dst.exists():
+        llamacpp.quantize(base, dst, qtype, pure=True)
+    return dst
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not RESULTS:
         return
     tr = terminalreporter
-    tr.section("tokens/s and GB/s of weights streamed (same run)")
-    tr.write_line(f"{'model':<12} {'phase':<11} {'engine':<22} {'tokens/s':>10} {'GB/s':>7}")
+    bw = max(BANDWIDTH) if BANDWIDTH else None
+    title = "tokens/s and GB/s of weights streamed, one run"
+    if bw:
+        title += f" (measured read bandwidth {bw / 1e9:.1f} GB/s)"
+    tr.section(title)
+    tr.write_line(
+        f"{'model':<12} {'weights':<8} {'phase':<13} {'engine':<24} {'tokens/s':>10}"
+        f" {'GB/s':>7} {'of bw':>6}"
+    )
     for r in RESULTS:
+        gbs = f"{r.gb_per_s:7.2f}" if r.gb_per_s is not None else f"{'':7}"
+        frac = f"{100 * r.gb_per_s * 1e9 / bw:5.0f}%" if bw and r.gb_per_s is not None else ""
         tr.write_line(
-            f"{r.model:<12} {r.phase:<11} {r.engine:<22} {r.tokens_per_s:>10.1f} {r.gb_per_s:>7.2f}"
+            f"{r.model:<12} {r.weights:<8} {r.phase:<13} {r.engine:<24} {r.tokens_per_s:>10.1f}"
+            f" {gbs} {frac:>6}"
         )

@@ -1,92 +1,147 @@
 """Tokens/s of prompt processing and generation, with the GB/s of weights
-each streamed, for stories260K and a random model shaped like stories110M.
+each streamed and the fraction of the machine's measured read bandwidth
+that is, for each model shape and weight type, side by side with the peers
+in the same run:
 
-    make bench                       # or: pytest benches
-    TINYLLM_RUNC=/path/to/run make bench
+    make bench
+    TINYLLM_LLAMACPP=/path/to/llama.cpp/bin make bench    # with llama.cpp
+    TINYLLM_RUNC=/path/to/run make bench                  # with llama2.c's run.c
 
-With ``TINYLLM_RUNC`` pointing at a build of Karpathy's run.c
-(``gcc -O3 -march=native -fopenmp run.c -lm -o run``, kept outside this
-repository), the same run also times run.c on the same files, alternating
-with tinyllm so that both see the same machine load.
+Peers alternate with tinyllm round by round, so both see the same load on
+this shared machine. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import statistics
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import tinyllm
+from tinyllm import _tinyllm
 
-from conftest import record
+from conftest import (
+    BANDWIDTH,
+    PEER_TYPES,
+    gguf_file,
+    llamacpp,
+    record,
+    selected_shapes,
+    source_file,
+    tinyllm_file,
+)
 
 THREADS = min(2, os.cpu_count() or 1)
-MODELS = ["stories260K", "110M"]
-PROMPT_TOKENS = {"stories260K": 256, "110M": 128}
-GENERATE_TOKENS = {"stories260K": 256, "110M": 128}
-ROUNDS = 5
+PROMPT = 512
+GENERATE = 128
+ROUNDS = 3
+
+CASES = [
+    (shape, quant)
+    for shape in selected_shapes()
+    for quant in (["f32"] if shape in ("stories260K", "110M") else []) + ["f16", "q8_0", "q4"]
+]
 
 
-def prompt_ids(n: int) -> list[int]:
+def prompt_ids(n: int, vocab: int) -> list[int]:
     """BOS and then a fixed, varied run of ordinary token ids."""
-    return [1] + [3 + (i * 37) % 500 for i in range(n - 1)]
+    return [1] + [3 + (i * 37) % (vocab - 3) for i in range(n - 1)]
 
 
-@pytest.fixture(scope="module", params=MODELS)
-def loaded(request: pytest.FixtureRequest, model_files: dict) -> tuple[str, tinyllm.Model]:
-    name = request.param
-    path, tok = model_files[name]
-    return name, tinyllm.Model(path, tok, n_threads=THREADS)
+def open_model(shape: str, quant: str) -> tinyllm.Model:
+    path, tok = tinyllm_file(shape, quant)
+    m = tinyllm.Model(path, tok, n_threads=THREADS)
+    return m
 
 
-def test_prompt_processing(benchmark, loaded: tuple[str, tinyllm.Model]) -> None:  # type: ignore[no-untyped-def]
-    name, m = loaded
-    n = PROMPT_TOKENS[name]
-    ids = prompt_ids(n)
-
-    def run() -> None:
-        m.reset()
-        "".join(m.stream(ids, max_tokens=0))
-
-    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-    seconds = benchmark.stats.stats.median
-    batches = math.ceil(n / m.info["max_batch"])  # each batch reads the weights once
-    tps = n / seconds
-    gbs = batches * m.info["bytes_per_token"] / seconds
-    benchmark.extra_info.update(tokens=n, tokens_per_s=tps, weights_gb_per_s=gbs / 1e9)
-    record(name, f"prompt {n}", f"tinyllm ({m.info['isa']})", tps, gbs)
+def prompt_rate(m: tinyllm.Model, n: int) -> float:
+    """Tokens/s of processing an ``n``-token prompt from an empty cache."""
+    m.reset()
+    s = m.stream(prompt_ids(n, m.config.vocab_size), max_tokens=0)
+    "".join(s)
+    return s.stats["prompt_tokens"] / s.stats["prompt_seconds"]
 
 
-def generate_once(m: tinyllm.Model, n: int) -> float:
-    """Generates up to ``n`` tokens greedily from BOS; returns tokens/s of
-    the generation (sampling and forward passes, no prompt)."""
+def generate_rate(m: tinyllm.Model, n: int) -> float:
+    """Tokens/s of generating up to ``n`` tokens greedily after BOS."""
     m.reset()
     s = m.stream([1], max_tokens=n, temperature=0)
     "".join(s)
-    st = s.stats
-    return st["generated_tokens"] / st["generate_seconds"]
+    return s.stats["generated_tokens"] / s.stats["generate_seconds"]
 
 
-def test_generation(benchmark, loaded: tuple[str, tinyllm.Model]) -> None:  # type: ignore[no-untyped-def]
-    name, m = loaded
-    n = GENERATE_TOKENS[name]
-    rates: list[float] = []
-    benchmark.pedantic(lambda: rates.append(generate_once(m, n)), rounds=ROUNDS, warmup_rounds=1)
-    tps = statistics.median(rates[1:] or rates)
-    gbs = tps * m.info["bytes_per_token"]
-    benchmark.extra_info.update(tokens=n, tokens_per_s=tps, weights_gb_per_s=gbs / 1e9)
-    record(name, f"generate {n}", f"tinyllm ({m.info['isa']})", tps, gbs)
+def test_memory_bandwidth(benchmark) -> None:  # type: ignore[no-untyped-def]
+    bw = benchmark.pedantic(lambda: _tinyllm.read_bandwidth(THREADS), rounds=1, iterations=1)
+    BANDWIDTH.append(bw)
+    benchmark.extra_info["gb_per_s"] = bw / 1e9
 
 
-def run_c(binary: str, model: Path, tok: Path, steps: int) -> float:
+@pytest.mark.parametrize(("shape", "quant"), CASES)
+def test_tinyllm(benchmark, shape: str, quant: str) -> None:  # type: ignore[no-untyped-def]
+    m = open_model(shape, quant)
+    n_prompt = min(PROMPT, m.context_length - 1)
+    bpt = m.info["bytes_per_token"]
+    pp: list[float] = []
+    tg: list[float] = []
+
+    def once() -> None:
+        pp.append(prompt_rate(m, n_prompt))
+        tg.append(generate_rate(m, GENERATE))
+
+    benchmark.pedantic(once, rounds=ROUNDS, warmup_rounds=1)
+    p, g = statistics.median(pp), statistics.median(tg)
+    batches = -(-n_prompt // m.info["max_batch"])
+    benchmark.extra_info.update(
+        prompt_tokens_per_s=p, gen_tokens_per_s=g, gen_gb_per_s=g * bpt / 1e9
+    )
+    engine = f"tinyllm ({m.info['isa']})"
+    record(shape, quant, f"prompt {n_prompt}", engine, p, p * batches * bpt / n_prompt / 1e9)
+    record(shape, quant, f"generate {GENERATE}", engine, g, g * bpt / 1e9)
+
+
+needs_llamacpp = pytest.mark.skipif(
+    not llamacpp.available(), reason="set TINYLLM_LLAMACPP to llama.cpp's program directory"
+)
+
+
+@needs_llamacpp
+@pytest.mark.parametrize(("shape", "quant"), [c for c in CASES if c[1] in PEER_TYPES])
+def test_against_llamacpp(benchmark, shape: str, quant: str) -> None:  # type: ignore[no-untyped-def]
+    qtype = PEER_TYPES[quant]
+    gguf = gguf_file(shape, qtype)
+    m = open_model(shape, quant)
+    n_prompt = min(PROMPT, m.context_length - 1)
+    ours: dict[str, list[float]] = {"pp": [], "tg": []}
+    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
+    size = 0
+
+    def alternate() -> None:
+        nonlocal size
+        ours["pp"].append(prompt_rate(m, n_prompt))
+        ours["tg"].append(generate_rate(m, GENERATE))
+        r = llamacpp.bench(gguf, threads=THREADS, n_prompt=n_prompt, n_gen=GENERATE, reps=1)
+        theirs["pp"].append(float(r["prompt_tokens_per_s"] or 0))
+        theirs["tg"].append(float(r["gen_tokens_per_s"] or 0))
+        size = r["model_size_bytes"]
+
+    benchmark.pedantic(alternate, rounds=ROUNDS, warmup_rounds=1)
+    med = statistics.median
+    bpt = m.info["bytes_per_token"]
+    for phase, key in [(f"prompt {n_prompt}", "pp"), (f"generate {GENERATE}", "tg")]:
+        a, b = med(ours[key]), med(theirs[key])
+        gen = key == "tg"
+        record(shape, quant, phase, f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
+        record(shape, quant, phase, f"llama.cpp {qtype}", b, b * size / 1e9 if gen else None)
+        benchmark.extra_info[f"{key}_ratio"] = a / b
+
+
+def run_c(binary: str, model: str, tok: str, steps: int) -> float:
     """run.c's own 'achieved tok/s' (it times every step after the first)."""
     r = subprocess.run(
-        [binary, str(model), "-z", str(tok), "-t", "0", "-n", str(steps)],
+        [binary, model, "-z", tok, "-t", "0", "-n", str(steps)],
         capture_output=True,
         text=True,
         check=True,
@@ -98,22 +153,20 @@ def run_c(binary: str, model: Path, tok: Path, steps: int) -> float:
 
 
 @pytest.mark.skipif(not os.environ.get("TINYLLM_RUNC"), reason="set TINYLLM_RUNC to run.c's binary")
-@pytest.mark.parametrize("name", MODELS)
-def test_generation_against_run_c(benchmark, name: str, model_files: dict) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("shape", [s for s in ("stories260K", "110M") if s in selected_shapes()])
+def test_against_run_c(benchmark, shape: str) -> None:  # type: ignore[no-untyped-def]
     binary = os.environ["TINYLLM_RUNC"]
-    path, tok = model_files[name]
-    m = tinyllm.Model(path, tok, n_threads=THREADS)
-    n = GENERATE_TOKENS[name]
+    path, tok = source_file(shape)
+    m = open_model(shape, "f32")
     ours: list[float] = []
     theirs: list[float] = []
 
     def alternate() -> None:
-        ours.append(generate_once(m, n))
-        theirs.append(run_c(binary, path, tok, n + 1))  # run.c's -n counts the BOS position
+        ours.append(generate_rate(m, GENERATE))
+        theirs.append(run_c(binary, str(path), str(tok), GENERATE + 1))  # -n counts BOS
 
     benchmark.pedantic(alternate, rounds=ROUNDS, warmup_rounds=1)
     a, b = statistics.median(ours), statistics.median(theirs)
     bpt = m.info["bytes_per_token"]
-    benchmark.extra_info.update(tinyllm_tokens_per_s=a, run_c_tokens_per_s=b, ratio=a / b)
-    record(name, f"generate {n}", f"tinyllm vs run.c x{a / b:.2f}", a, a * bpt)
-    record(name, f"generate {n}", f"run.c ({THREADS} threads)", b, b * bpt)
+    record(shape, "f32", f"generate {GENERATE}", f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9)
+    record(shape, "f32", f"generate {GENERATE}", f"run.c ({THREADS} threads)", b, b * bpt / 1e9)
