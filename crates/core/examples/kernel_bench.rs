@@ -3,7 +3,7 @@
 //! weights it streams. A development tool for the kernels (the end-to-end
 //! speed is measured in `benches/`).
 //!
-//!     cargo run --release -p tinyllm-core --example kernel_bench [ROWS]
+//!     cargo run --release -p tinyllm-core --example kernel_bench [ROWS [K]]
 //!
 //! With the default 2048 rows of 768 the weights stay in cache (compute
 //! cost); with 262144 rows they stream from memory.
@@ -16,7 +16,7 @@ fn main() {
     let rows: usize = std::env::args()
         .nth(1)
         .map_or(2048, |a| a.parse().expect("ROWS"));
-    let k = 768;
+    let k: usize = std::env::args().nth(2).map_or(768, |a| a.parse().expect("K"));
     let nb = k / QK;
     let w32: Vec<f32> = (0..rows * k)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
