@@ -16,7 +16,9 @@ fn main() {
     let rows: usize = std::env::args()
         .nth(1)
         .map_or(2048, |a| a.parse().expect("ROWS"));
-    let k: usize = std::env::args().nth(2).map_or(768, |a| a.parse().expect("K"));
+    let k: usize = std::env::args()
+        .nth(2)
+        .map_or(768, |a| a.parse().expect("K"));
     let nb = k / QK;
     let w32: Vec<f32> = (0..rows * k)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)

@@ -116,33 +116,92 @@ pub(super) unsafe fn rmsnorm<S: Simd>(
     }
 }
 
+/// `e^x` lane by lane, to about 2 ulp: `x = n ln 2 + r` with `|r| <= ln 2 / 2`,
+/// `e^r` by its Taylor polynomial to degree 7, scaled by `2^n`. Inputs are
+/// clamped to the range where the result is a normal float (and e^-inf
+/// comes out as about 1e-38, not 0).
+#[inline(always)]
+pub(super) unsafe fn exp<S: Simd>(x: S::F) -> S::F {
+    // SAFETY: plain lane arithmetic on the tier the caller runs on.
+    unsafe {
+        let x = S::min(S::max(x, S::splat(-87.3)), S::splat(88.7));
+        let n = S::round(S::mul(x, S::splat(std::f32::consts::LOG2_E)));
+        // r = x - n ln 2, with ln 2 split in two for precision
+        let r = S::mul_add(n, S::splat(-0.693_145_75), x);
+        let r = S::mul_add(n, S::splat(-1.428_606_8e-6), r);
+        let mut p = S::splat(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = S::mul_add(p, r, S::splat(c));
+        }
+        S::mul(p, S::pow2i(n))
+    }
+}
+
 /// Softmax of `n` floats in place (`n >= 1`).
 #[inline(always)]
 pub(super) unsafe fn softmax<S: Simd>(x: *mut f32, n: usize) {
-    // SAFETY: `x` holds `n` floats (caller).
+    // SAFETY: `x` holds `n` floats (caller); whole vectors stay below `n`.
     unsafe {
         let m = max::<S>(x, n);
-        let mut sum = 0.0f32;
-        for i in 0..n {
+        let nv = n - n % S::LANES;
+        let vm = S::splat(m);
+        let mut acc = S::zero();
+        let mut i = 0;
+        while i < nv {
+            let e = exp::<S>(S::sub(S::load(x.add(i)), vm));
+            S::store(x.add(i), e);
+            acc = S::add(acc, e);
+            i += S::LANES;
+        }
+        let mut sum = S::sum(acc);
+        while i < n {
             let e = (*x.add(i) - m).exp();
             *x.add(i) = e;
             sum += e;
+            i += 1;
         }
         let inv = 1.0 / sum;
-        for i in 0..n {
+        let vinv = S::splat(inv);
+        let mut i = 0;
+        while i < nv {
+            S::store(x.add(i), S::mul(S::load(x.add(i)), vinv));
+            i += S::LANES;
+        }
+        while i < n {
             *x.add(i) *= inv;
+            i += 1;
         }
     }
 }
 
-/// The SwiGLU gate: `a[i] = silu(a[i]) * b[i]` over `n` floats.
+/// The SwiGLU gate: `a[i] = silu(a[i]) * b[i]` over `n` floats, where
+/// `silu(v) = v / (1 + e^-v)`.
 #[inline(always)]
-pub(super) unsafe fn silu_mul(a: *mut f32, b: *const f32, n: usize) {
-    // SAFETY: `a` and `b` hold `n` floats (caller).
+pub(super) unsafe fn silu_mul<S: Simd>(a: *mut f32, b: *const f32, n: usize) {
+    // SAFETY: `a` and `b` hold `n` floats (caller); whole vectors stay below `n`.
     unsafe {
-        for i in 0..n {
+        let nv = n - n % S::LANES;
+        let one = S::splat(1.0);
+        let mut i = 0;
+        while i < nv {
+            let v = S::load(a.add(i));
+            let e = exp::<S>(S::sub(S::zero(), v));
+            let g = S::div(v, S::add(one, e));
+            S::store(a.add(i), S::mul(g, S::load(b.add(i))));
+            i += S::LANES;
+        }
+        while i < n {
             let v = *a.add(i);
             *a.add(i) = v * (1.0 / (1.0 + (-v).exp())) * *b.add(i);
+            i += 1;
         }
     }
 }

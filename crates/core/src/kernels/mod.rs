@@ -212,7 +212,7 @@ macro_rules! tier {
             $(#[$attr])*
             unsafe fn silu_mul(a: *mut f32, b: *const f32, n: usize) {
                 // SAFETY: forwarded contract (see `generic::silu_mul`).
-                unsafe { generic::silu_mul(a, b, n) }
+                unsafe { generic::silu_mul::<$simd>(a, b, n) }
             }
             $(#[$attr])*
             unsafe fn softmax(x: *mut f32, n: usize) {

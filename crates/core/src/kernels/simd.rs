@@ -50,6 +50,14 @@ pub(crate) trait Simd: Copy {
     /// `a * b + c`, fused where the instruction set has it.
     unsafe fn mul_add(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
     unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn div(a: Self::F, b: Self::F) -> Self::F;
+    /// Each lane rounded to the nearest integer (ties to even).
+    unsafe fn round(a: Self::F) -> Self::F;
+    /// `2^n` for lanes `n` holding integers in `-126..=127`.
+    unsafe fn pow2i(n: Self::F) -> Self::F;
     /// The sum of the lanes.
     unsafe fn sum(v: Self::F) -> f32;
     /// The largest lane.
@@ -145,6 +153,30 @@ impl Simd for Portable {
     #[inline(always)]
     unsafe fn max(a: Self::F, b: Self::F) -> Self::F {
         std::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    unsafe fn min(a: Self::F, b: Self::F) -> Self::F {
+        std::array::from_fn(|i| if a[i] < b[i] { a[i] } else { b[i] })
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self::F, b: Self::F) -> Self::F {
+        std::array::from_fn(|i| a[i] + b[i])
+    }
+    #[inline(always)]
+    unsafe fn sub(a: Self::F, b: Self::F) -> Self::F {
+        std::array::from_fn(|i| a[i] - b[i])
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self::F, b: Self::F) -> Self::F {
+        std::array::from_fn(|i| a[i] / b[i])
+    }
+    #[inline(always)]
+    unsafe fn round(a: Self::F) -> Self::F {
+        a.map(f32::round_ties_even)
+    }
+    #[inline(always)]
+    unsafe fn pow2i(n: Self::F) -> Self::F {
+        n.map(|v| f32::from_bits(((v as i32 + 127) as u32) << 23))
     }
     #[inline(always)]
     unsafe fn sum(v: Self::F) -> f32 {
@@ -388,6 +420,31 @@ mod x86 {
             _mm256_max_ps(a, b)
         }
         #[inline(always)]
+        unsafe fn min(a: __m256, b: __m256) -> __m256 {
+            _mm256_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            _mm256_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m256, b: __m256) -> __m256 {
+            _mm256_div_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn round(a: __m256) -> __m256 {
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+        }
+        #[inline(always)]
+        unsafe fn pow2i(n: __m256) -> __m256 {
+            let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+        }
+        #[inline(always)]
         unsafe fn sum(v: __m256) -> f32 {
             hsum256(v)
         }
@@ -542,6 +599,31 @@ mod x86 {
         #[inline(always)]
         unsafe fn max(a: __m512, b: __m512) -> __m512 {
             _mm512_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m512, b: __m512) -> __m512 {
+            _mm512_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            _mm512_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            _mm512_div_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn round(a: __m512) -> __m512 {
+            _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a)
+        }
+        #[inline(always)]
+        unsafe fn pow2i(n: __m512) -> __m512 {
+            let e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e))
         }
         #[inline(always)]
         unsafe fn sum(v: __m512) -> f32 {
@@ -744,6 +826,31 @@ mod arm {
             #[inline(always)]
             unsafe fn max(a: float32x4_t, b: float32x4_t) -> float32x4_t {
                 vmaxq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn min(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+                vminq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+                vaddq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+                vsubq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn div(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+                vdivq_f32(a, b)
+            }
+            #[inline(always)]
+            unsafe fn round(a: float32x4_t) -> float32x4_t {
+                vrndnq_f32(a)
+            }
+            #[inline(always)]
+            unsafe fn pow2i(n: float32x4_t) -> float32x4_t {
+                let e = vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127));
+                vreinterpretq_f32_s32(vshlq_n_s32::<23>(e))
             }
             #[inline(always)]
             unsafe fn sum(v: float32x4_t) -> f32 {
