@@ -16,6 +16,19 @@ that holds its programs (``llama-bench``, ``llama-quantize``,
 
 Writing GGUF needs the ``gguf`` Python package; it is imported only when a
 conversion runs.
+
+How the figures in README.md were made (llama.cpp from llama-cpp-python's
+sources; AMX off because its AMX path crashed on the benchmark machine)::
+
+    pip install cmake ninja gguf
+    pip download --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d /tmp/l
+    cd /tmp/l && tar xzf llama_cpp_python-0.3.36.tar.gz
+    cd llama_cpp_python-0.3.36/vendor/llama.cpp
+    F="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    cmake -B build -G Ninja -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF \
+        -DCMAKE_BUILD_TYPE=Release "-DCMAKE_C_FLAGS=$F" "-DCMAKE_CXX_FLAGS=$F"
+    ninja -C build llama-bench llama-quantize llama-perplexity
+    export TINYLLM_LLAMACPP=$PWD/build/bin
 """
 
 from __future__ import annotations
