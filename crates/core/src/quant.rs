@@ -300,12 +300,13 @@ pub fn dequantize_row<B: Block>(blocks: &[B], out: &mut [f32]) {
 }
 
 /// Quantizes activations the way the kernels do: `d = max|x| / 127`,
-/// `q = round(x / d)`, `s = d * sum(q)`.
+/// `q = x / d` rounded to nearest (ties to even, one vector instruction),
+/// `s = d * sum(q)`.
 pub fn quantize_act(x: &[f32; QK]) -> BlockQ8Act {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let qs = x.map(|v| (v * id).round() as i8);
+    let qs = x.map(|v| (v * id).round_ties_even() as i8);
     let isum: i32 = qs.iter().map(|&q| q as i32).sum();
     BlockQ8Act {
         d,

@@ -623,20 +623,26 @@ pub(super) unsafe fn matmul_quant4<S: Simd, W: QuantWeight4, const C: usize>(
 #[inline(always)]
 pub(super) unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
     // SAFETY: `x` holds `nb * 32` floats and `out` `nb` blocks (caller).
+    // (Plain indexed loops, no closures: they vectorise in the tier's
+    // target-feature context; `round_ties_even` is one instruction.)
     unsafe {
         for b in 0..nb {
             let xb = &*x.add(b * QK).cast::<[f32; QK]>();
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let mut amax = 0.0f32;
+            for &v in xb {
+                amax = amax.max(v.abs());
+            }
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let qs = xb.map(|v| (v * id).round() as i8);
-            let isum: i32 = qs.iter().map(|&q| q as i32).sum();
-            out.add(b).write(BlockQ8Act {
-                d,
-                s: d * isum as f32,
-                isum,
-                qs,
-            });
+            let o = &mut *out.add(b);
+            let mut isum = 0i32;
+            for (q, &v) in o.qs.iter_mut().zip(xb) {
+                *q = (v * id).round_ties_even() as i8;
+                isum += *q as i32;
+            }
+            o.d = d;
+            o.s = d * isum as f32;
+            o.isum = isum;
         }
     }
 }
