@@ -396,39 +396,55 @@ fn elementwise(k: &Kernels, c: &mut Check, g: &mut Gen) {
 
 fn attention(k: &Kernels, c: &mut Check, g: &mut Gen) {
     let isa = k.isa();
-    for (hd, n_pos, stride) in [
-        (2, 1, 2),
-        (8, 5, 32),
-        (16, 33, 16),
-        (64, 100, 256),
-        (128, 7, 130),
-        (6, 300, 6),
+    // (rows, positions, head_dim, value row stride): tiles and their tails.
+    for (rows, n_pos, hd, ldv) in [
+        (1, 1, 2, 2),
+        (3, 5, 8, 32),
+        (4, 33, 16, 16),
+        (8, 100, 64, 256),
+        (5, 7, 128, 130),
+        (17, 300, 6, 6),
     ] {
-        let q = g.vec(hd);
-        let keys = g.vec(n_pos * stride);
-        let values = g.vec(n_pos * stride);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = vec![0.0; n_pos + 3];
-        let mut out = vec![0.0; hd];
-        k.attend(
-            &q,
-            &keys,
-            &values,
-            stride,
-            n_pos,
-            scale,
-            &mut scores,
-            &mut out,
-        );
-        let want = reference::attend(&q, &keys, &values, stride, n_pos, scale);
-        // The output is a convex combination of values in [-1, 1].
+        // Probability-like rows, and value rows inside a wider cache row.
+        let prob: Vec<f32> = g
+            .vec(rows * n_pos)
+            .iter()
+            .map(|v| v.abs() / n_pos as f32)
+            .collect();
+        let v = g.vec(n_pos * ldv);
+        let mut out = vec![f32::NAN; rows * hd];
+        k.attn_pv(&prob, n_pos, rows, n_pos, &v, ldv, hd, &mut out);
+        let want = reference::attn_pv(&prob, rows, n_pos, &v, ldv, hd);
         for (i, (&got, &w)) in out.iter().zip(&want).enumerate() {
+            // Each output is a weighted sum of values in [-1, 1] with weights
+            // summing to at most 1.
             c.close(
-                &format!("{isa:?} attend hd={hd} n={n_pos} [{i}]"),
+                &format!("{isa:?} attn_pv {rows}x{n_pos}x{hd} [{i}]"),
                 got,
                 w,
                 1.0,
                 TOL_ELEMENTWISE,
+            );
+        }
+        // The scores: queries against keys in strided rows (one head of a cache).
+        let keys = g.vec(n_pos * ldv);
+        let q = g.vec(rows * hd);
+        let mut sc = vec![f32::NAN; rows * n_pos];
+        // SAFETY: `sc` holds `rows` rows of `n_pos`.
+        unsafe {
+            k.matmul_f32_strided_into(&keys, ldv, n_pos, hd, &q, hd, rows, sc.as_mut_ptr(), n_pos)
+        };
+        let dense: Vec<f32> = (0..n_pos)
+            .flat_map(|p| keys[p * ldv..p * ldv + hd].to_vec())
+            .collect();
+        let want = reference::matmul_f32(&dense, hd, &q, rows);
+        for (i, (&got, &w)) in sc.iter().zip(&want).enumerate() {
+            c.close(
+                &format!("{isa:?} strided scores {rows}x{n_pos}x{hd} [{i}]"),
+                got,
+                w,
+                hd as f64,
+                TOL_F32_SUM,
             );
         }
     }

@@ -39,28 +39,6 @@ pub(super) unsafe fn dot<S: Simd>(a: *const f32, b: *const f32, n: usize) -> f32
     }
 }
 
-/// `y[i] += alpha * x[i]` over `n` floats.
-#[inline(always)]
-pub(super) unsafe fn axpy<S: Simd>(alpha: f32, x: *const f32, y: *mut f32, n: usize) {
-    // SAFETY: `x` and `y` hold `n` floats (caller); every access is below `n`.
-    unsafe {
-        let nv = n - n % S::LANES;
-        let a = S::splat(alpha);
-        let mut i = 0;
-        while i < nv {
-            S::store(
-                y.add(i),
-                S::mul_add(a, S::load(x.add(i)), S::load(y.add(i))),
-            );
-            i += S::LANES;
-        }
-        while i < n {
-            *y.add(i) += alpha * *x.add(i);
-            i += 1;
-        }
-    }
-}
-
 /// The largest of `n` floats (`n >= 1`).
 #[inline(always)]
 unsafe fn max<S: Simd>(x: *const f32, n: usize) -> f32 {
@@ -207,39 +185,92 @@ pub(super) unsafe fn silu_mul<S: Simd>(a: *mut f32, b: *const f32, n: usize) {
 }
 
 // ---------------------------------------------------------------------------
-// Attention for one query head
+// Attention: the probabilities times the values
 // ---------------------------------------------------------------------------
 
-/// Scaled dot-product attention of one query vector over `n_pos` cached
-/// positions of one KV head.
-///
-/// - `q`: `(head_dim,)`
-/// - `keys`, `values`: position `p`'s vector at `keys + p * stride`
-///   (`stride` = the cache's row length, `kv_dim`)
-/// - `scores`: scratch, `(n_pos,)`
-/// - `out`: `(head_dim,)`, overwritten
+/// `out[r] = sum_p prob[r, p] * v[p]` for `R` rows, over `NV` vectors of
+/// columns from `c0`: each value vector is loaded once for all `R` rows.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn attend<S: Simd>(
-    q: *const f32,
-    head_dim: usize,
-    keys: *const f32,
-    values: *const f32,
-    stride: usize,
+unsafe fn pv_tile<S: Simd, const R: usize, const NV: usize>(
+    prob: *const f32,
+    ldp: usize,
     n_pos: usize,
-    scale: f32,
-    scores: *mut f32,
+    v: *const f32,
+    ldv: usize,
+    c0: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: `prob` has `R` rows of `n_pos` (`ldp` apart), `v` has `n_pos`
+    // rows (`ldv` apart) reaching column `c0 + NV * LANES`, `out` has `R`
+    // rows (`ldo` apart) as wide (caller).
+    unsafe {
+        let mut acc = [[S::zero(); NV]; R];
+        for pos in 0..n_pos {
+            let row = v.add(pos * ldv + c0);
+            let mut vv = [S::zero(); NV];
+            for (k, x) in vv.iter_mut().enumerate() {
+                *x = S::load(row.add(k * S::LANES));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let pr = S::splat(*prob.add(r * ldp + pos));
+                for (a, &x) in acc_r.iter_mut().zip(&vv) {
+                    *a = S::mul_add(pr, x, *a);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (k, &a) in acc_r.iter().enumerate() {
+                S::store(out.add(r * ldo + c0 + k * S::LANES), a);
+            }
+        }
+    }
+}
+
+/// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`: attention's
+/// weighted sum of values. `prob` rows are `ldp` apart, value rows `ldv`
+/// apart, output rows `hd` apart; rows come `R` at a time.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn attn_pv<S: Simd, const R: usize>(
+    prob: *const f32,
+    ldp: usize,
+    rows: usize,
+    n_pos: usize,
+    v: *const f32,
+    ldv: usize,
+    hd: usize,
     out: *mut f32,
 ) {
-    // SAFETY: the extents are the caller's promise, restated in the doc.
+    // SAFETY: the extents are the caller's promise; every tile stays inside.
     unsafe {
-        for p in 0..n_pos {
-            *scores.add(p) = dot::<S>(q, keys.add(p * stride), head_dim) * scale;
-        }
-        softmax::<S>(scores, n_pos);
-        std::ptr::write_bytes(out, 0, head_dim);
-        for p in 0..n_pos {
-            axpy::<S>(*scores.add(p), values.add(p * stride), out, head_dim);
+        let hv = hd - hd % S::LANES;
+        let mut r = 0;
+        while r < rows {
+            let tr = if r + R <= rows { R } else { 1 };
+            let (pr, or) = (prob.add(r * ldp), out.add(r * hd));
+            let mut c0 = 0;
+            while c0 < hv {
+                let wide = c0 + 4 * S::LANES <= hv;
+                match (tr == R, wide) {
+                    (true, true) => pv_tile::<S, R, 4>(pr, ldp, n_pos, v, ldv, c0, or, hd),
+                    (true, false) => pv_tile::<S, R, 1>(pr, ldp, n_pos, v, ldv, c0, or, hd),
+                    (false, true) => pv_tile::<S, 1, 4>(pr, ldp, n_pos, v, ldv, c0, or, hd),
+                    (false, false) => pv_tile::<S, 1, 1>(pr, ldp, n_pos, v, ldv, c0, or, hd),
+                }
+                c0 += if wide { 4 * S::LANES } else { S::LANES };
+            }
+            for rr in 0..tr {
+                for c in hv..hd {
+                    let mut acc = 0.0f32;
+                    for pos in 0..n_pos {
+                        acc += *pr.add(rr * ldp + pos) * *v.add(pos * ldv + c);
+                    }
+                    *or.add(rr * hd + c) = acc;
+                }
+            }
+            r += tr;
         }
     }
 }
@@ -291,19 +322,21 @@ impl FloatWeight for half::bf16 {
     }
 }
 
-/// One register tile: `R` weight rows against `C` tokens, over all of `k`.
+/// One register tile: `R` weight rows (`ldw` apart) against `C` tokens,
+/// over all of `k`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
     w: *const W,
+    ldw: usize,
     k: usize,
     x: *const f32,
     ldx: usize,
     out: *mut f32,
     ldo: usize,
 ) {
-    // SAFETY: `w` holds `R` rows of `k`, `x` holds `C` rows of `ldx >= k`,
-    // `out` has `C` rows of `ldo >= R` (caller).
+    // SAFETY: `w` holds `R` rows of `ldw >= k`, `x` holds `C` rows of
+    // `ldx >= k`, `out` has `C` rows of `ldo >= R` (caller).
     unsafe {
         let kv = k - k % S::LANES;
         let mut acc = [[S::zero(); C]; R];
@@ -314,8 +347,8 @@ unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
                 *v = S::load(x.add(c * ldx + i));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                S::prefetch(w.add(r * k + i).cast::<u8>().wrapping_add(PREFETCH_BYTES));
-                let wv = W::load::<S>(w.add(r * k + i));
+                S::prefetch(w.add(r * ldw + i).cast::<u8>().wrapping_add(PREFETCH_BYTES));
+                let wv = W::load::<S>(w.add(r * ldw + i));
                 for (a, &xc) in acc_r.iter_mut().zip(&xv) {
                     *a = S::mul_add(wv, xc, *a);
                 }
@@ -326,7 +359,7 @@ unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
             for (c, &a) in acc_r.iter().enumerate() {
                 let mut s = S::sum(a);
                 for j in kv..k {
-                    s += (*w.add(r * k + j)).to_f32() * *x.add(c * ldx + j);
+                    s += (*w.add(r * ldw + j)).to_f32() * *x.add(c * ldx + j);
                 }
                 *out.add(c * ldo + r) = s;
             }
@@ -334,12 +367,13 @@ unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
     }
 }
 
-/// `out[t, r] = sum_j w[r, j] * x[t, j]` for `r < rows`, `t < n_tok`,
-/// tiled `R` rows by `C` tokens.
+/// `out[t, r] = sum_j w[r, j] * x[t, j]` for `r < rows`, `t < n_tok`, with
+/// weight rows `ldw` apart, tiled `R` rows by `C` tokens.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) unsafe fn matmul_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
     w: *const W,
+    ldw: usize,
     rows: usize,
     k: usize,
     x: *const f32,
@@ -352,12 +386,12 @@ pub(super) unsafe fn matmul_float<S: Simd, W: FloatWeight, const R: usize, const
     // `x` and `n_tok x ldo` of `out` (caller's extents).
     unsafe {
         tiles::<R, C>(rows, n_tok, |r, t, tr, tc| {
-            let (wr, xt, o) = (w.add(r * k), x.add(t * ldx), out.add(t * ldo + r));
+            let (wr, xt, o) = (w.add(r * ldw), x.add(t * ldx), out.add(t * ldo + r));
             match (tr == R, tc == C) {
-                (true, true) => tile_float::<S, W, R, C>(wr, k, xt, ldx, o, ldo),
-                (true, false) => tile_float::<S, W, R, 1>(wr, k, xt, ldx, o, ldo),
-                (false, true) => tile_float::<S, W, 1, C>(wr, k, xt, ldx, o, ldo),
-                (false, false) => tile_float::<S, W, 1, 1>(wr, k, xt, ldx, o, ldo),
+                (true, true) => tile_float::<S, W, R, C>(wr, ldw, k, xt, ldx, o, ldo),
+                (true, false) => tile_float::<S, W, R, 1>(wr, ldw, k, xt, ldx, o, ldo),
+                (false, true) => tile_float::<S, W, 1, C>(wr, ldw, k, xt, ldx, o, ldo),
+                (false, false) => tile_float::<S, W, 1, 1>(wr, ldw, k, xt, ldx, o, ldo),
             }
         });
     }

@@ -88,7 +88,8 @@ impl Isa {
     }
 }
 
-type MatmulFloat<W> = unsafe fn(*const W, usize, usize, *const f32, usize, usize, *mut f32, usize);
+type MatmulFloat<W> =
+    unsafe fn(*const W, usize, usize, usize, *const f32, usize, usize, *mut f32, usize);
 type MatmulQuant<W> =
     unsafe fn(*const W, usize, usize, *const BlockQ8Act, usize, usize, *mut f32, usize);
 type QuantizeAct = unsafe fn(*const f32, usize, *mut BlockQ8Act);
@@ -107,8 +108,7 @@ type MatmulQ8g = unsafe fn(
     usize,
 );
 type QuantizeQ8g = unsafe fn(*const f32, usize, usize, *mut i8, *mut f32);
-type Attend =
-    unsafe fn(*const f32, usize, *const f32, *const f32, usize, usize, f32, *mut f32, *mut f32);
+type AttnPv = unsafe fn(*const f32, usize, usize, usize, *const f32, usize, usize, *mut f32);
 type RmsNorm = unsafe fn(*const f32, *const f32, usize, f32, *mut f32);
 type SiluMul = unsafe fn(*mut f32, *const f32, usize);
 type Softmax = unsafe fn(*mut f32, usize);
@@ -132,7 +132,7 @@ pub struct Kernels {
     quantize_act: QuantizeAct,
     matmul_q8g: MatmulQ8g,
     quantize_q8g: QuantizeQ8g,
-    attend: Attend,
+    attn_pv: AttnPv,
     rmsnorm: RmsNorm,
     silu_mul: SiluMul,
     softmax: Softmax,
@@ -154,11 +154,11 @@ macro_rules! tier {
 
             $(#[$attr])*
             unsafe fn matmul_float<W: generic::FloatWeight>(
-                w: *const W, rows: usize, k: usize, x: *const f32, ldx: usize,
+                w: *const W, ldw: usize, rows: usize, k: usize, x: *const f32, ldx: usize,
                 n_tok: usize, out: *mut f32, ldo: usize,
             ) {
                 // SAFETY: forwarded contract (see `generic::matmul_float`).
-                unsafe { generic::matmul_float::<$simd, W, $r, $c>(w, rows, k, x, ldx, n_tok, out, ldo) }
+                unsafe { generic::matmul_float::<$simd, W, $r, $c>(w, ldw, rows, k, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
             unsafe fn matmul_quant<W: generic::QuantWeight>(
@@ -195,14 +195,12 @@ macro_rules! tier {
                 unsafe { generic::quantize_q8g(x, n, gs, q, s) }
             }
             $(#[$attr])*
-            unsafe fn attend(
-                q: *const f32, head_dim: usize, keys: *const f32, values: *const f32,
-                stride: usize, n_pos: usize, scale: f32, scores: *mut f32, out: *mut f32,
+            unsafe fn attn_pv(
+                prob: *const f32, ldp: usize, rows: usize, n_pos: usize, v: *const f32,
+                ldv: usize, hd: usize, out: *mut f32,
             ) {
-                // SAFETY: forwarded contract (see `generic::attend`).
-                unsafe {
-                    generic::attend::<$simd>(q, head_dim, keys, values, stride, n_pos, scale, scores, out)
-                }
+                // SAFETY: forwarded contract (see `generic::attn_pv`).
+                unsafe { generic::attn_pv::<$simd, $c>(prob, ldp, rows, n_pos, v, ldv, hd, out) }
             }
             $(#[$attr])*
             unsafe fn rmsnorm(x: *const f32, w: *const f32, n: usize, eps: f32, out: *mut f32) {
@@ -233,7 +231,7 @@ macro_rules! tier {
                 quantize_act,
                 matmul_q8g,
                 quantize_q8g,
-                attend,
+                attn_pv,
                 rmsnorm,
                 silu_mul,
                 softmax,
@@ -322,7 +320,7 @@ impl Kernels {
     ) {
         let rows = check_float(w.len(), k, x.len(), ldx, n_tok, ldo);
         // SAFETY: `w` and `x` extents checked; `out` is the caller's.
-        unsafe { (self.matmul_f32)(w.as_ptr(), rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
+        unsafe { (self.matmul_f32)(w.as_ptr(), k, rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
     }
 
     /// `out (n_tok, rows) = x (n_tok, k) @ w (rows, k)^T`, all contiguous.
@@ -352,7 +350,7 @@ impl Kernels {
     ) {
         let rows = check_float(w.len(), k, x.len(), ldx, n_tok, ldo);
         // SAFETY: input extents checked; `out` is the caller's.
-        unsafe { (self.matmul_f16)(w.as_ptr(), rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
+        unsafe { (self.matmul_f16)(w.as_ptr(), k, rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
     }
 
     /// Like [`Kernels::matmul_f32_into`], for bf16 weights.
@@ -373,7 +371,7 @@ impl Kernels {
     ) {
         let rows = check_float(w.len(), k, x.len(), ldx, n_tok, ldo);
         // SAFETY: input extents checked; `out` is the caller's.
-        unsafe { (self.matmul_bf16)(w.as_ptr(), rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
+        unsafe { (self.matmul_bf16)(w.as_ptr(), k, rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
     }
 
     /// `out[t * ldo + r] = w[r] . x[t]` for quantized weights: `w` holds rows
@@ -475,36 +473,61 @@ impl Kernels {
         unsafe { (self.quantize_q8g)(x.as_ptr(), x.len(), gs, q.as_mut_ptr(), s.as_mut_ptr()) }
     }
 
-    /// Attention of one query head over the first `n_pos` positions of one
-    /// KV head: position `p`'s key is `keys[p * stride..][..q.len()]`, its
-    /// value likewise in `values`. `scores` is scratch of at least `n_pos`.
+    /// `out[t * ldo + r] = w[r * ldw..][..k] . x[t * ldx..][..k]` for
+    /// `r < rows`, `t < n_tok`: the f32 product with weight rows `ldw` apart
+    /// (attention's scores against the keys of one head in the cache).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernels::matmul_f32_into`].
     #[allow(clippy::too_many_arguments)]
-    pub fn attend(
+    pub unsafe fn matmul_f32_strided_into(
         &self,
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        stride: usize,
+        w: &[f32],
+        ldw: usize,
+        rows: usize,
+        k: usize,
+        x: &[f32],
+        ldx: usize,
+        n_tok: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        assert!(ldw >= k && ldx >= k && ldo >= rows);
+        assert!(rows == 0 || w.len() >= (rows - 1) * ldw + k);
+        assert!(n_tok == 0 || x.len() >= (n_tok - 1) * ldx + k);
+        // SAFETY: input extents checked above; `out` is the caller's.
+        unsafe { (self.matmul_f32)(w.as_ptr(), ldw, rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
+    }
+
+    /// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`, with `prob`
+    /// rows `ldp` apart and value rows `ldv` apart (one head of the cache):
+    /// attention's weighted sum of values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_pv(
+        &self,
+        prob: &[f32],
+        ldp: usize,
+        rows: usize,
         n_pos: usize,
-        scale: f32,
-        scores: &mut [f32],
+        v: &[f32],
+        ldv: usize,
+        hd: usize,
         out: &mut [f32],
     ) {
-        let hd = q.len();
-        assert!(n_pos >= 1 && out.len() == hd && scores.len() >= n_pos && stride >= hd);
-        let need = (n_pos - 1) * stride + hd;
-        assert!(keys.len() >= need && values.len() >= need);
+        assert!(ldp >= n_pos && ldv >= hd && out.len() >= rows * hd);
+        assert!(rows == 0 || prob.len() >= (rows - 1) * ldp + n_pos);
+        assert!(n_pos == 0 || v.len() >= (n_pos - 1) * ldv + hd);
         // SAFETY: extents checked above.
         unsafe {
-            (self.attend)(
-                q.as_ptr(),
-                hd,
-                keys.as_ptr(),
-                values.as_ptr(),
-                stride,
+            (self.attn_pv)(
+                prob.as_ptr(),
+                ldp,
+                rows,
                 n_pos,
-                scale,
-                scores.as_mut_ptr(),
+                v.as_ptr(),
+                ldv,
+                hd,
                 out.as_mut_ptr(),
             )
         }

@@ -110,32 +110,25 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
     e.iter().map(|v| (v / sum) as f32).collect()
 }
 
-/// Attention of one query over `n_pos` positions (see `Kernels::attend`).
-pub fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
+/// `prob (rows, n_pos) @ v (n_pos, hd)` with `v` rows `ldv` apart.
+pub fn attn_pv(
+    prob: &[f32],
+    rows: usize,
     n_pos: usize,
-    scale: f32,
+    v: &[f32],
+    ldv: usize,
+    hd: usize,
 ) -> Vec<f32> {
-    let hd = q.len();
-    let scores: Vec<f32> = (0..n_pos)
-        .map(|p| {
-            let s: f64 = (0..hd)
-                .map(|j| q[j] as f64 * keys[p * stride + j] as f64)
+    let mut out = vec![0.0; rows * hd];
+    for r in 0..rows {
+        for c in 0..hd {
+            let s: f64 = (0..n_pos)
+                .map(|p| prob[r * n_pos + p] as f64 * v[p * ldv + c] as f64)
                 .sum();
-            (s * scale as f64) as f32
-        })
-        .collect();
-    let probs = softmax(&scores);
-    (0..hd)
-        .map(|j| {
-            (0..n_pos)
-                .map(|p| probs[p] as f64 * values[p * stride + j] as f64)
-                .sum::<f64>() as f32
-        })
-        .collect()
+            out[r * hd + c] = s as f32;
+        }
+    }
+    out
 }
 
 /// RMSNorm: `w * x / sqrt(mean(x^2) + eps)`.

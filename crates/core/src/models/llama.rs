@@ -48,8 +48,12 @@ pub struct Scratch {
     hb2: Vec<f32>,
     /// `(T, D)` output of a sub-layer before the residual add
     proj: Vec<f32>,
-    /// `(n_threads, max_len)` attention scores, one row per thread
+    /// Per thread, for one block of attention rows (`ATT_TOKENS` tokens times
+    /// the query heads of one KV head): `(rows, max_len)` scores, then
+    /// probabilities; `(rows, head_dim)` queries and outputs
     scores: Vec<f32>,
+    att_q: Vec<f32>,
+    att_o: Vec<f32>,
     /// Activations quantized for the weights that take them: blocks of 32
     /// for the block types, `(T, max(D, Q, H) / 32)`
     acts: Vec<BlockQ8Act>,
@@ -83,6 +87,7 @@ impl Scratch {
         let blocked = usize::from(dtypes.iter().any(|d| d.is_blocked()));
         let grouped = usize::from(dtypes.iter().any(|d| matches!(d, DType::Q8Group { .. })));
         let half = c.head_dim / 2;
+        let att_rows = ATT_TOKENS * (c.n_heads / c.n_kv_heads);
         // Each pair (2j, 2j+1) of a head turns at pos * theta^(-2j / head_dim),
         // computed in f32 with the same operations as llama2.c's run.c.
         let inv_freq = (0..half)
@@ -97,7 +102,9 @@ impl Scratch {
             hb: vec![0.0; max_batch * c.hidden_dim],
             hb2: vec![0.0; max_batch * c.hidden_dim],
             proj: vec![0.0; max_batch * c.dim],
-            scores: vec![0.0; n_threads * max_len],
+            scores: vec![0.0; n_threads * att_rows * max_len],
+            att_q: vec![0.0; n_threads * att_rows * c.head_dim],
+            att_o: vec![0.0; n_threads * att_rows * c.head_dim],
             acts: vec![quant::quantize_act(&[0.0; QK]); blocked * max_batch * widest.div_ceil(QK)],
             xq: vec![0; grouped * max_batch * widest],
             xs: vec![0.0; grouped * max_batch * widest],
@@ -541,41 +548,103 @@ fn rope(v: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Attention for every (token, query head) of the batch, in parallel.
+/// Query tokens per attention work item: with the query heads that share a
+/// KV head, the rows of one block of scores.
+const ATT_TOKENS: usize = 16;
+
+/// Causal attention for every token of the batch, in parallel over (KV
+/// head, block of tokens) items. Each item gathers its query rows (all the
+/// query heads that read this KV head, for up to `ATT_TOKENS` tokens),
+/// computes their scores against the cached keys as one matrix product,
+/// turns each row into probabilities over the positions it may see, and
+/// multiplies those by the cached values as another.
 fn attention(e: Engine<'_>, kc: &[f32], vc: &[f32], s: &mut Scratch, n: usize, p0: usize) {
     let c = e.config;
     let (hd, q_dim, kv_dim) = (c.head_dim, c.q_dim(), c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let max_len = s.scores.len() / e.pool.n_threads();
+    let rows_max = ATT_TOKENS * group;
+    let max_len = s.scores.len() / e.pool.n_threads() / rows_max;
+    let blocks = n.div_ceil(ATT_TOKENS);
     let q = &s.q;
-    let (att, scores) = (SyncPtr(s.att.as_mut_ptr()), SyncPtr(s.scores.as_mut_ptr()));
-    // Enough (token, head) items per chunk to be worth a thread.
-    let per_item = hd * (p0 + n);
-    let chunk = MIN_CHUNK_WORK.div_ceil(2 * per_item);
-    e.pool.for_chunks(n * c.n_heads, chunk, |thread, range| {
-        for item in range {
-            let (t, h) = (item / c.n_heads, item % c.n_heads);
-            let n_pos = p0 + t + 1;
-            let kv = (h / group) * hd;
-            // SAFETY: each (t, h) owns its head of `att`; each thread owns
-            // its row of `scores`.
-            let (out, sc) = unsafe {
+    let att = SyncPtr(s.att.as_mut_ptr());
+    let (scores, aq, ao) = (
+        SyncPtr(s.scores.as_mut_ptr()),
+        SyncPtr(s.att_q.as_mut_ptr()),
+        SyncPtr(s.att_o.as_mut_ptr()),
+    );
+    e.pool
+        .for_chunks(c.n_kv_heads * blocks, 1, |thread, range| {
+            // SAFETY: each thread owns its slice of the three scratch buffers.
+            let (sc, qb, ob) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(att.get().add(t * q_dim + h * hd), hd),
-                    std::slice::from_raw_parts_mut(scores.get().add(thread * max_len), max_len),
+                    std::slice::from_raw_parts_mut(
+                        scores.get().add(thread * rows_max * max_len),
+                        rows_max * max_len,
+                    ),
+                    std::slice::from_raw_parts_mut(
+                        aq.get().add(thread * rows_max * hd),
+                        rows_max * hd,
+                    ),
+                    std::slice::from_raw_parts_mut(
+                        ao.get().add(thread * rows_max * hd),
+                        rows_max * hd,
+                    ),
                 )
             };
-            e.kernels.attend(
-                &q[t * q_dim + h * hd..][..hd],
-                &kc[kv..],
-                &vc[kv..],
-                kv_dim,
-                n_pos,
-                scale,
-                sc,
-                out,
-            );
-        }
-    });
+            for item in range {
+                let (kvh, blk) = (item % c.n_kv_heads, item / c.n_kv_heads);
+                let (t0, tn) = (blk * ATT_TOKENS, ATT_TOKENS.min(n - blk * ATT_TOKENS));
+                let rows = tn * group;
+                let n_pos = p0 + t0 + tn; // the positions the block's last token sees
+                // Row t * group + g: token t0 + t, query head kvh * group + g, scaled.
+                for t in 0..tn {
+                    for g in 0..group {
+                        let src = &q[(t0 + t) * q_dim + (kvh * group + g) * hd..][..hd];
+                        let dst = &mut qb[(t * group + g) * hd..][..hd];
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v * scale);
+                    }
+                }
+                // scores (rows, n_pos) = queries @ keys^T
+                // SAFETY: `sc` holds `rows` rows of `max_len >= n_pos`.
+                unsafe {
+                    e.kernels.matmul_f32_strided_into(
+                        &kc[kvh * hd..],
+                        kv_dim,
+                        n_pos,
+                        hd,
+                        qb,
+                        hd,
+                        rows,
+                        sc.as_mut_ptr(),
+                        max_len,
+                    )
+                };
+                // Each row sees the positions up to its own token.
+                for t in 0..tn {
+                    let seen = p0 + t0 + t + 1;
+                    for g in 0..group {
+                        let row = &mut sc[(t * group + g) * max_len..][..n_pos];
+                        e.kernels.softmax(&mut row[..seen]);
+                        row[seen..].fill(0.0);
+                    }
+                }
+                // outputs (rows, hd) = probabilities @ values
+                e.kernels
+                    .attn_pv(sc, max_len, rows, n_pos, &vc[kvh * hd..], kv_dim, hd, ob);
+                for t in 0..tn {
+                    for g in 0..group {
+                        let h = kvh * group + g;
+                        // SAFETY: each (token, head) of `att` belongs to one item.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                att.get().add((t0 + t) * q_dim + h * hd),
+                                hd,
+                            )
+                        };
+                        dst.copy_from_slice(&ob[(t * group + g) * hd..][..hd]);
+                    }
+                }
+            }
+        });
 }
