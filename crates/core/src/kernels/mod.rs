@@ -142,7 +142,7 @@ pub struct Kernels {
 /// instantiated for `$simd`, inside functions compiled with `$attr`, with
 /// register tiles of `$r` weight rows by `$c` tokens.
 macro_rules! tier {
-    ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal), $(#[$attr:meta])*) => {
+    ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal, $c4:literal), $(#[$attr:meta])*) => {
         mod $module {
             #![allow(clippy::too_many_arguments)]
             use super::generic;
@@ -174,7 +174,7 @@ macro_rules! tier {
                 n_tok: usize, out: *mut f32, ldo: usize,
             ) {
                 // SAFETY: forwarded contract (see `generic::matmul_quant4`).
-                unsafe { generic::matmul_quant4::<$simd, W, $c>(w, groups, nb, x, ldx, n_tok, out, ldo) }
+                unsafe { generic::matmul_quant4::<$simd, W, $c4>(w, groups, nb, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
             unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
@@ -240,21 +240,21 @@ macro_rules! tier {
     };
 }
 
-tier!(portable, Isa::Portable, Portable, tile = (2, 2),);
+tier!(portable, Isa::Portable, Portable, tile = (2, 2, 2),);
 #[cfg(target_arch = "x86_64")]
-tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3), #[target_feature(enable = "avx2,fma,f16c")]);
+tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3, 2), #[target_feature(enable = "avx2,fma,f16c")]);
 #[cfg(target_arch = "x86_64")]
 tier!(
     avx512,
     Isa::Avx512,
     Avx512,
-    tile = (4, 4),
+    tile = (4, 4, 8),
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 );
 #[cfg(target_arch = "aarch64")]
-tier!(neon, Isa::Neon, Neon, tile = (4, 4), #[target_feature(enable = "neon")]);
+tier!(neon, Isa::Neon, Neon, tile = (4, 4, 4), #[target_feature(enable = "neon")]);
 #[cfg(target_arch = "aarch64")]
-tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4), #[target_feature(enable = "neon,dotprod")]);
+tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4, 4), #[target_feature(enable = "neon,dotprod")]);
 
 impl Kernels {
     /// The kernel table of `isa`, if this CPU supports it.
