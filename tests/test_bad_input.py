@@ -29,8 +29,10 @@ def test_missing_files(tmp_path: Path, stories_path: Path, tok512: Path) -> None
     with pytest.raises(FileNotFoundError) as e:
         tinyllm.Model(stories_path, missing)
     assert e.value.filename == str(missing)
-    with pytest.raises(IsADirectoryError):
+    # A directory is a Hugging Face model only with a config.json.
+    with pytest.raises(FileNotFoundError) as e:
         tinyllm.Model(tmp_path, tok512)
+    assert e.value.filename == str(tmp_path / "config.json")
 
 
 def test_missing_tokenizer_is_looked_for_beside_the_model(
@@ -113,8 +115,16 @@ def test_unknown_and_foreign_files(tmp_path: Path, tok512: Path, models: Path) -
     p.write_text("this is a text file, not a model\n" * 40)
     with pytest.raises(ModelFormatError, match=r"not a llama2\.c model"):
         tinyllm.Model(p, tok512)
-    with pytest.raises(ModelFormatError, match="GGUF"):
-        tinyllm.Model(models / "stories260K.gguf", tok512)
+    gguf = (models / "stories260K.gguf").read_bytes()
+    p.write_bytes(gguf[: len(gguf) // 2])
+    with pytest.raises(ModelFormatError, match=r"truncated: tensor '[^']+'"):
+        tinyllm.Model(p, tok512)
+    p.write_bytes(gguf[:1000])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        tinyllm.Model(p, tok512)
+    # A vocabulary-only file of another architecture.
+    with pytest.raises(ModelFormatError, match="unsupported architecture 'qwen2'"):
+        tinyllm.Model(models / "vocab" / "ggml-vocab-qwen2.gguf", tok512)
 
 
 def test_tokenizer_that_does_not_fit(tmp_path: Path, stories_path: Path, models: Path) -> None:

@@ -8,7 +8,10 @@ use std::path::Path;
 const MAX_DIM: usize = 1 << 20;
 
 /// What the forward pass needs to know about a model (also the `config`
-/// object of a tinyllm file's header).
+/// object of a tinyllm file's header). The fields after `norm_eps` describe
+/// the variations of the Llama block that the supported families use; their
+/// defaults are Llama 2's, so a header written before they existed reads
+/// as it always did.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -32,6 +35,75 @@ pub struct Config {
     pub rope_theta: f32,
     /// The epsilon inside RMSNorm's square root.
     pub norm_eps: f32,
+    /// Which elements of a head rotate together.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rope_style: RopeStyle,
+    /// How the rotary frequencies are stretched for long contexts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Whether the query, key and value projections add a bias (Qwen2).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub attn_bias: bool,
+    /// Whether each query and key head is RMS-normalised before the
+    /// rotation, with gains of `head_dim` (Qwen3).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub qk_norm: bool,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// The pairing of rotary embeddings. The same weights need the layout they
+/// were trained with; converters permute Q and K rows between the two.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// Elements `(2j, 2j + 1)` of a head rotate together (Meta's original
+    /// code, llama2.c, llama.cpp's GGUF Llama files).
+    #[default]
+    Interleaved,
+    /// Elements `(j, j + head_dim / 2)` rotate together (Hugging Face's
+    /// `rotate_half`; GPT-NeoX).
+    Half,
+}
+
+/// A rescaling of the rotary frequencies.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor` (positions interpolated).
+    Linear { factor: f32 },
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept,
+    /// a smooth blend between.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl Default for Config {
+    /// Llama 2's constants around zero dimensions: a base for `..` updates.
+    fn default() -> Self {
+        Config {
+            dim: 0,
+            hidden_dim: 0,
+            n_layers: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            vocab_size: 0,
+            seq_len: 0,
+            head_dim: 0,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            rope_style: RopeStyle::Interleaved,
+            rope_scaling: None,
+            attn_bias: false,
+            qk_norm: false,
+        }
+    }
 }
 
 impl Config {
@@ -43,6 +115,41 @@ impl Config {
     /// Width of all key (or value) heads together, `n_kv_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// The rotary frequency of each pair `j` of a head, `theta^(-2j /
+    /// head_dim)` rescaled as `rope_scaling` says, then divided by
+    /// `factors[j]` if given (Llama 3.1 GGUF files store such factors).
+    /// Computed in f32 as Hugging Face and llama2.c do.
+    pub fn rope_frequencies(&self, factors: Option<&[f32]>) -> Vec<f32> {
+        let half = self.head_dim / 2;
+        (0..half)
+            .map(|j| {
+                let f = 1.0 / self.rope_theta.powf((2 * j) as f32 / self.head_dim as f32);
+                let f = match self.rope_scaling {
+                    None => f,
+                    Some(RopeScaling::Linear { factor }) => f / factor,
+                    Some(RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor: low,
+                        high_freq_factor: high,
+                        original_max_position_embeddings: old,
+                    }) => {
+                        let old = old as f32;
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < old / high {
+                            f
+                        } else if wavelen > old / low {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - low) / (high - low);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                };
+                f / factors.map_or(1.0, |v| v[j])
+            })
+            .collect()
     }
 
     /// Checks that the dimensions describe a model the engine can run;
@@ -89,6 +196,34 @@ impl Config {
                 path,
                 format!("rope_theta = {} is invalid", self.rope_theta),
             ));
+        }
+        match self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) if !(factor.is_finite() && factor > 0.0) => {
+                return Err(Error::format(
+                    path,
+                    format!("rope_scaling factor = {factor} is invalid"),
+                ));
+            }
+            Some(RopeScaling::Linear { .. }) => {}
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let ok = factor.is_finite()
+                    && factor > 0.0
+                    && low_freq_factor > 0.0
+                    && high_freq_factor > low_freq_factor
+                    && original_max_position_embeddings > 0;
+                if !ok {
+                    return Err(Error::format(
+                        path,
+                        format!("llama3 rope_scaling {:?} is invalid", self.rope_scaling),
+                    ));
+                }
+            }
         }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             return Err(Error::format(

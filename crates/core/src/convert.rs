@@ -7,7 +7,7 @@ use crate::model::Model;
 use crate::pool::{SyncPtr, ThreadPool};
 use crate::quant::{self, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, QK};
 use crate::tokenizer::{BOS, EOS, Tokenizer};
-use crate::weights::{DType, MatRef, MatrixDesc, as_bytes};
+use crate::weights::{DType, MatRef, MatrixDesc, VectorDesc, as_bytes};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -99,28 +99,50 @@ impl Report {
 enum Source<'a> {
     Matrix(MatRef<'a>, DType),
     Vector(&'a [f32]),
-    Bytes(Vec<u8>),
+    /// Raw bytes, with the dtype the index gives them.
+    Bytes(Vec<u8>, &'static str),
 }
 
-/// Converts `model` (with its `tokenizer`) into a tinyllm file at `dst`.
-/// `source` is recorded in the header as provenance. `progress(done,
-/// total, name)` is called before each tensor and once at the end.
+/// The vocabulary a converted file carries.
+#[derive(Clone, Debug)]
+pub enum TokenizerData<'a> {
+    /// llama2.c's pieces and scores.
+    Llama2c(&'a Tokenizer),
+    /// A Hugging Face `tokenizer.json`, with the special ids in `info`
+    /// (whose `kind` is set to `"hf"`).
+    HuggingFace { json: &'a str, info: TokenizerInfo },
+}
+
+/// What a conversion records besides the weights.
+#[derive(Clone, Debug, Default)]
+pub struct Extras<'a> {
+    pub tokenizer: Option<TokenizerData<'a>>,
+    /// The chat template (else the source file's, if it has one).
+    pub chat_template: Option<String>,
+    /// Where the weights came from (free-form provenance).
+    pub source: serde_json::Value,
+}
+
+/// Converts `model` into a tinyllm file at `dst`, with what `extras` says.
+/// `progress(done, total, name)` is called before each tensor and once at
+/// the end.
 pub fn convert(
     model: &Model,
-    tokenizer: &Tokenizer,
+    extras: Extras<'_>,
     dst: &Path,
     recipe: Recipe,
-    source: serde_json::Value,
     pool: &ThreadPool,
     progress: &mut dyn FnMut(usize, usize, &str) -> Result<()>,
 ) -> Result<Report> {
     let start = Instant::now();
     let c = &model.config;
     let w = &model.weights;
-    if tokenizer.vocab_size() != c.vocab_size {
+    if let Some(TokenizerData::Llama2c(t)) = &extras.tokenizer
+        && t.vocab_size() != c.vocab_size
+    {
         return Err(Error::InvalidArgument(format!(
             "the tokenizer has {} tokens but the model has {}",
-            tokenizer.vocab_size(),
+            t.vocab_size(),
             c.vocab_size
         )));
     }
@@ -135,49 +157,67 @@ pub fn convert(
             Source::Matrix(w.matrix(d), dtype),
         ));
     };
+    let vector = |list: &mut Vec<_>, name: String, d: &VectorDesc| {
+        list.push((name, vec![d.len], Source::Vector(w.vector(d))));
+    };
     matrix(&mut list, "token_embd".into(), &w.embedding);
     for (i, l) in w.layers.iter().enumerate() {
-        list.push((
-            format!("blk.{i}.attn_norm"),
-            vec![c.dim],
-            Source::Vector(w.vector(&l.attn_norm)),
-        ));
-        for (name, d) in &l.matrices()[..4] {
-            matrix(&mut list, format!("blk.{i}.{name}"), d);
+        // Vectors first, then the matrices in the order decoding reads them.
+        for (name, d) in l.vectors() {
+            vector(&mut list, format!("blk.{i}.{name}"), d);
         }
-        list.push((
-            format!("blk.{i}.ffn_norm"),
-            vec![c.dim],
-            Source::Vector(w.vector(&l.ffn_norm)),
-        ));
-        for (name, d) in &l.matrices()[4..] {
+        for (name, d) in l.matrices() {
             matrix(&mut list, format!("blk.{i}.{name}"), d);
         }
     }
-    list.push((
-        "output_norm".into(),
-        vec![c.dim],
-        Source::Vector(w.vector(&w.final_norm)),
-    ));
+    vector(&mut list, "output_norm".into(), &w.final_norm);
+    if let Some(d) = &w.rope_factors {
+        vector(&mut list, "rope_freqs".into(), d);
+    }
     if w.classifier != w.embedding {
         matrix(&mut list, "output".into(), &w.classifier);
     }
-    let (blob, offsets, scores) = tokenizer_tensors(tokenizer);
-    list.push((
-        "tokenizer.pieces".into(),
-        vec![blob.len().max(1)],
-        Source::Bytes(blob),
-    ));
-    list.push((
-        "tokenizer.offsets".into(),
-        vec![c.vocab_size + 1],
-        Source::Bytes(offsets),
-    ));
-    list.push((
-        "tokenizer.scores".into(),
-        vec![c.vocab_size],
-        Source::Bytes(scores),
-    ));
+    let tokenizer_info = match &extras.tokenizer {
+        None => None,
+        Some(TokenizerData::Llama2c(t)) => {
+            let (blob, offsets, scores) = tokenizer_tensors(t);
+            let n = blob.len().max(1);
+            list.push((
+                "tokenizer.pieces".into(),
+                vec![n],
+                Source::Bytes(blob, "u8"),
+            ));
+            list.push((
+                "tokenizer.offsets".into(),
+                vec![c.vocab_size + 1],
+                Source::Bytes(offsets, "u32"),
+            ));
+            list.push((
+                "tokenizer.scores".into(),
+                vec![c.vocab_size],
+                Source::Bytes(scores, "f32"),
+            ));
+            Some(TokenizerInfo {
+                kind: "llama2c".into(),
+                bos_id: Some(BOS),
+                eos_id: Some(EOS),
+                add_bos: Some(true),
+                stop_ids: vec![],
+            })
+        }
+        Some(TokenizerData::HuggingFace { json, info }) => {
+            let bytes = json.as_bytes().to_vec();
+            list.push((
+                "tokenizer.json".into(),
+                vec![bytes.len().max(1)],
+                Source::Bytes(bytes, "u8"),
+            ));
+            Some(TokenizerInfo {
+                kind: "hf".into(),
+                ..info.clone()
+            })
+        }
+    };
 
     let mut report = Report {
         tensors: list.len(),
@@ -199,9 +239,7 @@ pub fn convert(
                     d.name()
                 }
                 Source::Vector(_) => "f32",
-                Source::Bytes(_) if name == "tokenizer.pieces" => "u8",
-                Source::Bytes(_) if name == "tokenizer.offsets" => "u32",
-                Source::Bytes(_) => "f32",
+                Source::Bytes(_, dtype) => dtype,
             };
             TensorInfo {
                 name: name.clone(),
@@ -213,15 +251,13 @@ pub fn convert(
         })
         .collect();
     let header = Header {
-        architecture: "llama".into(),
+        architecture: model.family.clone(),
         config: c.clone(),
-        tokenizer: Some(TokenizerInfo {
-            kind: "llama2c".into(),
-            bos_id: BOS,
-            eos_id: EOS,
-        }),
-        chat_template: model.header.as_ref().and_then(|h| h.chat_template.clone()),
-        source,
+        tokenizer: tokenizer_info,
+        chat_template: extras
+            .chat_template
+            .or_else(|| model.header.as_ref().and_then(|h| h.chat_template.clone())),
+        source: extras.source,
         quantization: serde_json::json!({
             "recipe": recipe.name(),
             "bits_per_weight": report.bits_per_weight(),
@@ -238,7 +274,7 @@ pub fn convert(
         match src {
             Source::Matrix(m, dtype) => writer.write_tensor(&encode(m, dtype, pool))?,
             Source::Vector(v) => writer.write_tensor(as_bytes(v))?,
-            Source::Bytes(b) => {
+            Source::Bytes(b, _) => {
                 let mut b = b;
                 if b.is_empty() {
                     b.push(0); // an empty vocabulary blob still needs one byte

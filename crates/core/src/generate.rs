@@ -8,7 +8,7 @@
 use crate::error::Result;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::session::Session;
-use crate::tokenizer::{BOS, EOS, Tokenizer};
+use crate::tokenizer::{BOS, Detokenize, EOS};
 use std::time::{Duration, Instant};
 
 /// What to generate.
@@ -20,6 +20,13 @@ pub struct GenerateConfig {
     /// Generation stops before the first occurrence of any of these; the
     /// stop string itself is not returned.
     pub stop: Vec<String>,
+    /// Tokens that end the text (EOS, end-of-turn markers); they add no text.
+    pub stop_ids: Vec<u32>,
+}
+
+impl GenerateConfig {
+    /// llama2.c's stop tokens: a generated BOS or EOS ends the text.
+    pub const LLAMA2C_STOP_IDS: [u32; 2] = [BOS, EOS];
 }
 
 /// Why a generation ended.
@@ -73,6 +80,7 @@ pub struct Generation {
     sampler: Sampler,
     text: TextStream,
     max_tokens: usize,
+    stop_ids: Vec<u32>,
     /// Prompt and generated tokens (for the repetition penalty and decoding).
     history: Vec<u32>,
     finished: Option<FinishReason>,
@@ -97,6 +105,7 @@ impl Generation {
             sampler,
             text: TextStream::new(config.stop.clone()),
             max_tokens: config.max_tokens,
+            stop_ids: config.stop_ids.clone(),
             history: prompt.to_vec(),
             finished: if config.max_tokens == 0 {
                 Some(FinishReason::Length)
@@ -124,7 +133,7 @@ impl Generation {
     }
 
     /// Does the next piece of work: one batch of the prompt, or one token.
-    pub fn step(&mut self, session: &mut Session, tok: &Tokenizer) -> Result<Step> {
+    pub fn step(&mut self, session: &mut Session, tok: &dyn Detokenize) -> Result<Step> {
         if self.fed < self.pending.len() {
             let start = Instant::now();
             let end = (self.fed + session.max_batch()).min(self.pending.len());
@@ -145,14 +154,14 @@ impl Generation {
 
         let start = Instant::now();
         let token = self.sampler.sample(session.logits(), &self.history);
-        if token == EOS || token == BOS {
+        if self.stop_ids.contains(&token) {
             self.stats.generate_time += start.elapsed();
             return Ok(self.finish(FinishReason::Stop));
         }
         let prev = self.history.last().copied();
         self.history.push(token);
         self.stats.generated_tokens += 1;
-        let (piece, stopped) = self.text.push(tok.decode_bytes(prev, token));
+        let (piece, stopped) = self.text.push(tok.token_bytes(prev, token));
         let full = session.tokens().len() >= session.context_length();
         let step = if stopped {
             self.finished = Some(FinishReason::Stop);
@@ -174,7 +183,7 @@ impl Generation {
     }
 
     /// Runs to the end and returns all the generated text.
-    pub fn run(&mut self, session: &mut Session, tok: &Tokenizer) -> Result<String> {
+    pub fn run(&mut self, session: &mut Session, tok: &dyn Detokenize) -> Result<String> {
         let mut out = String::new();
         loop {
             match self.step(session, tok)? {

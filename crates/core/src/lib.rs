@@ -17,6 +17,7 @@
 //!     max_tokens: 64,
 //!     sampler: SamplerConfig { temperature: 0.0, ..Default::default() },
 //!     stop: vec![],
+//!     stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
 //! };
 //! let prompt = tok.encode("Once upon a time", true);
 //! let text = Generation::new(&mut session, &prompt, &config)?.run(&mut session, &tok)?;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod format;
+pub mod forward;
 pub mod generate;
 pub mod kernels;
 pub mod kv_cache;

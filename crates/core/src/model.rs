@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 /// An opened model file. Immutable; share it between sessions with `Arc`.
 #[derive(Debug)]
 pub struct Model {
+    /// The model family (a Hugging Face `model_type`).
+    pub family: String,
     pub config: Config,
     pub weights: Weights,
     pub kind: FileKind,
@@ -26,6 +28,7 @@ impl Model {
         let path = path.as_ref();
         let file = format::open(path)?;
         Ok(Model {
+            family: file.family,
             config: file.config,
             weights: file.weights,
             kind: file.kind,

@@ -1,10 +1,10 @@
 //! A session: one model's running state (KV cache, scratch, threads).
 
 use crate::error::{Error, Result};
+use crate::forward::{self, Engine, Logits, Scratch};
 use crate::kernels::Kernels;
 use crate::kv_cache::KvCache;
 use crate::model::Model;
-use crate::models::llama::{self, Engine, Logits, Scratch};
 use crate::pool::ThreadPool;
 use std::sync::Arc;
 
@@ -214,8 +214,8 @@ impl Session {
         let vocab = self.model.config.vocab_size;
         let (cache, scratch) = (&mut self.cache, &mut self.scratch);
         match want {
-            Want::None => llama::forward(engine, cache, scratch, tokens, Logits::None),
-            Want::Last => llama::forward(
+            Want::None => forward::forward(engine, cache, scratch, tokens, Logits::None),
+            Want::Last => forward::forward(
                 engine,
                 cache,
                 scratch,
@@ -223,7 +223,7 @@ impl Session {
                 Logits::Last(&mut self.logits),
             ),
             Want::All(out) => {
-                llama::forward(engine, cache, scratch, tokens, Logits::All(out));
+                forward::forward(engine, cache, scratch, tokens, Logits::All(out));
                 self.logits.copy_from_slice(&out[out.len() - vocab..]);
             }
         }

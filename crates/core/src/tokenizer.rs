@@ -414,3 +414,61 @@ mod tests {
         }
     }
 }
+
+/// What generation needs of a vocabulary: the bytes each token adds to the
+/// text, given the token before it.
+pub trait Detokenize: Send + Sync + std::fmt::Debug {
+    fn token_bytes(&self, prev: Option<u32>, id: u32) -> &[u8];
+}
+
+impl Detokenize for Tokenizer {
+    fn token_bytes(&self, prev: Option<u32>, id: u32) -> &[u8] {
+        self.decode_bytes(prev, id)
+    }
+}
+
+/// The bytes of every token, for vocabularies encoded elsewhere (a Hugging
+/// Face tokenizer in Python hands its table over once).
+#[derive(Clone, Debug)]
+pub struct PieceTable {
+    pieces: Vec<Vec<u8>>,
+    /// Tokens that add no text (BOS, EOS, other control tokens).
+    silent: Vec<bool>,
+    /// SentencePiece-style vocabularies: a piece right after BOS (or at the
+    /// very start) drops its leading space, the prefix added when encoding.
+    strip_space_at_start: bool,
+    bos_id: Option<u32>,
+}
+
+impl PieceTable {
+    /// `pieces[id]` is the text of token `id` (empty for control tokens).
+    pub fn new(pieces: Vec<Vec<u8>>, strip_space_at_start: bool, bos_id: Option<u32>) -> Self {
+        let silent = pieces.iter().map(|p| p.is_empty()).collect();
+        PieceTable {
+            pieces,
+            silent,
+            strip_space_at_start,
+            bos_id,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+}
+
+impl Detokenize for PieceTable {
+    fn token_bytes(&self, prev: Option<u32>, id: u32) -> &[u8] {
+        let Some(piece) = self.pieces.get(id as usize) else {
+            return &[];
+        };
+        if self.silent[id as usize] {
+            return &[];
+        }
+        let at_start = prev.is_none() || prev == self.bos_id;
+        match piece.split_first() {
+            Some((b' ', rest)) if at_start && self.strip_space_at_start => rest,
+            _ => piece,
+        }
+    }
+}

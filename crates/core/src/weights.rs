@@ -101,6 +101,21 @@ impl DType {
         }
     }
 
+    /// The alignment, in bytes, that a tensor of this type needs in memory.
+    pub fn alignment(self) -> usize {
+        use std::mem::align_of;
+        match self {
+            DType::F32 => align_of::<f32>(),
+            DType::F16 | DType::BF16 => align_of::<f16>(),
+            DType::Q8_0 => align_of::<BlockQ8_0>(),
+            DType::Q4_0 => align_of::<BlockQ4_0>(),
+            DType::Q4_1 => align_of::<BlockQ4_1>(),
+            DType::Q8_0x4 => align_of::<BlockQ8_0x4>(),
+            DType::Q4_0x4 => align_of::<BlockQ4_0x4>(),
+            DType::Q8Group { .. } => align_of::<f32>(),
+        }
+    }
+
     /// Bits per weight, scales included.
     pub fn bits_per_weight(self) -> f64 {
         match self {
@@ -110,12 +125,14 @@ impl DType {
     }
 }
 
-/// Where one matrix lives in the file.
+/// Where one matrix lives in the model's files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MatrixDesc {
     pub rows: usize,
     pub cols: usize,
     pub dtype: DType,
+    /// Which of the mapped files holds it (shards of one model).
+    pub file: usize,
     /// Byte offset of the values.
     pub offset: usize,
     /// Byte offset of the scales (`Q8Group` only).
@@ -131,10 +148,13 @@ impl MatrixDesc {
     }
 }
 
-/// Where one f32 vector (a norm's gains) lives in the file.
+/// Where one vector (a norm's gains, a bias) lives among the model's
+/// vectors. Vectors are small; the loaders copy them as f32 into one
+/// buffer, whatever their type in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VectorDesc {
     pub len: usize,
+    /// Index of the first value in the buffer.
     pub offset: usize,
 }
 
@@ -159,9 +179,36 @@ pub struct LayerDesc {
     pub w2: MatrixDesc,
     /// `(hidden_dim, dim)`, the up projection
     pub w3: MatrixDesc,
+    /// `(n_heads * head_dim,)`, `(n_kv_heads * head_dim,)` twice: biases
+    /// of the query, key and value projections (`Config::attn_bias`)
+    pub q_bias: Option<VectorDesc>,
+    pub k_bias: Option<VectorDesc>,
+    pub v_bias: Option<VectorDesc>,
+    /// `(head_dim,)` twice: gains of the per-head query and key norms
+    /// (`Config::qk_norm`)
+    pub q_norm: Option<VectorDesc>,
+    pub k_norm: Option<VectorDesc>,
 }
 
 impl LayerDesc {
+    /// The block's vectors with their names in tinyllm files.
+    pub fn vectors(&self) -> Vec<(&'static str, &VectorDesc)> {
+        let optional = [
+            ("attn_q.bias", &self.q_bias),
+            ("attn_k.bias", &self.k_bias),
+            ("attn_v.bias", &self.v_bias),
+            ("attn_q_norm", &self.q_norm),
+            ("attn_k_norm", &self.k_norm),
+        ];
+        let mut v = vec![("attn_norm", &self.attn_norm), ("ffn_norm", &self.ffn_norm)];
+        v.extend(
+            optional
+                .into_iter()
+                .filter_map(|(n, d)| d.as_ref().map(|d| (n, d))),
+        );
+        v
+    }
+
     /// The block's matrices with their names in tinyllm files.
     pub fn matrices(&self) -> [(&'static str, &MatrixDesc); 7] {
         [
@@ -176,10 +223,12 @@ impl LayerDesc {
     }
 }
 
-/// Every tensor of a model, as descriptors into one mapped file.
+/// Every tensor of a model: matrices as descriptors into the mapped files,
+/// vectors copied into one small buffer.
 #[derive(Debug)]
 pub struct Weights {
-    map: Mmap,
+    maps: Vec<Mmap>,
+    vectors: Vec<f32>,
     /// `(vocab_size, dim)`
     pub embedding: MatrixDesc,
     pub layers: Vec<LayerDesc>,
@@ -187,6 +236,21 @@ pub struct Weights {
     pub final_norm: VectorDesc,
     /// `(vocab_size, dim)`; the same descriptor as `embedding` when tied.
     pub classifier: MatrixDesc,
+    /// `(head_dim / 2,)` divisors of the rotary frequencies, if the file
+    /// stores them (llama.cpp's `rope_freqs` for Llama 3.1).
+    pub rope_factors: Option<VectorDesc>,
+}
+
+/// The parts of [`Weights`] a loader fills in.
+#[derive(Debug)]
+pub struct WeightsParts {
+    pub maps: Vec<Mmap>,
+    pub vectors: Vec<f32>,
+    pub embedding: MatrixDesc,
+    pub layers: Vec<LayerDesc>,
+    pub final_norm: VectorDesc,
+    pub classifier: MatrixDesc,
+    pub rope_factors: Option<VectorDesc>,
 }
 
 /// A borrowed matrix, ready for the kernels.
@@ -294,31 +358,33 @@ fn group_row_into<I: Interleaved>(groups: &[I], r: usize, cols: usize, out: &mut
 }
 
 impl Weights {
-    /// Wraps a mapping whose descriptors the loader has checked.
-    pub(crate) fn new(
-        map: Mmap,
-        embedding: MatrixDesc,
-        layers: Vec<LayerDesc>,
-        final_norm: VectorDesc,
-        classifier: MatrixDesc,
-    ) -> Self {
+    /// Wraps mappings whose descriptors the loader has checked.
+    pub(crate) fn new(p: WeightsParts) -> Self {
         Weights {
-            map,
-            embedding,
-            layers,
-            final_norm,
-            classifier,
+            maps: p.maps,
+            vectors: p.vectors,
+            embedding: p.embedding,
+            layers: p.layers,
+            final_norm: p.final_norm,
+            classifier: p.classifier,
+            rope_factors: p.rope_factors,
         }
     }
 
-    /// The bytes of the whole file.
-    pub fn file_bytes(&self) -> &[u8] {
-        &self.map
+    /// Bytes of all the model's files together.
+    pub fn file_size(&self) -> usize {
+        self.maps.iter().map(|m| m.len()).sum()
+    }
+
+    /// The bytes of the first (or only) file.
+    pub fn first_file(&self) -> &[u8] {
+        &self.maps[0]
     }
 
     /// A view of the matrix `d`.
     pub fn matrix(&self, d: &MatrixDesc) -> MatRef<'_> {
-        let bytes = &self.map[d.offset..];
+        let map = &self.maps[d.file];
+        let bytes = &map[d.offset..];
         let n = d.rows * d.cols;
         let data = match d.dtype {
             DType::F32 => MatData::F32(cast(bytes, n)),
@@ -331,7 +397,7 @@ impl Weights {
             DType::Q4_0x4 => MatData::Q4_0x4(cast(bytes, n / QK / 4)),
             DType::Q8Group { group_size } => MatData::Q8Group {
                 q: cast(bytes, n),
-                s: cast(&self.map[d.scales_offset..], n / group_size),
+                s: cast(&map[d.scales_offset..], n / group_size),
                 group_size,
             },
         };
@@ -342,9 +408,9 @@ impl Weights {
         }
     }
 
-    /// A view of the vector `d`.
+    /// The values of the vector `d`.
     pub fn vector(&self, d: &VectorDesc) -> &[f32] {
-        cast(&self.map[d.offset..], d.len)
+        &self.vectors[d.offset..d.offset + d.len]
     }
 
     /// Bytes read from the weights to decode one token: every block's
@@ -355,7 +421,7 @@ impl Weights {
             .iter()
             .map(|l| {
                 l.matrices().iter().map(|(_, m)| m.bytes()).sum::<usize>()
-                    + 4 * (l.attn_norm.len + l.ffn_norm.len)
+                    + l.vectors().iter().map(|(_, v)| 4 * v.len).sum::<usize>()
             })
             .sum();
         let e = &self.embedding;

@@ -5,7 +5,7 @@ mod common;
 use common::{model_path, temp_dir};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tinyllm_core::convert::{Recipe, convert};
+use tinyllm_core::convert::{Extras, Recipe, TokenizerData, convert};
 use tinyllm_core::pool::ThreadPool;
 use tinyllm_core::{
     Error, GenerateConfig, Generation, Model, SamplerConfig, Session, SessionOptions, Tokenizer,
@@ -21,12 +21,16 @@ fn convert_to(dir: &Path, recipe: &str) -> PathBuf {
     let (m, t) = stories();
     let dst = dir.join(format!("stories260K-{recipe}.tllm"));
     let pool = ThreadPool::new(2);
+    let extras = Extras {
+        tokenizer: Some(TokenizerData::Llama2c(&t)),
+        chat_template: None,
+        source: serde_json::json!({"test": true}),
+    };
     let report = convert(
         &m,
-        &t,
+        extras,
         &dst,
         Recipe::parse(recipe).unwrap(),
-        serde_json::json!({"test": true}),
         &pool,
         &mut |_, _, _| Ok(()),
     )
@@ -106,6 +110,7 @@ fn an_f32_tinyllm_file_tells_the_reference_story() {
             ..Default::default()
         },
         stop: vec![],
+        stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
     };
     let got = Generation::new(&mut s, &[1], &config)
         .unwrap()

@@ -16,6 +16,7 @@ fn greedy(max_tokens: usize) -> GenerateConfig {
             ..Default::default()
         },
         stop: vec![],
+        stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
     }
 }
 

@@ -16,9 +16,12 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tinyllm_core::convert::{Recipe, convert as convert_model};
+use tinyllm_core::convert::{Extras, Recipe, TokenizerData, convert as convert_model};
+use tinyllm_core::format::gguf::{self, Value as GgufValue};
+use tinyllm_core::format::tinyllm::TokenizerInfo;
 use tinyllm_core::generate::{GenerateConfig, Generation, Step};
 use tinyllm_core::pool::ThreadPool;
+use tinyllm_core::tokenizer::{Detokenize, PieceTable};
 use tinyllm_core::{Error, Model, SamplerConfig, Session, SessionOptions, Tokenizer};
 
 pyo3::create_exception!(
@@ -65,11 +68,16 @@ fn to_py_err(e: Error) -> PyErr {
     }
 }
 
-/// The engine behind `tinyllm.Model`: a model, its tokenizer and a session.
+/// The engine behind `tinyllm.Model`: a model, a session, and the bytes of
+/// each token for streaming text (llama2.c's tokenizer, or a table that
+/// Python hands over for the other vocabularies).
 #[pyclass(module = "tinyllm._tinyllm")]
 struct Engine {
     session: Session,
-    tokenizer: Arc<Tokenizer>,
+    /// llama2.c's tokenizer, when the model has one (in its file or beside it).
+    tokenizer: Option<Arc<Tokenizer>>,
+    /// What streams text: `tokenizer`, or the table given by `set_pieces`.
+    detok: Option<Arc<dyn Detokenize>>,
     /// None when the tokenizer came from the model file itself.
     tokenizer_path: Option<PathBuf>,
     /// Bumped by every call that changes the session, so a stale `Stream`
@@ -79,22 +87,29 @@ struct Engine {
 
 #[pymethods]
 impl Engine {
-    /// Opens a model file and its tokenizer (found beside the model when
-    /// `tokenizer` is None).
+    /// Opens a model and its llama2.c tokenizer: the file `tokenizer`, else
+    /// the model's own, else one beside it. Models of other vocabularies
+    /// open with `llama2c_tokenizer=False` and get `set_pieces` instead.
     #[new]
-    #[pyo3(signature = (path, tokenizer=None, *, n_threads=None, context_length=None, max_batch=None))]
+    #[pyo3(signature = (path, tokenizer=None, *, llama2c_tokenizer=true, n_threads=None, context_length=None, max_batch=None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         tokenizer: Option<PathBuf>,
+        llama2c_tokenizer: bool,
         n_threads: Option<usize>,
         context_length: Option<usize>,
         max_batch: Option<usize>,
     ) -> PyResult<Self> {
         let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
-        let (tok, tokenizer_path) = model
-            .open_tokenizer(tokenizer.as_deref())
-            .map_err(to_py_err)?;
+        let (tok, tokenizer_path) = if llama2c_tokenizer {
+            let (t, p) = model
+                .open_tokenizer(tokenizer.as_deref())
+                .map_err(to_py_err)?;
+            (Some(Arc::new(t)), p)
+        } else {
+            (None, None)
+        };
         let options = SessionOptions {
             n_threads,
             context_length,
@@ -103,10 +118,55 @@ impl Engine {
         let session = Session::new(Arc::new(model), &options).map_err(to_py_err)?;
         Ok(Engine {
             session,
-            tokenizer: Arc::new(tok),
+            detok: tok.clone().map(|t| t as Arc<dyn Detokenize>),
+            tokenizer: tok,
             tokenizer_path,
             epoch: 0,
         })
+    }
+
+    /// Gives the text of every token (`pieces[id]`, empty for control
+    /// tokens) for streaming; `strip_space_at_start` drops the leading space
+    /// of a piece at the start of the text or right after `bos_id`.
+    #[pyo3(signature = (pieces, strip_space_at_start, bos_id=None))]
+    fn set_pieces(
+        &mut self,
+        pieces: Vec<Vec<u8>>,
+        strip_space_at_start: bool,
+        bos_id: Option<u32>,
+    ) -> PyResult<()> {
+        let vocab = self.session.model().config.vocab_size;
+        if pieces.len() > vocab {
+            return Err(ModelFormatError::new_err(format!(
+                "the tokenizer has {} tokens but the model {} has a vocabulary of {vocab}",
+                pieces.len(),
+                self.session.model().path.display()
+            )));
+        }
+        let mut pieces = pieces;
+        // Models often pad the embedding past the vocabulary: those ids
+        // add no text.
+        pieces.resize(vocab, Vec::new());
+        self.detok = Some(Arc::new(PieceTable::new(
+            pieces,
+            strip_space_at_start,
+            bos_id,
+        )));
+        Ok(())
+    }
+
+    /// The `tokenizer.json` a tinyllm file carries, with its special ids
+    /// (`type`, `bos_id`, `eos_id`, `add_bos`, `stop_ids`) as a JSON string;
+    /// None if the file has no such tokenizer.
+    fn embedded_tokenizer(&self) -> Option<(String, String)> {
+        let m = self.session.model();
+        let h = m.header.as_ref()?;
+        let info = h.tokenizer.as_ref().filter(|t| t.kind == "hf")?;
+        let t = h.tensors.iter().find(|t| t.name == "tokenizer.json")?;
+        let bytes = m.weights.first_file();
+        let start = tinyllm_core::format::tinyllm::data_start(bytes)? + t.offset;
+        let json = std::str::from_utf8(bytes.get(start..start + t.nbytes)?).ok()?;
+        Some((json.to_string(), serde_json::to_string(info).ok()?))
     }
 
     /// The model's dimensions, as a dict.
@@ -138,7 +198,13 @@ impl Engine {
             .map(|p| p.display().to_string());
         d.set_item("tokenizer_path", tok_path)?;
         d.set_item("format", m.kind.describe())?;
-        d.set_item("file_bytes", m.weights.file_bytes().len())?;
+        d.set_item("family", m.family.as_str())?;
+        d.set_item(
+            "chat_template",
+            m.header.as_ref().and_then(|h| h.chat_template.clone()),
+        )?;
+        d.set_item("has_llama2c_tokenizer", self.tokenizer.is_some())?;
+        d.set_item("file_bytes", m.weights.file_size())?;
         d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
         d.set_item("kv_cache_bytes", s.kv_cache_bytes())?;
         d.set_item("context_length", s.context_length())?;
@@ -151,19 +217,20 @@ impl Engine {
 
     /// Token ids of `text` (llama2.c's encoder; BOS first if `add_bos`).
     #[pyo3(signature = (text, add_bos=true))]
-    fn tokenize(&self, text: &str, add_bos: bool) -> Vec<u32> {
-        self.tokenizer.encode(text, add_bos)
+    fn tokenize(&self, text: &str, add_bos: bool) -> PyResult<Vec<u32>> {
+        Ok(self.llama2c()?.encode(text, add_bos))
     }
 
     /// The text of `ids` (BOS and EOS give no text; ids out of range are an error).
     fn detokenize(&self, ids: Vec<u32>) -> PyResult<String> {
-        let vocab = self.tokenizer.vocab_size();
+        let tokenizer = self.llama2c()?;
+        let vocab = tokenizer.vocab_size();
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(PyValueError::new_err(format!(
                 "token id {bad} is out of range for a vocabulary of {vocab}"
             )));
         }
-        Ok(self.tokenizer.decode(&ids))
+        Ok(tokenizer.decode(&ids))
     }
 
     /// Logits of every position of `ids`, `(len(ids), vocab_size)` float32,
@@ -188,7 +255,7 @@ impl Engine {
     /// Starts generating after `prompt` (token ids); returns a `Stream` that
     /// yields the text as it decodes.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop))]
+    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, stop_ids=None))]
     fn generate(
         slf: Bound<'_, Self>,
         prompt: Vec<u32>,
@@ -200,6 +267,7 @@ impl Engine {
         repeat_penalty: f32,
         seed: u64,
         stop: Vec<String>,
+        stop_ids: Option<Vec<u32>>,
     ) -> PyResult<Stream> {
         let config = GenerateConfig {
             max_tokens,
@@ -213,8 +281,14 @@ impl Engine {
                 ..SamplerConfig::default()
             },
             stop,
+            stop_ids: stop_ids.unwrap_or_else(|| GenerateConfig::LLAMA2C_STOP_IDS.to_vec()),
         };
         let mut this = slf.borrow_mut();
+        if this.detok.is_none() {
+            return Err(PyRuntimeError::new_err(
+                "the model has no tokenizer to stream text with (set_pieces was not called)",
+            ));
+        }
         this.epoch += 1;
         let generation = Generation::new(&mut this.session, &prompt, &config).map_err(to_py_err)?;
         Ok(Stream {
@@ -229,6 +303,14 @@ impl Engine {
     fn reset(&mut self) {
         self.epoch += 1;
         self.session.reset();
+    }
+}
+
+impl Engine {
+    fn llama2c(&self) -> PyResult<&Tokenizer> {
+        self.tokenizer.as_deref().ok_or_else(|| {
+            PyRuntimeError::new_err("this model's vocabulary is not a llama2.c tokenizer")
+        })
     }
 }
 
@@ -263,13 +345,12 @@ impl Stream {
                 "this stream was abandoned: a later call on the same model replaced its state",
             ));
         }
-        let Engine {
-            session, tokenizer, ..
-        } = &mut *engine;
+        let Engine { session, detok, .. } = &mut *engine;
+        let detok = detok.clone().expect("checked when the generation started");
         loop {
             let generation = &mut self.generation;
             let step = py
-                .detach(|| generation.step(session, tokenizer))
+                .detach(|| generation.step(session, detok.as_ref()))
                 .map_err(|e| {
                     self.done = true;
                     to_py_err(e)
@@ -317,8 +398,14 @@ impl Stream {
 /// Converts the model at `src` into a tinyllm file at `dst` with the recipe
 /// `quant`; calls `progress(done, total, tensor_name)` as it goes. Returns
 /// what was written.
+///
+/// The file carries llama2.c's tokenizer (`tokenizer`, or the model's own
+/// or one beside it) unless `hf_tokenizer` is given: a `tokenizer.json`
+/// text and a JSON object of its special ids (`bos_id`, `eos_id`,
+/// `add_bos`, `stop_ids`). `chat_template` is stored in the header.
 #[pyfunction]
-#[pyo3(signature = (src, dst, quant, tokenizer=None, n_threads=None, progress=None))]
+#[pyo3(signature = (src, dst, quant, tokenizer=None, n_threads=None, progress=None, hf_tokenizer=None, chat_template=None))]
+#[allow(clippy::too_many_arguments)]
 fn convert<'py>(
     py: Python<'py>,
     src: PathBuf,
@@ -327,20 +414,50 @@ fn convert<'py>(
     tokenizer: Option<PathBuf>,
     n_threads: Option<usize>,
     progress: Option<Bound<'py, PyAny>>,
+    hf_tokenizer: Option<(String, String)>,
+    chat_template: Option<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let recipe = Recipe::parse(quant).map_err(to_py_err)?;
     let model = py.detach(|| Model::open(&src)).map_err(to_py_err)?;
-    let (tok, tok_path) = model
-        .open_tokenizer(tokenizer.as_deref())
-        .map_err(to_py_err)?;
+    let llama2c = match hf_tokenizer {
+        Some(_) => None,
+        None => Some(
+            model
+                .open_tokenizer(tokenizer.as_deref())
+                .map_err(to_py_err)?,
+        ),
+    };
+    let tok_path = llama2c.as_ref().and_then(|(_, p)| p.clone());
+    let hf = match &hf_tokenizer {
+        None => None,
+        Some((json, info)) => {
+            let mut value: serde_json::Value = serde_json::from_str(info)
+                .map_err(|e| PyValueError::new_err(format!("hf_tokenizer: {e}")))?;
+            value["type"] = "hf".into();
+            let info: TokenizerInfo = serde_json::from_value(value)
+                .map_err(|e| PyValueError::new_err(format!("hf_tokenizer: {e}")))?;
+            Some((json.as_str(), info))
+        }
+    };
+    let tokenizer = match (&llama2c, hf) {
+        (Some((t, _)), _) => Some(TokenizerData::Llama2c(t)),
+        (None, Some((json, info))) => Some(TokenizerData::HuggingFace { json, info }),
+        (None, None) => None,
+    };
     let threads =
         n_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = ThreadPool::new(threads.clamp(1, 1024));
     let source = serde_json::json!({
         "file": src.file_name().map(|n| n.to_string_lossy().into_owned()),
         "format": model.kind.describe(),
+        "family": model.family,
         "tokenizer": tok_path.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
     });
+    let extras = Extras {
+        tokenizer,
+        chat_template,
+        source,
+    };
     let progress = progress.map(|p| p.unbind());
     // The callback's error (a KeyboardInterrupt, or one it raised) is kept
     // here while the engine unwinds the conversion.
@@ -348,10 +465,9 @@ fn convert<'py>(
     let result = py.detach(|| {
         convert_model(
             &model,
-            &tok,
+            extras,
             &dst,
             recipe,
-            source,
             &pool,
             &mut |done, total, name| {
                 Python::attach(|py| {
@@ -396,7 +512,8 @@ fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>
     let d = PyDict::new(py);
     d.set_item("path", path.display().to_string())?;
     d.set_item("format", model.kind.describe())?;
-    d.set_item("file_bytes", w.file_bytes().len())?;
+    d.set_item("family", model.family.as_str())?;
+    d.set_item("file_bytes", w.file_size())?;
     d.set_item("bytes_per_token", w.bytes_per_token())?;
     d.set_item("has_tokenizer", model.tokenizer.is_some())?;
     let c = &model.config;
@@ -440,6 +557,116 @@ fn file_info<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>
     Ok(d)
 }
 
+/// The metadata of the GGUF file at `path` as a dict (arrays as lists).
+#[pyfunction]
+fn gguf_metadata<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyDict>> {
+    let g = py.detach(|| gguf::read(&path)).map_err(to_py_err)?;
+    let d = PyDict::new(py);
+    for (k, v) in &g.metadata {
+        d.set_item(k, gguf_value(py, v)?)?;
+    }
+    Ok(d)
+}
+
+fn gguf_value<'py>(py: Python<'py>, v: &GgufValue) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        GgufValue::U8(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::I8(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::U16(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::I16(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::U32(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::I32(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::U64(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::I64(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::F32(x) => shortest(*x).into_pyobject(py)?.into_any(),
+        GgufValue::F64(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::Bool(x) => pyo3::types::PyBool::new(py, *x).to_owned().into_any(),
+        GgufValue::String(x) => x.into_pyobject(py)?.into_any(),
+        GgufValue::Array(items) => {
+            let list = pyo3::types::PyList::empty(py);
+            for item in items {
+                list.append(gguf_value(py, item)?)?;
+            }
+            list.into_any()
+        }
+    })
+}
+
+/// llama2.c's tokenizer (`tokenizer.bin`): run.c's encoder and decoder.
+#[pyclass(module = "tinyllm._tinyllm", frozen)]
+struct Llama2cTokenizer {
+    inner: Tokenizer,
+}
+
+#[pymethods]
+impl Llama2cTokenizer {
+    /// Reads a llama2.c tokenizer file.
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| Tokenizer::open(&path)).map_err(to_py_err)?;
+        Ok(Llama2cTokenizer { inner })
+    }
+
+    /// Token ids of `text` (BOS first if `add_bos`), as run.c encodes.
+    #[pyo3(signature = (text, add_bos=true))]
+    fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        self.inner.encode(text, add_bos)
+    }
+
+    /// The text of `ids` (BOS and EOS give none).
+    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
+        let vocab = self.inner.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(PyValueError::new_err(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
+        }
+        Ok(self.inner.decode(&ids))
+    }
+
+    /// The stored bytes of token `id`.
+    fn piece<'py>(&self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let p = self.inner.piece(id).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "token id {id} is out of range for a vocabulary of {}",
+                self.inner.vocab_size()
+            ))
+        })?;
+        Ok(pyo3::types::PyBytes::new(py, p))
+    }
+
+    /// The bytes token `id` adds to a text after token `prev` (run.c's rule).
+    #[pyo3(signature = (id, prev=None))]
+    fn token_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        id: u32,
+        prev: Option<u32>,
+    ) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, self.inner.decode_bytes(prev, id))
+    }
+
+    /// The merge score of token `id`.
+    fn score(&self, id: u32) -> Option<f32> {
+        self.inner.score(id)
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    #[getter]
+    fn bos_id(&self) -> u32 {
+        tinyllm_core::tokenizer::BOS
+    }
+
+    #[getter]
+    fn eos_id(&self) -> u32 {
+        tinyllm_core::tokenizer::EOS
+    }
+}
+
 /// The f64 whose shortest decimal form is the f32's (1e-5, not 9.99999974e-6).
 fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
@@ -470,6 +697,8 @@ fn available_isas() -> Vec<&'static str> {
 fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Stream>()?;
+    m.add_class::<Llama2cTokenizer>()?;
+    m.add_function(wrap_pyfunction!(gguf_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(file_info, m)?)?;

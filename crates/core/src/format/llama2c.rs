@@ -19,7 +19,7 @@
 use super::{FileKind, ModelFile, Reader};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::weights::{DType, LayerDesc, MatrixDesc, VectorDesc, Weights};
+use crate::weights::{DType, LayerDesc, MatrixDesc, VectorDesc, Weights, WeightsParts, cast};
 use memmap2::Mmap;
 use std::path::Path;
 
@@ -113,11 +113,32 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
             ),
         ));
     }
-    let (embedding, layers, final_norm, classifier) = weights;
+    // Norm gains move into the weights' vector buffer (checked extents above).
+    let (embedding, mut layers, final_norm, classifier) = weights;
+    let mut vectors = Vec::new();
+    let mut copy = |d: &VectorDesc| {
+        let offset = vectors.len();
+        vectors.extend_from_slice(cast::<f32>(&map[d.offset..], d.len));
+        VectorDesc { len: d.len, offset }
+    };
+    for l in &mut layers {
+        l.attn_norm = copy(&l.attn_norm);
+        l.ffn_norm = copy(&l.ffn_norm);
+    }
+    let final_norm = copy(&final_norm);
     Ok(ModelFile {
         kind,
+        family: "llama".into(),
         config,
-        weights: Weights::new(map, embedding, layers, final_norm, classifier),
+        weights: Weights::new(WeightsParts {
+            maps: vec![map],
+            vectors,
+            embedding,
+            layers,
+            final_norm,
+            classifier,
+            rope_factors: None,
+        }),
         tokenizer: None,
         header: None,
     })
@@ -173,8 +194,7 @@ fn read_fields(r: &mut Reader<'_>, path: &Path) -> Result<(Config, bool)> {
         vocab_size,
         seq_len,
         head_dim: dim / n_heads,
-        rope_theta: 10000.0,
-        norm_eps: 1e-5,
+        ..Config::default()
     };
     config.validate(path)?;
     Ok((config, untied))
@@ -238,6 +258,7 @@ impl<'a> Layout<'a> {
             rows,
             cols,
             dtype,
+            file: 0,
             offset,
             scales_offset,
         })
@@ -341,6 +362,11 @@ fn assemble(
             w1: w1[i].clone(),
             w2: w2[i].clone(),
             w3: w3[i].clone(),
+            q_bias: None,
+            k_bias: None,
+            v_bias: None,
+            q_norm: None,
+            k_norm: None,
         })
         .collect()
 }

@@ -4,7 +4,10 @@
 //! lays out its tensors as descriptors, and checks every extent against the
 //! file's length before anything reads a weight.
 
+pub mod gguf;
 pub mod llama2c;
+pub mod safetensors;
+pub mod table;
 pub mod tinyllm;
 
 use crate::config::Config;
@@ -26,6 +29,10 @@ pub enum FileKind {
     Llama2cV2,
     /// tinyllm's own format (`docs/FORMAT.md`).
     Tinyllm,
+    /// llama.cpp's GGUF.
+    Gguf,
+    /// A Hugging Face directory: `config.json` and safetensors files.
+    HuggingFace,
 }
 
 impl FileKind {
@@ -36,6 +43,8 @@ impl FileKind {
             FileKind::Llama2cV1 => "llama2.c version 1 (f32)",
             FileKind::Llama2cV2 => "llama2.c version 2 (int8 groups)",
             FileKind::Tinyllm => "tinyllm",
+            FileKind::Gguf => "GGUF",
+            FileKind::HuggingFace => "Hugging Face (safetensors)",
         }
     }
 }
@@ -44,6 +53,8 @@ impl FileKind {
 #[derive(Debug)]
 pub struct ModelFile {
     pub kind: FileKind,
+    /// The model family (a Hugging Face `model_type`; see `models`).
+    pub family: String,
     pub config: Config,
     pub weights: Weights,
     /// The tokenizer the file carries, if any.
@@ -52,19 +63,24 @@ pub struct ModelFile {
     pub header: Option<tinyllm::Header>,
 }
 
-/// Opens `path`, recognises its kind by content and maps its weights.
+/// Opens `path`, recognises its kind by content and maps its weights: a
+/// directory with a `config.json` is a Hugging Face model; a file is told
+/// by its first bytes.
 pub fn open(path: &Path) -> Result<ModelFile> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
+        if safetensors::is_model_dir(path) {
+            return safetensors::open_dir(path);
+        }
         return Err(Error::io(
-            path,
+            &path.join("config.json"),
             std::io::Error::new(
-                std::io::ErrorKind::IsADirectory,
-                "is a directory, not a model file",
+                std::io::ErrorKind::NotFound,
+                "a model directory needs a config.json (Hugging Face layout)",
             ),
         ));
     }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
     if meta.len() == 0 {
         return Err(Error::format(path, "the file is empty"));
     }
@@ -72,11 +88,8 @@ pub fn open(path: &Path) -> Result<ModelFile> {
     // rely on the file not being truncated or rewritten while it is open.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let head = &map[..map.len().min(8)];
-    if head.starts_with(b"GGUF") {
-        return Err(Error::format(
-            path,
-            "GGUF files are not supported by this version of tinyllm",
-        ));
+    if head.starts_with(gguf::MAGIC) {
+        return gguf::open(path, map);
     }
     if head.starts_with(tinyllm::MAGIC) {
         return tinyllm::open(path, map);
@@ -102,6 +115,14 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn pos(&self) -> usize {
         self.pos
+    }
+
+    pub(crate) fn path(&self) -> &'a Path {
+        self.path
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -137,6 +158,11 @@ impl<'a> Reader<'a> {
     pub(crate) fn u32(&mut self, what: &str) -> Result<u32> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
     pub(crate) fn f32(&mut self, what: &str) -> Result<f32> {

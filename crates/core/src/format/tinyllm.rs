@@ -14,11 +14,12 @@
 //! every extent against the file's length, no overlaps, and the file ends
 //! where the last tensor does.
 
+use super::table::{TensorRef, TensorTable};
 use super::{FileKind, ModelFile};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{DType, LayerDesc, MatrixDesc, VectorDesc, Weights, cast};
+use crate::weights::{DType, cast};
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -62,11 +63,20 @@ pub struct Header {
 pub struct TokenizerInfo {
     /// `"llama2c"`: pieces and scores in the tensors `tokenizer.pieces`
     /// (u8), `tokenizer.offsets` (u32, `vocab_size + 1`) and
-    /// `tokenizer.scores` (f32, `vocab_size`).
+    /// `tokenizer.scores` (f32, `vocab_size`). `"hf"`: a Hugging Face
+    /// `tokenizer.json` in the tensor `tokenizer.json` (u8).
     #[serde(rename = "type")]
     pub kind: String,
-    pub bos_id: u32,
-    pub eos_id: u32,
+    #[serde(default)]
+    pub bos_id: Option<u32>,
+    #[serde(default)]
+    pub eos_id: Option<u32>,
+    /// Whether encoding a prompt starts with BOS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_bos: Option<bool>,
+    /// Tokens that end a reply besides `eos_id` (end-of-turn markers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_ids: Vec<u32>,
 }
 
 /// One entry of the tensor index.
@@ -100,6 +110,13 @@ pub fn tensor_bytes(dtype: &str, shape: &[usize]) -> Option<usize> {
     }
 }
 
+/// Where the tensor data of the tinyllm file `bytes` starts (offsets in
+/// the index count from there); None if the preamble is cut short.
+pub fn data_start(bytes: &[u8]) -> Option<usize> {
+    let n = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((16usize.checked_add(usize::try_from(n).ok()?)?).next_multiple_of(ALIGN))
+}
+
 /// Opens a tinyllm file mapped in `map`.
 pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
     let bad = |reason: String| Error::format(path, reason);
@@ -125,10 +142,11 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
     let header_end = 16 + header_len as usize;
     let header: Header = serde_json::from_slice(&map[16..header_end])
         .map_err(|e| bad(format!("the JSON header is invalid: {e}")))?;
-    if header.architecture != "llama" {
+    if !crate::models::is_known(&header.architecture) {
         return Err(bad(format!(
-            "unknown architecture '{}' (this build runs 'llama')",
-            header.architecture
+            "unknown architecture '{}' (this build runs {})",
+            header.architecture,
+            crate::models::FAMILIES.map(|(n, _)| n).join(", ")
         )));
     }
     let config = header.config.clone();
@@ -198,161 +216,83 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         )));
     }
 
-    // The model's tensors, by name and shape.
-    let mut used = 0;
-    let mut take = |name: &str, shape: &[usize]| -> Result<&TensorInfo> {
+    // The tokenizer's tensors, then the model's (checked by the table).
+    let blob = |name: &str, dtype: &str| -> Result<&[u8]> {
         let t = by_name
             .get(name)
             .ok_or_else(|| bad(format!("tensor '{name}' is missing")))?;
-        if t.shape != shape {
+        if t.dtype != dtype {
             return Err(bad(format!(
-                "tensor '{name}' has shape {:?}, expected {shape:?}",
-                t.shape
+                "tensor '{name}' must be {dtype}, not {}",
+                t.dtype
             )));
         }
-        used += 1;
-        Ok(*t)
+        Ok(&map[data_start + t.offset..data_start + t.offset + t.nbytes])
     };
-    let vector = |t: &TensorInfo| -> Result<VectorDesc> {
-        if t.dtype != "f32" {
-            return Err(bad(format!(
-                "tensor '{}' must be f32, not {}",
-                t.name, t.dtype
-            )));
+    let v = config.vocab_size;
+    let tokenizer = match &header.tokenizer {
+        None => None,
+        Some(info) if info.kind == "llama2c" => {
+            let pieces = blob("tokenizer.pieces", "u8")?;
+            let offsets = blob("tokenizer.offsets", "u32")?;
+            let scores = blob("tokenizer.scores", "f32")?;
+            if offsets.len() != 4 * (v + 1) || scores.len() != 4 * v {
+                return Err(bad(format!("the tokenizer tensors do not hold {v} tokens")));
+            }
+            let offs: &[u32] = cast(offsets, v + 1);
+            let scores: &[f32] = cast(scores, v);
+            let mut list = Vec::with_capacity(v);
+            for (i, w) in offs.windows(2).enumerate() {
+                let (a, b) = (w[0] as usize, w[1] as usize);
+                if a > b || b > pieces.len() {
+                    return Err(bad(format!(
+                        "tokenizer.offsets is not increasing at token {i}"
+                    )));
+                }
+                list.push(pieces[a..b].to_vec());
+            }
+            Some(Tokenizer::from_pieces(list, scores.to_vec()))
         }
-        Ok(VectorDesc {
-            len: t.shape[0],
-            offset: data_start + t.offset,
-        })
+        Some(info) if info.kind == "hf" => {
+            let json = blob("tokenizer.json", "u8")?;
+            if std::str::from_utf8(json).is_err() {
+                return Err(bad("tensor 'tokenizer.json' is not UTF-8".into()));
+            }
+            None
+        }
+        Some(info) => return Err(bad(format!("unknown tokenizer type '{}'", info.kind))),
     };
-    let matrix = |t: &TensorInfo| -> Result<MatrixDesc> {
+    let mut table = TensorTable::new(path);
+    for t in &header.tensors {
+        if t.name.starts_with("tokenizer.") {
+            continue;
+        }
         let dtype = DType::from_name(&t.dtype).ok_or_else(|| {
             bad(format!(
                 "tensor '{}' has dtype {}, not a weight type",
                 t.name, t.dtype
             ))
         })?;
-        Ok(MatrixDesc {
-            rows: t.shape[0],
-            cols: t.shape[1],
-            dtype,
-            offset: data_start + t.offset,
-            scales_offset: 0,
-        })
-    };
-    let c = &config;
-    let (d, q, kv, h, v) = (c.dim, c.q_dim(), c.kv_dim(), c.hidden_dim, c.vocab_size);
-    let embedding = matrix(take("token_embd", &[v, d])?)?;
-    let final_norm = vector(take("output_norm", &[d])?)?;
-    let classifier = if by_name.contains_key("output") {
-        matrix(take("output", &[v, d])?)?
-    } else {
-        embedding.clone()
-    };
-    let mut layers = Vec::with_capacity(c.n_layers);
-    for i in 0..c.n_layers {
-        let mut m =
-            |suffix: &str, shape: &[usize]| matrix(take(&format!("blk.{i}.{suffix}"), shape)?);
-        let (wq, wk, wv, wo) = (
-            m("attn_q", &[q, d])?,
-            m("attn_k", &[kv, d])?,
-            m("attn_v", &[kv, d])?,
-            m("attn_output", &[d, q])?,
-        );
-        let (w1, w2, w3) = (
-            m("ffn_gate", &[h, d])?,
-            m("ffn_down", &[d, h])?,
-            m("ffn_up", &[h, d])?,
-        );
-        layers.push(LayerDesc {
-            attn_norm: vector(take(&format!("blk.{i}.attn_norm"), &[d])?)?,
-            ffn_norm: vector(take(&format!("blk.{i}.ffn_norm"), &[d])?)?,
-            wq,
-            wk,
-            wv,
-            wo,
-            w1,
-            w2,
-            w3,
-        });
+        table.insert(
+            &t.name,
+            TensorRef {
+                file: 0,
+                dtype,
+                shape: t.shape.clone(),
+                offset: data_start + t.offset,
+            },
+        )?;
     }
-
-    let tokenizer = match &header.tokenizer {
-        None => None,
-        Some(info) if info.kind == "llama2c" => {
-            let pieces = take(
-                "tokenizer.pieces",
-                &[by_name.get("tokenizer.pieces").map_or(0, |t| t.shape[0])],
-            )?;
-            let offsets = take("tokenizer.offsets", &[v + 1])?;
-            let scores = take("tokenizer.scores", &[v])?;
-            if (
-                pieces.dtype.as_str(),
-                offsets.dtype.as_str(),
-                scores.dtype.as_str(),
-            ) != ("u8", "u32", "f32")
-            {
-                return Err(bad("the tokenizer tensors must be u8, u32 and f32".into()));
-            }
-            let blob: &[u8] = cast(&map[data_start + pieces.offset..], pieces.nbytes);
-            let offs: &[u32] = cast(&map[data_start + offsets.offset..], v + 1);
-            let scores: &[f32] = cast(&map[data_start + scores.offset..], v);
-            let mut list = Vec::with_capacity(v);
-            for (i, w) in offs.windows(2).enumerate() {
-                let (a, b) = (w[0] as usize, w[1] as usize);
-                if a > b || b > blob.len() {
-                    return Err(bad(format!(
-                        "tokenizer.offsets is not increasing at token {i}"
-                    )));
-                }
-                list.push(blob[a..b].to_vec());
-            }
-            Some(Tokenizer::from_pieces(list, scores.to_vec()))
-        }
-        Some(info) => return Err(bad(format!("unknown tokenizer type '{}'", info.kind))),
-    };
-    if used != header.tensors.len() {
-        let known: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
-        let extra = known
-            .iter()
-            .find(|n| !is_model_tensor(n, c.n_layers))
-            .copied()
-            .unwrap_or("?");
-        return Err(bad(format!("unexpected tensor '{extra}'")));
-    }
+    let weights = table.into_weights(&config, vec![map])?;
 
     Ok(ModelFile {
         kind: FileKind::Tinyllm,
+        family: header.architecture.clone(),
         config,
-        weights: Weights::new(map, embedding, layers, final_norm, classifier),
+        weights,
         tokenizer,
         header: Some(header),
     })
-}
-
-/// Whether `name` is one of the tensors a Llama model file holds.
-fn is_model_tensor(name: &str, n_layers: usize) -> bool {
-    const LAYER: [&str; 9] = [
-        "attn_norm",
-        "attn_q",
-        "attn_k",
-        "attn_v",
-        "attn_output",
-        "ffn_norm",
-        "ffn_gate",
-        "ffn_down",
-        "ffn_up",
-    ];
-    match name {
-        "token_embd" | "output_norm" | "output" | "tokenizer.pieces" | "tokenizer.offsets"
-        | "tokenizer.scores" => true,
-        _ => name
-            .strip_prefix("blk.")
-            .and_then(|rest| rest.split_once('.'))
-            .is_some_and(|(i, t)| {
-                i.parse::<usize>().is_ok_and(|i| i < n_layers) && LAYER.contains(&t)
-            }),
-    }
 }
 
 /// Writes a tinyllm file: the header first (offsets assigned from the tensor

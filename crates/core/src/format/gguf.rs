@@ -1,0 +1,414 @@
+//! GGUF files (llama.cpp's format): metadata, tensor index, and the Llama
+//! models they hold.
+//!
+//! ```text
+//! "GGUF" u32 version (2 or 3) u64 n_tensors u64 n_metadata
+//! n_metadata x (string key, u32 type, value)
+//! n_tensors  x (string name, u32 n_dims, n_dims x u64 extent, u32 type, u64 offset)
+//! zeros up to `general.alignment` (32 by default): the start of the data
+//! ```
+//!
+//! Strings are a u64 length and UTF-8 bytes; arrays a u32 element type, a
+//! u64 count and the elements. Extents are listed innermost first, so a
+//! matrix of `rows x cols` is `[cols, rows]`. Every length is checked
+//! against the bytes left before it is used.
+
+use super::table::{TensorRef, TensorTable};
+use super::{FileKind, ModelFile, Reader};
+use crate::config::{Config, RopeStyle};
+use crate::error::{Error, Result};
+use crate::weights::DType;
+use memmap2::Mmap;
+use std::path::Path;
+
+/// The first four bytes of a GGUF file.
+pub const MAGIC: &[u8; 4] = b"GGUF";
+
+/// One metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// The value as an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is a number.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v.into()),
+            Value::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the tensor index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Extents, innermost first (as stored).
+    pub dims: Vec<u64>,
+    /// ggml's type number.
+    pub ggml_type: u32,
+    /// Bytes from the start of the data section.
+    pub offset: u64,
+}
+
+/// A parsed GGUF header.
+#[derive(Clone, Debug)]
+pub struct Gguf {
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<TensorInfo>,
+    /// Byte offset of the data section.
+    pub data_start: usize,
+}
+
+impl Gguf {
+    /// The metadata value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// Reads the header of the GGUF file at `path`.
+pub fn read(path: &Path) -> Result<Gguf> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: a read-only mapping, read only while the file is open here.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    parse(path, &map)
+}
+
+/// The largest count accepted for any list in the header: keeps a corrupt
+/// count from reserving absurd memory before the bytes run out.
+const MAX_COUNT: u64 = 1 << 28;
+
+/// Reads the header of the GGUF file `bytes` (the whole file).
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Gguf> {
+    let bad = |reason: String| Error::format(path, reason);
+    let mut r = Reader::new(path, bytes);
+    if r.take(4, "the magic")? != MAGIC {
+        return Err(bad("not a GGUF file (bad magic)".into()));
+    }
+    let version = r.u32("the version")?;
+    if !(2..=3).contains(&version) {
+        return Err(bad(format!(
+            "GGUF version {version}; this build reads versions 2 and 3"
+        )));
+    }
+    let n_tensors = r.u64("the tensor count")?;
+    let n_meta = r.u64("the metadata count")?;
+    if n_tensors > MAX_COUNT || n_meta > MAX_COUNT {
+        return Err(bad(format!(
+            "implausible counts: {n_tensors} tensors, {n_meta} metadata entries"
+        )));
+    }
+    let mut metadata = Vec::with_capacity(n_meta as usize);
+    for i in 0..n_meta {
+        let key = string(&mut r, &format!("metadata key {i}"))?;
+        let ty = r.u32(&format!("the type of '{key}'"))?;
+        let value = value(&mut r, ty, &key, 0)?;
+        metadata.push((key, value));
+    }
+    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    for i in 0..n_tensors {
+        let name = string(&mut r, &format!("the name of tensor {i}"))?;
+        let n_dims = r.u32(&format!("the rank of '{name}'"))?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(bad(format!("tensor '{name}' has {n_dims} dimensions")));
+        }
+        let dims = (0..n_dims)
+            .map(|_| r.u64(&format!("the shape of '{name}'")))
+            .collect::<Result<Vec<_>>>()?;
+        let ggml_type = r.u32(&format!("the type of '{name}'"))?;
+        let offset = r.u64(&format!("the offset of '{name}'"))?;
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        });
+    }
+    let gguf = Gguf {
+        version,
+        metadata,
+        tensors,
+        data_start: 0,
+    };
+    let align = match gguf.get("general.alignment") {
+        None => 32,
+        Some(v) => match v.as_u64() {
+            Some(a) if a.is_power_of_two() && a <= 1 << 16 => a as usize,
+            _ => return Err(bad(format!("general.alignment = {v:?} is invalid"))),
+        },
+    };
+    Ok(Gguf {
+        data_start: r.pos().next_multiple_of(align),
+        ..gguf
+    })
+}
+
+fn string(r: &mut Reader<'_>, what: &str) -> Result<String> {
+    let len = r.u64(what)?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let b = r.take(len, what)?;
+    // Real files hold the odd token that is not valid UTF-8 (a lone byte of
+    // a multi-byte character); keep it readable rather than fail the file.
+    Ok(String::from_utf8_lossy(b).into_owned())
+}
+
+fn value(r: &mut Reader<'_>, ty: u32, key: &str, depth: usize) -> Result<Value> {
+    let what = format!("the value of '{key}'");
+    Ok(match ty {
+        0 => Value::U8(r.u8(&what)?),
+        1 => Value::I8(r.u8(&what)? as i8),
+        2 => Value::U16(u16::from_le_bytes(r.take(2, &what)?.try_into().expect("2"))),
+        3 => Value::I16(i16::from_le_bytes(r.take(2, &what)?.try_into().expect("2"))),
+        4 => Value::U32(r.u32(&what)?),
+        5 => Value::I32(r.i32(&what)?),
+        6 => Value::F32(r.f32(&what)?),
+        7 => Value::Bool(r.u8(&what)? != 0),
+        8 => Value::String(string(r, &what)?),
+        9 => {
+            if depth > 2 {
+                return Err(Error::format(
+                    r.path(),
+                    format!("'{key}' nests arrays too deeply"),
+                ));
+            }
+            let ety = r.u32(&what)?;
+            let n = r.u64(&what)?;
+            // Every element takes at least one byte: a count larger than the
+            // bytes left is corrupt, and caught before allocating.
+            if n > (r.remaining() as u64) {
+                return Err(Error::format(
+                    r.path(),
+                    format!(
+                        "truncated: '{key}' claims {n} elements but {} bytes are left",
+                        r.remaining()
+                    ),
+                ));
+            }
+            let mut items = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                items.push(value(r, ety, key, depth + 1)?);
+            }
+            Value::Array(items)
+        }
+        10 => Value::U64(r.u64(&what)?),
+        11 => Value::I64(r.u64(&what)? as i64),
+        12 => Value::F64(f64::from_bits(r.u64(&what)?)),
+        _ => {
+            return Err(Error::format(
+                r.path(),
+                format!("'{key}' has unknown value type {ty}"),
+            ));
+        }
+    })
+}
+
+/// The dtype of ggml's type number, for the types the engine computes with.
+fn dtype(ggml_type: u32) -> Option<DType> {
+    Some(match ggml_type {
+        0 => DType::F32,
+        1 => DType::F16,
+        2 => DType::Q4_0,
+        3 => DType::Q4_1,
+        8 => DType::Q8_0,
+        30 => DType::BF16,
+        _ => return None,
+    })
+}
+
+/// ggml's name of its type number (for messages).
+fn ggml_type_name(t: u32) -> String {
+    let known = [
+        (0, "F32"),
+        (1, "F16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (6, "Q5_0"),
+        (7, "Q5_1"),
+        (8, "Q8_0"),
+        (10, "Q2_K"),
+        (11, "Q3_K"),
+        (12, "Q4_K"),
+        (13, "Q5_K"),
+        (14, "Q6_K"),
+        (30, "BF16"),
+    ];
+    known
+        .iter()
+        .find(|(n, _)| *n == t)
+        .map_or(format!("type {t}"), |(_, s)| s.to_string())
+}
+
+/// Opens a GGUF model file mapped in `map`.
+pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
+    let bad = |reason: String| Error::format(path, reason);
+    let g = parse(path, &map)?;
+    let arch = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("general.architecture is missing".into()))?
+        .to_string();
+    if arch != "llama" {
+        return Err(bad(format!(
+            "unsupported architecture '{arch}' (this build runs GGUF 'llama' models)"
+        )));
+    }
+    let int = |key: &str| -> Result<usize> {
+        let k = format!("{arch}.{key}");
+        g.get(&k)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(format!("{k} is missing or not an integer")))
+    };
+    let float = |key: &str, default: f64| -> Result<f32> {
+        let k = format!("{arch}.{key}");
+        match g.get(&k) {
+            None => Ok(default as f32),
+            Some(v) => v
+                .as_f64()
+                .map(|v| v as f32)
+                .ok_or_else(|| bad(format!("{k} is not a number"))),
+        }
+    };
+    let dim = int("embedding_length")?;
+    let n_heads = int("attention.head_count")?;
+    let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
+    let head_dim = int("attention.key_length").unwrap_or(dim / n_heads.max(1));
+    if let Ok(rot) = int("rope.dimension_count")
+        && rot != head_dim
+    {
+        return Err(bad(format!(
+            "partial rotary embeddings ({rot} of {head_dim}) are not supported"
+        )));
+    }
+    let n_vocab_tokens = match g.get("tokenizer.ggml.tokens") {
+        Some(Value::Array(a)) => Some(a.len()),
+        _ => None,
+    };
+    let embd = g
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .ok_or_else(|| bad("tensor 'token_embd.weight' is missing".into()))?;
+    let vocab_size = match (int("vocab_size"), n_vocab_tokens) {
+        (Ok(v), _) => v,
+        (Err(_), Some(v)) => v,
+        (Err(_), None) => embd.dims.get(1).copied().unwrap_or(0) as usize,
+    };
+    let config = Config {
+        dim,
+        hidden_dim: int("feed_forward_length")?,
+        n_layers: int("block_count")?,
+        n_heads,
+        n_kv_heads,
+        vocab_size,
+        seq_len: int("context_length")?,
+        head_dim,
+        rope_theta: float("rope.freq_base", 10000.0)?,
+        norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
+        // llama.cpp's converter permutes Q and K rows into pairs.
+        rope_style: RopeStyle::Interleaved,
+        ..Config::default()
+    };
+    if let Some(kind) = g
+        .get(&format!("{arch}.rope.scaling.type"))
+        .and_then(Value::as_str)
+        && kind != "none"
+    {
+        return Err(bad(format!(
+            "rope scaling '{kind}' is not supported for GGUF files"
+        )));
+    }
+    config.validate(path)?;
+
+    let mut table = TensorTable::new(path);
+    let file_len = map.len() as u64;
+    for t in &g.tensors {
+        let dtype = dtype(t.ggml_type).ok_or_else(|| {
+            bad(format!(
+                "tensor '{}' has ggml type {}, which this build does not run; \
+                 convert it with llama.cpp's llama-quantize to Q8_0, Q4_0 or F16",
+                t.name,
+                ggml_type_name(t.ggml_type)
+            ))
+        })?;
+        if t.dims.iter().skip(2).any(|&d| d != 1) {
+            return Err(bad(format!(
+                "tensor '{}' has shape {:?}; only vectors and matrices are supported",
+                t.name, t.dims
+            )));
+        }
+        let cols = t.dims[0] as usize;
+        let shape = match t.dims.len() {
+            1 => vec![cols],
+            _ => vec![t.dims[1] as usize, cols],
+        };
+        let start = (g.data_start as u64)
+            .checked_add(t.offset)
+            .filter(|&s| s <= file_len)
+            .ok_or_else(|| {
+                bad(format!(
+                    "truncated: tensor '{}' starts past the end of the file",
+                    t.name
+                ))
+            })?;
+        let name = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+        table.insert(
+            name,
+            TensorRef {
+                file: 0,
+                dtype,
+                shape,
+                offset: start as usize,
+            },
+        )?;
+    }
+    let weights = table.into_weights(&config, vec![map])?;
+    Ok(ModelFile {
+        kind: FileKind::Gguf,
+        family: arch,
+        config,
+        weights,
+        tokenizer: None,
+        header: None,
+    })
+}
