@@ -61,7 +61,7 @@ def test_the_gil_is_released_while_computing(tmp_path: Path, tok512: Path) -> No
     write_random_model(
         path, dim=256, hidden_dim=768, n_heads=8, n_kv_heads=8, n_layers=6, seq_len=512
     )
-    engine = _tinyllm.Engine(str(path), str(tok512), n_threads=1, max_batch=512)
+    engine = _tinyllm.Engine(str(path), n_threads=1, max_batch=512)
     ids = list(range(3, 3 + 500))
     done = threading.Event()
     ticks_during = 0

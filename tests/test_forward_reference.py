@@ -97,7 +97,7 @@ def test_int8_version2_logits_match_numpy_emulation_of_runq(tmp_path: Path, tok5
 
 
 def engine(path: Path, tok: Path, max_batch: int) -> _tinyllm.Engine:
-    return _tinyllm.Engine(str(path), str(tok), n_threads=2, max_batch=max_batch)
+    return _tinyllm.Engine(str(path), n_threads=2, max_batch=max_batch)
 
 
 def test_cached_decoding_equals_one_batch(stories_path: Path, tok512: Path, golden: str) -> None:

@@ -93,7 +93,7 @@ def test_long_text_encodes_quickly_and_correctly(llama2_vocab_model: tinyllm.Mod
 
 
 def test_detokenize_rejects_ids_outside_the_vocabulary(stories: tinyllm.Model) -> None:
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="outside the vocabulary"):
         stories.detokenize([5, 512])
     with pytest.raises(ValueError, match="negative"):
         stories.detokenize([-1])

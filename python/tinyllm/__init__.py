@@ -15,14 +15,20 @@ The engine is written in Rust and runs with the GIL released.
 from tinyllm._convert import convert, info
 from tinyllm._eval import eval
 from tinyllm._model import Model, ModelConfig, Stream
+from tinyllm._template import ChatTemplate, TemplateError
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
+from tinyllm._tokenizer import StreamDecoder, Tokenizer
 
 __all__ = [
+    "ChatTemplate",
     "ContextLengthError",
     "Model",
     "ModelConfig",
     "ModelFormatError",
     "Stream",
+    "StreamDecoder",
+    "TemplateError",
+    "Tokenizer",
     "__version__",
     "available_isas",
     "convert",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import operator
 import os
 import secrets
@@ -11,6 +12,9 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from tinyllm import _tinyllm
+from tinyllm._template import ChatTemplate
+from tinyllm._tinyllm import ModelFormatError
+from tinyllm._tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,21 +71,53 @@ class Model:
     def __init__(
         self,
         path: PathLike,
-        tokenizer: PathLike | None = None,
+        tokenizer: PathLike | Tokenizer | None = None,
         *,
         n_threads: int | None = None,
         context_length: int | None = None,
     ) -> None:
         path = _path("path", path)
-        tok = None if tokenizer is None else _path("tokenizer", tokenizer)
         if n_threads is not None:
             _int("n_threads", n_threads, minimum=1)
         if context_length is not None:
             _int("context_length", context_length, minimum=1)
-        self._engine = _tinyllm.Engine(
-            path, tok, n_threads=n_threads, context_length=context_length
-        )
+        if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
+            tokenizer = _path("tokenizer", tokenizer)
+        self._engine = _tinyllm.Engine(path, n_threads=n_threads, context_length=context_length)
         self.config = ModelConfig(**self._engine.config())
+        #: The model's tokenizer (see :class:`tinyllm.Tokenizer`).
+        self.tokenizer: Tokenizer = self._attach_tokenizer(path, tokenizer)
+        self._stop_ids = sorted(self.tokenizer.eos_ids)
+        self._chat_template: ChatTemplate | None = None
+
+    def _attach_tokenizer(self, path: str, given: str | Tokenizer | None) -> Tokenizer:
+        """Finds the model's vocabulary and hands the engine what streaming
+        text needs: llama2.c's tokenizer runs in the engine itself; any other
+        gives the engine the bytes of each of its tokens."""
+        info = self._engine.info()
+        if isinstance(given, Tokenizer):
+            tok = given
+        elif given is not None and not _is_llama2c_tokenizer(given):
+            tok = Tokenizer.from_file(given)
+        elif given is not None:
+            impl = self._engine.use_llama2c_tokenizer(given)
+            return Tokenizer._from_llama2c_impl(impl, source=given)
+        elif (embedded := self._engine.embedded_tokenizer()) is not None:
+            tok = Tokenizer.from_json_str(embedded[0], json.loads(embedded[1]), source=path)
+        elif info["format"] == "GGUF" or os.path.isdir(path):
+            tok = Tokenizer.from_file(path)
+        else:
+            impl = self._engine.use_llama2c_tokenizer(None)
+            source = info.get("tokenizer_path") or path
+            return Tokenizer._from_llama2c_impl(impl, source=source)
+        if tok.vocab_size > self.config.vocab_size:
+            raise ModelFormatError(
+                f"{tok.source}: the tokenizer has {tok.vocab_size} tokens but the model "
+                f"{path} has a vocabulary of {self.config.vocab_size}"
+            )
+        pieces, strip = tok.token_bytes_table()
+        self._engine.set_pieces(pieces, strip, tok.bos_id)
+        return tok
 
     @classmethod
     def default(cls, **kwargs: Any) -> Model:
@@ -124,14 +160,16 @@ class Model:
     # -- tokens --------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_bos: bool = True) -> list[int]:
-        """Token ids of ``text``, BOS first if ``add_bos``."""
+        """Token ids of ``text`` as plain text (special-token spellings stay
+        text), with what the vocabulary puts first (BOS) if ``add_bos``."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
-        return self._engine.tokenize(text, add_bos)
+        return self.tokenizer.encode(text, add_special_tokens=add_bos)
 
     def detokenize(self, ids: Iterable[int]) -> str:
-        """The text of token ``ids`` (BOS and EOS give no text)."""
-        return self._engine.detokenize(_ids("ids", ids))
+        """The text of token ``ids`` (special tokens such as BOS and EOS give
+        no text)."""
+        return self.tokenizer.decode(_ids("ids", ids))
 
     def logits(self, ids: Sequence[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """The next-token logits after each position of ``ids``, as a float32
@@ -169,6 +207,7 @@ class Model:
             repeat_penalty=_float("repeat_penalty", repeat_penalty),
             seed=secrets.randbits(64) if seed is None else _int("seed", seed, minimum=0),
             stop=_stops(stop),
+            stop_ids=self._stop_ids,
         )
 
     def generate(
@@ -229,6 +268,19 @@ class Model:
 
 
 Stream = _tinyllm.Stream
+
+
+def _is_llama2c_tokenizer(path: str) -> bool:
+    """Whether ``path`` is a llama2.c ``tokenizer.bin`` (not a GGUF file, a
+    ``tokenizer.json`` or a directory), judged by content."""
+    if os.path.isdir(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # let the engine report the missing file
+    return head != b"GGUF" and not head.lstrip().startswith(b"{")
 
 
 # -- argument checks: a clear TypeError or ValueError naming the argument ----

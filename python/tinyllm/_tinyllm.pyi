@@ -31,13 +31,12 @@ class Engine:
     def __new__(
         cls,
         path: str,
-        tokenizer: str | None = None,
         *,
-        llama2c_tokenizer: bool = True,
         n_threads: int | None = None,
         context_length: int | None = None,
         max_batch: int | None = None,
     ) -> Engine: ...
+    def use_llama2c_tokenizer(self, path: str | None = None) -> Llama2cTokenizer: ...
     def set_pieces(
         self, pieces: list[bytes], strip_space_at_start: bool, bos_id: int | None = None
     ) -> None: ...
@@ -102,4 +101,5 @@ class Llama2cTokenizer:
     def bos_id(self) -> int: ...
     @property
     def eos_id(self) -> int: ...
+
 def read_bandwidth(n_threads: int | None = None, bytes: int = ..., reps: int = 5) -> float: ...

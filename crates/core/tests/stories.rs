@@ -59,3 +59,21 @@ fn greedy_continuation_of_a_prompt_matches_run_c() {
         "{text:?}"
     );
 }
+
+#[test]
+fn the_gguf_file_tells_run_c_s_story_too() {
+    // llama.cpp's conversion of the same weights: its greedy story, decoded
+    // with the llama2.c vocabulary, is run.c's byte for byte.
+    let want = std::fs::read_to_string(model_path("stories260K.greedy256.txt")).unwrap();
+    let model = Arc::new(Model::open(model_path("stories260K.gguf")).unwrap());
+    assert_eq!(model.kind, tinyllm_core::format::FileKind::Gguf);
+    assert_eq!(model.config.vocab_size, 512);
+    assert_eq!(model.config.hidden_dim, 172);
+    let tok = Tokenizer::open(&model_path("tok512.bin")).unwrap();
+    let mut s = Session::new(model, &SessionOptions::default()).unwrap();
+    let text = Generation::new(&mut s, &[1], &greedy(256))
+        .unwrap()
+        .run(&mut s, &tok)
+        .unwrap();
+    assert_eq!(text + "\n", want);
+}

@@ -87,29 +87,18 @@ struct Engine {
 
 #[pymethods]
 impl Engine {
-    /// Opens a model and its llama2.c tokenizer: the file `tokenizer`, else
-    /// the model's own, else one beside it. Models of other vocabularies
-    /// open with `llama2c_tokenizer=False` and get `set_pieces` instead.
+    /// Opens a model (a file, or a Hugging Face directory). Text streams
+    /// once a vocabulary is attached: `use_llama2c_tokenizer` or `set_pieces`.
     #[new]
-    #[pyo3(signature = (path, tokenizer=None, *, llama2c_tokenizer=true, n_threads=None, context_length=None, max_batch=None))]
+    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
-        tokenizer: Option<PathBuf>,
-        llama2c_tokenizer: bool,
         n_threads: Option<usize>,
         context_length: Option<usize>,
         max_batch: Option<usize>,
     ) -> PyResult<Self> {
         let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
-        let (tok, tokenizer_path) = if llama2c_tokenizer {
-            let (t, p) = model
-                .open_tokenizer(tokenizer.as_deref())
-                .map_err(to_py_err)?;
-            (Some(Arc::new(t)), p)
-        } else {
-            (None, None)
-        };
         let options = SessionOptions {
             n_threads,
             context_length,
@@ -118,11 +107,31 @@ impl Engine {
         let session = Session::new(Arc::new(model), &options).map_err(to_py_err)?;
         Ok(Engine {
             session,
-            detok: tok.clone().map(|t| t as Arc<dyn Detokenize>),
-            tokenizer: tok,
-            tokenizer_path,
+            detok: None,
+            tokenizer: None,
+            tokenizer_path: None,
             epoch: 0,
         })
+    }
+
+    /// Attaches llama2.c's tokenizer: the file `path`, else the one the
+    /// model file carries, else `tokenizer.bin` or `tok{vocab}.bin` beside
+    /// the model. Returns it (shared) for encoding in Python.
+    #[pyo3(signature = (path=None))]
+    fn use_llama2c_tokenizer(
+        &mut self,
+        py: Python<'_>,
+        path: Option<PathBuf>,
+    ) -> PyResult<Llama2cTokenizer> {
+        let model = self.session.model().clone();
+        let (tok, tok_path) = py
+            .detach(|| model.open_tokenizer(path.as_deref()))
+            .map_err(to_py_err)?;
+        let tok = Arc::new(tok);
+        self.detok = Some(tok.clone());
+        self.tokenizer = Some(tok.clone());
+        self.tokenizer_path = tok_path;
+        Ok(Llama2cTokenizer { inner: tok })
     }
 
     /// Gives the text of every token (`pieces[id]`, empty for control
@@ -595,7 +604,7 @@ fn gguf_value<'py>(py: Python<'py>, v: &GgufValue) -> PyResult<Bound<'py, PyAny>
 /// llama2.c's tokenizer (`tokenizer.bin`): run.c's encoder and decoder.
 #[pyclass(module = "tinyllm._tinyllm", frozen)]
 struct Llama2cTokenizer {
-    inner: Tokenizer,
+    inner: Arc<Tokenizer>,
 }
 
 #[pymethods]
@@ -604,7 +613,9 @@ impl Llama2cTokenizer {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = py.detach(|| Tokenizer::open(&path)).map_err(to_py_err)?;
-        Ok(Llama2cTokenizer { inner })
+        Ok(Llama2cTokenizer {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Token ids of `text` (BOS first if `add_bos`), as run.c encodes.
