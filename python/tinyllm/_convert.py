@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, TextIO
 
 from tinyllm import _tinyllm
-from tinyllm._model import PathLike, _int, _path
+from tinyllm._model import Model, PathLike, _int, _path
 
 #: The quantization recipes ``convert`` takes.
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4", "q4_1", "q4_mixed")
@@ -41,7 +42,9 @@ def convert(
     """Writes the model at ``src`` as a tinyllm file at ``dst``.
 
     Args:
-        src: a llama2.c model file (any layout) or a tinyllm file.
+        src: a model :class:`tinyllm.Model` opens: a Hugging Face directory
+            (f32, f16 or bf16 safetensors), a GGUF file, a llama2.c file or a
+            tinyllm file.
         dst: the file to write (replaced only once complete).
         quant: ``f32``, ``f16``, ``bf16``, ``q8_0`` (8 bits), ``q4`` (4 bits,
             one scale per 32 weights), ``q4_1`` (4 bits with an offset), or
@@ -49,7 +52,8 @@ def convert(
             attention values). Matrices whose rows are not a multiple of 32
             values are stored as f16 under the 8- and 4-bit recipes.
         tokenizer: the source's tokenizer (default: as ``Model`` finds it);
-            it is stored in the new file, which then opens on its own.
+            it is stored in the new file, which then opens on its own, with
+            the chat template the source has.
         n_threads: threads to quantize with (default: all cores).
         progress: show a progress bar on stderr (when it is a terminal).
 
@@ -61,13 +65,25 @@ def convert(
         raise ValueError(f"quant must be one of {', '.join(QUANTS)}, not {quant!r}")
     if n_threads is not None:
         _int("n_threads", n_threads, minimum=1)
+    src, dst = _path("src", src), _path("dst", dst)
+    tok_path = None if tokenizer is None else _path("tokenizer", tokenizer)
+    # The source's vocabulary and template, found as Model finds them.
+    source = Model(src, tok_path, n_threads=1)
+    hf_tokenizer = None
+    chat_template = source.tokenizer.chat_template or source.info.get("chat_template")
+    if not source.tokenizer.is_llama2c:
+        text, special = source.tokenizer.to_json_str()
+        hf_tokenizer = (text, json.dumps(special))
+    del source
     return _tinyllm.convert(
-        _path("src", src),
-        _path("dst", dst),
+        src,
+        dst,
         quant,
-        None if tokenizer is None else _path("tokenizer", tokenizer),
+        tok_path if hf_tokenizer is None else None,
         n_threads,
         _Bar(sys.stderr) if progress and sys.stderr.isatty() else None,
+        hf_tokenizer,
+        chat_template,
     )
 
 

@@ -6,9 +6,10 @@ import json
 import operator
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tinyllm import _tinyllm
@@ -129,6 +130,68 @@ class Model:
             resources.as_file(base / BUILTIN_TOKENIZER) as tok,
         ):
             return cls(model, tok, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        *,
+        quant: str | None = "q4",
+        revision: str | None = None,
+        filename: str | None = None,
+        cache_dir: PathLike | None = None,
+        token: str | bool | None = None,
+        **kwargs: Any,
+    ) -> Model:
+        """Downloads a model from the Hugging Face hub (with
+        ``huggingface_hub``: its cache, progress bars, tokens, and
+        ``HF_HUB_OFFLINE=1`` to work from the cache alone), converts it
+        once to a tinyllm file with ``quant`` and keeps that in tinyllm's
+        cache (``$TINYLLM_CACHE``, else ``~/.cache/tinyllm``) for next time.
+
+        Args:
+            repo_id: ``"owner/name"`` of a model repository with
+                ``config.json``, safetensors and ``tokenizer.json``, or (with
+                ``filename``) of one holding GGUF files.
+            quant: a recipe of :func:`tinyllm.convert`, or None to run the
+                downloaded weights as they are.
+            revision: a branch, tag or commit (default: the main branch).
+            filename: a GGUF file of the repository to use.
+            cache_dir: the hub cache (default: ``huggingface_hub``'s).
+            token: a hub token for private or gated models.
+            kwargs: passed to :class:`Model` (``n_threads``, ...).
+        """
+        if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+            raise ValueError(f"repo_id must be 'owner/name', not {repo_id!r}")
+        try:
+            import huggingface_hub as hub
+        except ImportError as e:  # pragma: no cover - a dependency of tinyllm
+            raise ImportError("from_pretrained needs the huggingface-hub package") from e
+        cache = None if cache_dir is None else _path("cache_dir", cache_dir)
+        if filename is not None:
+            local = hub.hf_hub_download(
+                repo_id, filename, revision=revision, cache_dir=cache, token=token
+            )
+            commit = Path(local).parent.name
+        else:
+            local = hub.snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache,
+                token=token,
+                allow_patterns=_HUB_FILES,
+            )
+            commit = Path(local).name
+        if quant is None:
+            return cls(local, **kwargs)
+        from tinyllm._convert import convert
+
+        stem = Path(filename).stem if filename else "model"
+        dst = _cache_root() / repo_id.replace("/", "--") / commit / f"{stem}-{quant}.tllm"
+        if not dst.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            convert(local, dst, quant)
+        return cls(dst, **kwargs)
 
     # -- facts ---------------------------------------------------------------
 
@@ -255,19 +318,86 @@ class Model:
         )
         return "".join(stream)
 
+    # -- chat ----------------------------------------------------------------
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The model's chat template: its own (from ``tokenizer_config.json``,
+        the GGUF metadata or the tinyllm header), else a built-in one chosen
+        by the special tokens of the vocabulary (Llama 3, ChatML, or Llama
+        2's ``[INST]``)."""
+        if self._chat_template is None:
+            from tinyllm._chat import model_chat_template
+
+            self._chat_template = model_chat_template(self)
+        return self._chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: ChatTemplate | str) -> None:
+        if isinstance(template, str):
+            template = ChatTemplate(template)
+        if not isinstance(template, ChatTemplate):
+            raise TypeError(
+                f"chat_template must be a ChatTemplate or str, not {type(template).__name__}"
+            )
+        self._chat_template = template
+
+    def encode_chat(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """The token ids the chat path feeds the model for ``messages``
+        (``[{"role": ..., "content": ...}, ...]``): the template's own markers
+        as special tokens, the text of the messages as plain text only."""
+        from tinyllm._chat import encode_chat
+
+        return encode_chat(self, messages, add_generation_prompt=add_generation_prompt)
+
+    def chat_completion(
+        self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, **options: Any
+    ) -> Any:
+        """Replies to ``messages`` as OpenAI's chat completions API does: a
+        dict with ``choices[0]["message"]["content"]``, ``finish_reason`` and
+        ``usage``, or with ``stream=True`` an iterator of chunk dicts.
+        ``options`` are those of :meth:`stream` (``max_tokens``,
+        ``temperature``, ...)."""
+        from tinyllm._chat import chat_completion
+
+        return chat_completion(self, messages, stream=stream, **options)
+
+    def chat_session(self, system: str | None = None, **options: Any) -> Any:
+        """A conversation that keeps its history: ``send(text) -> str`` and
+        ``stream(text)``. The KV cache keeps earlier turns, so each turn
+        only processes its new tokens."""
+        from tinyllm._chat import ChatSession
+
+        return ChatSession(self, system=system, **options)
+
     def chat(self, system: str | None = None, **options: Any) -> None:
-        """An interactive chat in the terminal, in Llama 2's ``[INST]`` format.
+        """An interactive chat in the terminal with the model's template.
 
         Commands: ``/reset`` forgets the conversation, ``/system TEXT`` sets
         the system prompt (and resets), ``/quit`` (or Ctrl-D) leaves; Ctrl-C
-        stops a reply. ``options`` go to :meth:`stream` (``temperature``,
-        ``max_tokens``, ...)."""
+        stops a reply. Shows tokens/s after each reply. ``options`` go to
+        :meth:`stream` (``temperature``, ``max_tokens``, ...)."""
         from tinyllm._chat import chat
 
         chat(self, system=system, **options)
 
 
 Stream = _tinyllm.Stream
+
+
+#: What from_pretrained fetches of a Hugging Face model repository.
+_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+def _cache_root() -> Path:
+    """Where converted models are kept: ``$TINYLLM_CACHE``, else
+    ``$XDG_CACHE_HOME/tinyllm``, else ``~/.cache/tinyllm``."""
+    if env := os.environ.get("TINYLLM_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tinyllm"
 
 
 def _is_llama2c_tokenizer(path: str) -> bool:
