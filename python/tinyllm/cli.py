@@ -21,8 +21,24 @@ from tinyllm._tinyllm import ContextLengthError, ModelFormatError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="model file (default: the built-in stories260K)")
-    p.add_argument("--tokenizer", "-z", help="tokenizer file (default: found beside the model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="a model file (tinyllm, GGUF, llama2.c) or Hugging Face model directory "
+        "(default: the built-in stories260K)",
+    )
+    p.add_argument(
+        "--hf",
+        metavar="OWNER/NAME",
+        help="a model of the Hugging Face hub (downloaded and converted once)",
+    )
+    p.add_argument(
+        "--quant",
+        default="q4",
+        choices=QUANTS,
+        help="with --hf: the weight types to convert to (default q4)",
+    )
+    p.add_argument("--tokenizer", "-z", help="tokenizer file (default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument(
         "--context", type=int, default=None, help="context length (default: the model's)"
@@ -55,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", default=None, help="system prompt")
     _sampling_args(chat, max_tokens=None)
     conv = sub.add_parser("convert", help="write a model as a tinyllm file, quantized")
-    conv.add_argument("src", help="model file (llama2.c or tinyllm)")
+    conv.add_argument(
+        "src", help="model file (tinyllm, GGUF, llama2.c) or Hugging Face model directory"
+    )
     conv.add_argument("-o", "--output", required=True, help="the tinyllm file to write")
     conv.add_argument("--quant", default="q4", choices=QUANTS, help="weight types (default q4)")
     conv.add_argument("--tokenizer", "-z", help="tokenizer file (default: found beside the model)")
@@ -74,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open(args: argparse.Namespace) -> Model:
     kw = {"n_threads": args.threads, "context_length": args.context}
+    if args.hf is not None:
+        if args.model is not None:
+            raise SystemExit("tinyllm: give a model file or --hf, not both")
+        return Model.from_pretrained(args.hf, quant=args.quant, **kw)
     if args.model is None:
         return Model.default(**kw)
     return Model(args.model, args.tokenizer, **kw)
