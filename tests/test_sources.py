@@ -66,12 +66,15 @@ def test_stories260k_gguf_tells_run_c_s_story_with_its_own_vocabulary(golden: st
 @pytest.mark.parametrize("name", sorted(VOCABS))
 def test_streamed_text_is_the_decoded_tokens(tmp_path: Path, name: str) -> None:
     # The engine streams text from a table of token bytes; it must spell
-    # exactly what the tokenizer decodes, whatever the vocabulary's kind.
+    # exactly what the tokenizer decodes, whatever the vocabulary's kind:
+    # the text the new tokens add to the prompt's.
     m = tinyllm.Model(write_model_dir(name, tmp_path / name))
+    prompt = m.tokenize("Hello world, ")
+    before = m.tokenizer.decode(prompt)
     for seed in range(3):
-        stream = m.stream("Hello world, ", max_tokens=40, temperature=1.5, seed=seed)
+        stream = m.stream(prompt, max_tokens=40, temperature=1.5, seed=seed)
         text = "".join(stream)
-        assert text == m.tokenizer.decode(stream.tokens)
+        assert before + text == m.tokenizer.decode(prompt + stream.tokens)
 
 
 @pytest.mark.parametrize("name", ["llama3", "qwen2"])

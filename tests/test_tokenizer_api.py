@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tokenizer_vectors import gguf_tokenizer, metadata, read_vectors, vocab_path
 
 import tinyllm
 from tinyllm import _tinyllm
 from tinyllm._tokenizer import PRE_TOKENIZERS, Tokenizer, tokenizers_from_gguf_metadata
 
 from conftest import MODELS
+from test_tokenizer_vectors import gguf_tokenizer, metadata, read_vectors, vocab_path
 
 needs_llama2c = pytest.mark.skipif(
     not hasattr(_tinyllm, "Llama2cTokenizer"),

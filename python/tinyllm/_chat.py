@@ -1,31 +1,425 @@
-"""The interactive terminal chat of :meth:`tinyllm.Model.chat`.
+"""Chat on top of :class:`tinyllm.Model`: prompts from the model's chat
+template, OpenAI-style completions, sessions that keep their history, and the
+interactive terminal chat.
 
-Conversations use Llama 2's chat format as llama2.c's ``run.c`` writes it:
-each turn is ``<s>[INST] {user} [/INST] {reply}</s>``, and the first turn
-carries the system prompt as ``<<SYS>>\\n{system}\\n<</SYS>>\\n\\n`` before
-the user's text. The KV cache keeps earlier turns, so each turn only computes
-its own new tokens.
+Every path turns a conversation into token ids with :func:`encode_chat`. The
+template is rendered to text, and only what the template wrote itself may
+become special tokens: the text of the messages is tokenized as plain text,
+so a user who types ``<|im_end|>`` or ``</s>`` cannot end a turn or forge a
+system prompt.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from tinyllm._template import ChatTemplate, TemplateError
+from tinyllm._tinyllm import ContextLengthError, Stream
+from tinyllm._tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from tinyllm._model import Model
 
-EOS = 2
+__all__ = [
+    "ChatReply",
+    "ChatSession",
+    "chat",
+    "chat_completion",
+    "encode_chat",
+    "model_chat_template",
+]
 
-HELP = "Commands: /reset, /system TEXT, /quit. Ctrl-C stops a reply, Ctrl-D leaves."
+Message = dict[str, Any]
+
+HELP: Final = "Commands: /reset, /system TEXT, /quit. Ctrl-C stops a reply, Ctrl-D leaves."
 
 
-def llama2_turn(user: str, system: str | None) -> str:
-    """One user turn in Llama 2's ``[INST]`` format (BOS is added when encoding)."""
-    if system:
-        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-    return f"[INST] {user} [/INST]"
+# -- the template ------------------------------------------------------------
+
+
+def model_chat_template(model: Model) -> ChatTemplate:
+    """The chat template of ``model``: its own (``tokenizer_config.json``, the
+    GGUF metadata or the tinyllm header), given the vocabulary's BOS and EOS
+    spellings, else the built-in format that fits its special tokens (Llama
+    2's ``[INST]`` for a vocabulary with no chat markers, as llama2.c's)."""
+    tok = model.tokenizer
+    bos = _spelling(tok, tok.bos_id)
+    eos = _spelling(tok, tok.eos_id)
+    source = tok.chat_template or model.info.get("chat_template")
+    if isinstance(source, str) and source.strip():
+        try:
+            return ChatTemplate(source, bos, eos)
+        except TemplateError as exc:
+            fallback = _guess(tok, bos, eos)
+            warnings.warn(
+                f"{tok.source}: the model's chat template cannot be used ({exc}); "
+                f"using the built-in {fallback.name!r} format",
+                stacklevel=3,
+            )
+            return fallback
+    return _guess(tok, bos, eos)
+
+
+def _guess(tok: Tokenizer, bos: str | None, eos: str | None) -> ChatTemplate:
+    specials = _specials(tok)[1]
+    template = ChatTemplate.guess(specials)
+    if template.name == "llama2":
+        # [INST] is text in any vocabulary; a turn ends with this vocabulary's EOS.
+        template = ChatTemplate.builtin("llama2", bos_token=bos or "", eos_token=eos or "")
+    return template
+
+
+def _spelling(tok: Tokenizer, token_id: int | None) -> str | None:
+    """How the special token ``token_id`` is written in template text."""
+    if token_id is None or token_id not in tok.special_ids:
+        return None
+    return tok.id_to_token(token_id) or None
+
+
+#: Per tokenizer: a regex of its special tokens' spellings (longest first) and
+#: the id of each spelling.
+_SPECIALS: weakref.WeakKeyDictionary[Tokenizer, tuple[re.Pattern[str] | None, dict[str, int]]]
+_SPECIALS = weakref.WeakKeyDictionary()
+
+
+def _specials(tok: Tokenizer) -> tuple[re.Pattern[str] | None, dict[str, int]]:
+    found = _SPECIALS.get(tok)
+    if found is None:
+        special = tok.special_ids
+        ids: dict[str, int] = {}
+        for i in sorted(special):
+            text = tok.id_to_token(i)
+            if text and text not in ids:
+                own = tok.token_to_id(text)
+                ids[text] = own if own is not None and own in special else i
+        order = sorted(ids, key=lambda s: (-len(s), s))
+        pattern = re.compile("|".join(map(re.escape, order))) if order else None
+        found = (pattern, ids)
+        _SPECIALS[tok] = found
+    return found
+
+
+# -- conversation to token ids -----------------------------------------------
+
+
+def encode_chat(
+    model: Model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+) -> list[int]:
+    """The token ids of ``messages`` as the chat path feeds them to ``model``.
+
+    The template renders the whole prompt. Special-token spellings count only
+    where the template wrote them (see :meth:`ChatTemplate.render_segments`);
+    everywhere else they are plain text. BOS comes first when the vocabulary
+    asks for it, unless the template already wrote it there.
+    """
+    segments = model.chat_template.render_segments(messages, add_generation_prompt)
+    return encode_segments(model.tokenizer, segments)
+
+
+def encode_segments(tok: Tokenizer, segments: Sequence[tuple[str, bool]]) -> list[int]:
+    """The token ids of a rendered prompt given as ``(text, from_template)``
+    pieces: special tokens only where a ``from_template`` piece spells one."""
+    text, marks = template_marks(tok, segments)
+    pattern = _specials(tok)[0]
+    if not any(t for _, t in segments) and pattern is not None and pattern.search(text):
+        warnings.warn(
+            "the chat template's own text could not be told apart from the messages, so all "
+            "of the prompt is read as plain text, without special tokens",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    ids = _encode_whole(tok, text, marks)
+    if ids is None:
+        ids = encode_between(tok, text, marks)
+    bos = tok.bos_id
+    starts_with_bos = bool(marks) and marks[0][0] == 0 and marks[0][2] == bos
+    if bos is not None and tok.add_bos and not starts_with_bos:
+        ids.insert(0, bos)
+    return ids
+
+
+def template_marks(
+    tok: Tokenizer, segments: Sequence[tuple[str, bool]]
+) -> tuple[str, list[tuple[int, int, int]]]:
+    """The whole prompt, and the ``(start, end, id)`` of each special token
+    the template wrote in it: the spellings of the vocabulary's special tokens
+    (the longest first) inside ``from_template`` pieces."""
+    pattern, ids_of = _specials(tok)
+    marks: list[tuple[int, int, int]] = []
+    at = 0
+    for piece, from_template in segments:
+        if from_template and pattern is not None:
+            marks += [(at + m.start(), at + m.end(), ids_of[m[0]]) for m in pattern.finditer(piece)]
+        at += len(piece)
+    return "".join(piece for piece, _ in segments), marks
+
+
+def _encode_whole(tok: Tokenizer, text: str, marks: list[tuple[int, int, int]]) -> list[int] | None:
+    """The tokenizer's own reading of the whole prompt with special tokens
+    parsed (as ``transformers`` tokenizes a rendered template), when that is
+    safe: every special-token spelling in it is one the template wrote, and
+    the tokenizer found exactly those. None otherwise."""
+    pattern = _specials(tok)[0]
+    if pattern is None:
+        return tok.encode(text, add_special_tokens=False)
+    spans = [(m.start(), m.end()) for m in pattern.finditer(text)]
+    if spans != [(start, end) for start, end, _ in marks]:
+        return None
+    ids = tok.encode(text, add_special_tokens=False, parse_special=True)
+    special = tok.special_ids
+    if [i for i in ids if i in special] != [i for _, _, i in marks]:
+        return None
+    return ids
+
+
+def encode_between(tok: Tokenizer, text: str, marks: list[tuple[int, int, int]]) -> list[int]:
+    """The template's special tokens at ``marks``, and each run of text
+    between them encoded as plain text in one piece."""
+    ids: list[int] = []
+    at = 0
+    for start, end, token in marks:
+        if start > at:
+            ids += tok.encode(text[at:start], add_special_tokens=False)
+        ids.append(token)
+        at = end
+    if at < len(text):
+        ids += tok.encode(text[at:], add_special_tokens=False)
+    return ids
+
+
+# -- generation ----------------------------------------------------------------
+
+
+class ChatReply:
+    """An assistant's reply as it is generated: iterate it for the pieces of
+    text. Leading whitespace is left out (SentencePiece models tend to start
+    a reply with a space).
+
+    Attributes:
+        content: the text so far.
+        prompt_tokens: the tokens of the conversation that was replied to.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        prompt_tokens: int,
+        on_text: Callable[[str], None] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._on_text = on_text
+        self.prompt_tokens = prompt_tokens
+        self.content = ""
+
+    def __iter__(self) -> ChatReply:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            piece = next(self._stream)
+            if not self.content:
+                piece = piece.lstrip()
+                if not piece:
+                    continue
+            self.content += piece
+            if self._on_text is not None:
+                self._on_text(self.content)
+            return piece
+
+    @property
+    def finish_reason(self) -> str | None:
+        """``"stop"`` (end of turn or a stop string), ``"length"``
+        (``max_tokens`` or a full context), or None while running."""
+        return self._stream.finish_reason
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids generated so far (an end-of-turn token that ended
+        the reply is not among them)."""
+        return self._stream.tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        """How many tokens were generated so far."""
+        return len(self._stream.tokens)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The stream's token counts and times (``reused_tokens`` counts the
+        prompt tokens the KV cache already held)."""
+        return self._stream.stats
+
+    def usage(self) -> dict[str, int]:
+        """Token counts as OpenAI reports them."""
+        done = self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": done,
+            "total_tokens": self.prompt_tokens + done,
+        }
+
+
+def _reply(
+    model: Model,
+    ids: list[int],
+    options: Mapping[str, Any],
+    on_text: Callable[[str], None] | None = None,
+) -> ChatReply:
+    """Starts generating a reply to the prompt ``ids``."""
+    n = model.context_length
+    if len(ids) >= n:
+        raise ContextLengthError(
+            f"the conversation is {len(ids)} tokens long, which leaves no room for a reply "
+            f"in the context of {n} tokens"
+        )
+    opts = dict(options)
+    if opts.get("max_tokens") is None:
+        opts["max_tokens"] = n  # the engine stops when the context is full
+    opts["stop"] = _stops(model.chat_template, opts.get("stop"))
+    return ChatReply(model.stream(ids, **opts), len(ids), on_text)
+
+
+def _stops(template: ChatTemplate, extra: object) -> list[str]:
+    if extra is None:
+        given: list[str] = []
+    elif isinstance(extra, str):
+        given = [extra]
+    elif isinstance(extra, Sequence) and all(isinstance(s, str) for s in extra):
+        given = list(extra)
+    else:
+        raise TypeError("stop must be a str, a sequence of str, or None")
+    return list(dict.fromkeys([*template.stop_strings, *given]))
+
+
+def chat_completion(
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    stream: bool = False,
+    **options: Any,
+) -> dict[str, Any] | Iterator[dict[str, Any]]:
+    """The model's reply to ``messages``, shaped as OpenAI's chat completions
+    API shapes it.
+
+    ``options`` go to :meth:`Model.stream` (``max_tokens``, default: until the
+    context is full; ``temperature``, ``seed``, ``stop``, ...). The reply ends
+    at an end-of-turn token, at one of the template's end-of-turn strings or
+    ``stop``, or after ``max_tokens``. With ``stream=True`` the result is an
+    iterator of ``chat.completion.chunk`` dicts: the first delta has the
+    role, the next ones the text, the last one ``finish_reason`` (and
+    ``usage``).
+
+    Raises:
+        ContextLengthError: the conversation leaves no room in the context.
+        TemplateError: the chat template refused the conversation.
+    """
+    ids = encode_chat(model, messages)
+    reply = _reply(model, ids, options)
+    head = {
+        "id": "chatcmpl-" + secrets.token_hex(12),
+        "created": int(time.time()),
+        "model": os.path.basename(str(model.info.get("path", ""))),
+    }
+    if stream:
+        return _chunks(reply, head)
+    content = "".join(reply)
+    return {
+        "id": head["id"],
+        "object": "chat.completion",
+        "created": head["created"],
+        "model": head["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": reply.finish_reason,
+            }
+        ],
+        "usage": reply.usage(),
+    }
+
+
+def _chunks(reply: ChatReply, head: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in reply:
+        yield chunk({"content": piece})
+    last = chunk({}, reply.finish_reason)
+    last["usage"] = reply.usage()
+    yield last
+
+
+# -- sessions ----------------------------------------------------------------
+
+
+class ChatSession:
+    """A conversation with ``model`` that keeps its history.
+
+    ``send(text)`` returns the reply; ``stream(text)`` yields it piece by
+    piece. Each turn renders the whole history with the model's template;
+    the engine reuses the KV cache of the tokens it shares with the turn
+    before, so a turn mostly processes only its own new tokens.
+
+    Args:
+        model: the model.
+        system: a system prompt (the first message of the history).
+        options: generation options of :meth:`Model.stream` for every turn
+            (``temperature``, ``max_tokens``, ``seed``, ...).
+    """
+
+    def __init__(self, model: Model, system: str | None = None, **options: Any) -> None:
+        if system is not None and not isinstance(system, str):
+            raise TypeError(f"system must be a str or None, not {type(system).__name__}")
+        self.model = model
+        #: The system prompt :meth:`reset` starts the history with.
+        self.system = system
+        self.options = options
+        self.messages: list[Message] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the conversation (keeping the system prompt)."""
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def stream(self, text: str) -> ChatReply:
+        """Sends the user message ``text``; returns the reply as an iterator
+        of text pieces. The history gets the message and the reply as it
+        grows (a reply cut short stays as far as it went).
+
+        Raises:
+            ContextLengthError: the conversation no longer fits the context
+                (the history is left as it was).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        user: Message = {"role": "user", "content": text}
+        ids = encode_chat(self.model, [*self.messages, user])
+        answer: Message = {"role": "assistant", "content": ""}
+
+        def grow(content: str) -> None:
+            answer["content"] = content
+
+        reply = _reply(self.model, ids, self.options, grow)
+        self.messages += [user, answer]
+        return reply
+
+    def send(self, text: str) -> str:
+        """Sends the user message ``text`` and returns the whole reply."""
+        return "".join(self.stream(text))
+
+
+# -- the terminal ------------------------------------------------------------
 
 
 def chat(
@@ -37,57 +431,75 @@ def chat(
     err: TextIO | None = None,
     **options: Any,
 ) -> None:
-    """Runs the chat loop until ``/quit`` or end of input."""
+    """Runs an interactive chat until ``/quit`` or end of input. Replies go
+    to ``out`` as they are generated, notes and speeds to ``err``; ``read``
+    asks for the next line (``input`` by default)."""
     out = out or sys.stdout
     err = err or sys.stderr
-    options.setdefault("max_tokens", model.context_length)
-    history: list[int] = []
+    session = ChatSession(model, system, **options)
     print(HELP, file=err)
     while True:
         try:
-            user = read("User: ")
+            line = read("User: ")
         except EOFError:
             print(file=out)
             return
         except KeyboardInterrupt:
             print(file=out)
             continue
-        text = user.strip()
+        text = line.strip()
         if text in ("/quit", "/exit"):
             return
         if text == "/reset":
-            history = []
+            session.reset()
             print("(conversation forgotten)", file=err)
             continue
-        if text.startswith("/system"):
-            system = text[len("/system") :].strip() or None
-            history = []
-            print(f"(system prompt {'set' if system else 'cleared'}; conversation reset)", file=err)
+        if text == "/system" or text.startswith("/system "):
+            session.system = text[len("/system") :].strip() or None
+            session.reset()
+            state = "set" if session.system else "cleared"
+            print(f"(system prompt {state}; conversation reset)", file=err)
             continue
         if not text:
             continue
-
-        turn = model.tokenize(llama2_turn(text, system if not history else None))
-        ids = history + turn
-        if len(ids) >= model.context_length:
-            print("(the conversation filled the context; starting over)", file=err)
-            ids = model.tokenize(llama2_turn(text, system))
-            if len(ids) >= model.context_length:
-                print("(that message alone is longer than the context)", file=err)
-                history = []
-                continue
-        budget = model.context_length - len(ids)
-        stream = model.stream(ids, **{**options, "max_tokens": min(options["max_tokens"], budget)})
+        reply = _start_turn(session, text, err)
+        if reply is None:
+            continue
         print("Assistant: ", end="", file=out, flush=True)
         try:
-            for piece in stream:
+            for piece in reply:
                 out.write(piece)
                 out.flush()
         except KeyboardInterrupt:
             out.write(" [stopped]")
         print(file=out)
-        stats = stream.stats
-        n, secs = stats["generated_tokens"], stats["generate_seconds"]
-        if n and secs > 0:
-            print(f"({n} tokens, {n / secs:.1f} tokens/s)", file=err)
-        history = ids + stream.tokens + [EOS]
+        stats = reply.stats
+        n, seconds = stats["generated_tokens"], stats["generate_seconds"]
+        if n and seconds > 0:
+            print(f"({n} tokens, {n / seconds:.1f} tokens/s)", file=err)
+
+
+def _start_turn(session: ChatSession, text: str, err: TextIO) -> ChatReply | None:
+    """The reply to ``text``. When the conversation has outgrown the context,
+    it starts over from the system prompt and ``text``. None (with a note on
+    ``err``) if there is no reply."""
+    try:
+        try:
+            return session.stream(text)
+        except ContextLengthError:
+            earlier = session.messages
+            session.reset()
+            if len(earlier) == len(session.messages):
+                raise  # there was nothing to forget
+            try:
+                reply = session.stream(text)
+            except ContextLengthError:
+                session.messages = earlier
+                raise
+            print("(the conversation filled the context; starting over)", file=err)
+            return reply
+    except ContextLengthError:
+        print("(that message is too long for the context)", file=err)
+    except TemplateError as exc:
+        print(f"(the chat template refused the conversation: {exc})", file=err)
+    return None

@@ -725,15 +725,16 @@ class Tokenizer:
         bos_id = named("bos_token")
         if bos_id is None and len(prefix) == 1 and prefix[0] in special:
             bos_id = prefix[0]
-        bos_id = bos_id if bos_id is not None else _first_id(tok, ("<s>", "<|begin_of_text|>"))
+        # A config that names no BOS ("bos_token": null, as Qwen's) has none;
+        # without a config, a special token spelt like a BOS is taken.
+        if bos_id is None and "bos_token" not in config:
+            bos_id = _first_id(tok, ("<s>", "<|begin_of_text|>"), special)
         eos_id = named("eos_token")
         if eos_id is None and len(suffix) == 1 and suffix[0] in special:
             eos_id = suffix[0]
-        eos_id = (
-            eos_id
-            if eos_id is not None
-            else _first_id(tok, ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"))
-        )
+        if eos_id is None and "eos_token" not in config:
+            names = ("</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>")
+            eos_id = _first_id(tok, names, special)
         if isinstance(config.get("add_bos_token"), bool) and bos_id is not None:
             prefix = [i for i in prefix if i != bos_id]
             if config["add_bos_token"]:
@@ -947,10 +948,13 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def _first_id(tok: tokenizers.Tokenizer, names: Sequence[str]) -> int | None:
+def _first_id(
+    tok: tokenizers.Tokenizer, names: Sequence[str], special: frozenset[int]
+) -> int | None:
+    """The id of the first of ``names`` that is a special token."""
     for name in names:
         i = tok.token_to_id(name)
-        if i is not None:
+        if i is not None and i in special:
             return i
     return None
 
