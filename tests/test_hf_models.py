@@ -1,0 +1,456 @@
+"""Hugging Face model directories against Hugging Face ``transformers``.
+
+tests/support/hf_models.py describes one tiny random model per supported
+architecture (Llama 2, Llama 3.2 with its RoPE scaling, Mistral, Qwen2 with
+q/k/v biases, Qwen3 with q/k norms), with real vocabulary sizes, and writes
+it as a model directory. tools/make_hf_fixtures.py ran the same directories
+through ``transformers`` and stored the logits and greedy tokens in
+tests/fixtures/hf/*.json; here tinyllm opens the directories (and files
+converted from them) and must agree. Each directory also gets the
+``tokenizer.json`` of a real vocabulary of its family (from the shared test
+models), since a model opens with its tokenizer; the tests themselves work
+on token ids.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tinyllm
+from tinyllm import _tinyllm
+
+import hf_models
+from conftest import MODELS
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
+CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+#: The llama.cpp vocabulary file (in the shared models' vocab/) whose
+#: tokenizer.json each spec's directory gets: Mistral's 32768-token
+#: SentencePiece vocabulary is not there; Llama 2's covers its first 32000
+#: ids (every token the tests generate). Qwen3 shares Qwen2's vocabulary.
+VOCABS = {
+    "llama2": "ggml-vocab-llama-spm.gguf",
+    "mistral": "ggml-vocab-llama-spm.gguf",
+    "llama3": "ggml-vocab-llama-bpe.gguf",
+    "qwen2": "ggml-vocab-qwen2.gguf",
+    "qwen3": "ggml-vocab-qwen2.gguf",
+}
+
+#: The f32 engine against transformers' f32 logits, relative to the largest
+#: |logit| of the position. (transformers' f32 is ~1e-6 from its f64.)
+TOL = 1e-4
+#: One batch against one token at a time: only the order of a few f32
+#: operations may differ.
+TOL_BATCHING = 1e-5
+#: A small context: the KV cache of a 131072-token context is not needed.
+CONTEXT = 64
+
+# Quantized files against transformers' f32 logits. Rounding every matrix to
+# blocks of 32 and every matmul input to Q8 blocks, in emulation (the
+# fixtures' "emulated_quant"), moved the logits of these random models by at
+# most 0.051 of the largest |logit| under Q8_0, and by an RMS of at most 0.54
+# of the RMS logit under a plain max/-8 Q4_0. tinyllm measured (its q4
+# searches for better scales): q8_0 at most 0.031, argmax agreement >= 0.93;
+# q4 an RMS ratio of at most 0.49, agreement >= 0.44. Random 2-layer models
+# amplify rounding much more than trained ones, hence the loose 4-bit
+# bounds; logits unrelated to the reference have an RMS ratio >= 1 and agree
+# on the argmax about never (vocabularies of 32000 to 151936).
+
+#: q8_0: largest |difference| over the largest |logit|, any prompt position.
+Q8_0_MAX_REL = 0.12
+#: q8_0: the least share of positions (prompt and continuation) whose
+#: argmax agrees.
+Q8_0_MIN_TOP1 = 0.85
+#: q4: RMS difference over RMS logit (on the stored vocabulary subset), any
+#: prompt position.
+Q4_RMS_REL = 0.8
+#: q4: the least share of positions whose argmax agrees.
+Q4_MIN_TOP1 = 0.3
+
+
+def load_case(name: str) -> dict[str, Any]:
+    case: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+    return case
+
+
+def add_tokenizer(path: Path, spec: str) -> Path:
+    """Writes the tokenizer.json and tokenizer_config.json of ``spec``'s
+    vocabulary into the model directory ``path``."""
+    vocab = MODELS / "vocab" / VOCABS[spec]
+    if not vocab.is_file():
+        pytest.fail(f"the shared test models are missing: {vocab}")
+    tok = tinyllm.Tokenizer.from_file(vocab)
+    text, special = tok.to_json_str()
+    (path / "tokenizer.json").write_text(text, encoding="utf-8")
+    config: dict[str, Any] = {"add_bos_token": special["add_bos"]}
+    for key, i in (("bos_token", special["bos_id"]), ("eos_token", special["eos_id"])):
+        if i is not None:
+            config[key] = tok.id_to_token(i)
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def write_dir(spec: str, path: Path, **kwargs: Any) -> Path:
+    """A complete model directory of ``spec``: ``write_hf_dir(**kwargs)``
+    and a tokenizer."""
+    return add_tokenizer(hf_models.write_hf_dir(hf_models.SPECS[spec], path, **kwargs), spec)
+
+
+@pytest.fixture(scope="module", params=CASES)
+def case(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load_case(request.param)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp(case["case"]) / "model"
+    return write_dir(case["spec"], path, dtype=case["dtype"], shards=case["shards"])
+
+
+@pytest.fixture(scope="module")
+def model(hf_dir: Path) -> tinyllm.Model:
+    return tinyllm.Model(str(hf_dir), n_threads=2, context_length=CONTEXT)
+
+
+def sequence(case: dict[str, Any]) -> list[int]:
+    """The prompt and all but the last greedy token: the argmax after each
+    of its positions is known over the full vocabulary."""
+    return [*case["input_ids"], *case["greedy"][:-1]]
+
+
+def reference_argmax(case: dict[str, Any]) -> list[int]:
+    """transformers' argmax after each position of :func:`sequence`."""
+    return [*case["argmax"], *case["greedy"][1:]]
+
+
+def relative_errors(got: np.ndarray, case: dict[str, Any]) -> np.ndarray:
+    """Per prompt position: the largest |difference| on the stored
+    vocabulary subset over transformers' largest |logit|."""
+    ref = np.array(case["logits"], dtype=np.float64)
+    sub = got[: len(case["input_ids"]), case["vocab_ids"]].astype(np.float64)
+    err: np.ndarray = np.abs(sub - ref).max(-1) / np.array(case["max_abs_logit"])
+    return err
+
+
+# -- the registry, the writer and the fixtures (NumPy only) ----------------------
+
+
+def test_every_architecture_has_fixtures() -> None:
+    assert {load_case(c)["spec"] for c in CASES} == set(hf_models.SPECS)
+    kinds = {(load_case(c)["dtype"], load_case(c)["shards"]) for c in CASES}
+    assert {("float32", 1), ("bfloat16", 1), ("float32", 2)} <= kinds
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_weights_are_the_ones_transformers_saw(name: str) -> None:
+    # A NumPy whose generator drew other numbers would fail here, not later.
+    c = load_case(name)
+    spec = hf_models.SPECS[c["spec"]]
+    assert hf_models.weights_digest(spec, c["dtype"]) == c["weights_sha256"]
+    assert (spec.model_type, spec.vocab_size) == (c["model_type"], c["vocab_size"])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixture_is_consistent_and_not_fragile(name: str) -> None:
+    c = load_case(name)
+    n, s = len(c["input_ids"]), len(c["vocab_ids"])
+    logits = np.array(c["logits"])
+    assert logits.shape == (n, s) and len(c["greedy"]) == 16
+    assert c["vocab_ids"] == sorted(set(c["vocab_ids"]))
+    assert min(c["vocab_ids"]) >= 0 and max(c["vocab_ids"]) < c["vocab_size"]
+    # the subset holds every argmax, so the subset's argmax is the argmax
+    np.testing.assert_array_equal(np.array(c["vocab_ids"])[logits.argmax(-1)], c["argmax"])
+    assert (np.abs(logits).max(-1) <= np.array(c["max_abs_logit"])).all()
+    assert c["argmax"][-1] == c["greedy"][0]
+    # spread logits with clear winners: TOL cannot flip an argmax
+    assert c["min_margin_rel"] > 100 * TOL
+    assert (np.array(c["max_abs_logit"]) > 10).all()
+    assert c["f32_vs_f64_max_rel"] < TOL / 10
+    spec = hf_models.SPECS[c["spec"]]
+    assert not set(c["greedy"]) & spec.special_ids()
+    assert all(spec.text_ids[0] <= i < spec.text_ids[1] for i in c["greedy"])
+
+
+def test_llama3_rope_scaling_is_visible_to_the_tolerance() -> None:
+    # Ignoring the "llama3" frequency scaling moves the logits this much.
+    effect = load_case("llama3")["rope_scaling_effect_rel"]
+    assert effect["prompt"] > 10 * TOL and effect["last"] > 10 * TOL
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_quantization_bounds_leave_room(name: str) -> None:
+    emulated = load_case(name)["emulated_quant"]
+    assert emulated["q8_0"]["max_rel_err"] < Q8_0_MAX_REL / 2
+    assert emulated["q8_0"]["top1"] > Q8_0_MIN_TOP1
+    assert emulated["q4_0_plain"]["rms_rel_err"] < Q4_RMS_REL
+    assert emulated["q4_0_plain"]["top1"] > Q4_MIN_TOP1
+
+
+def test_specs_have_the_promised_shapes() -> None:
+    vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
+    vocab["qwen3"] = 151936
+    for name, spec in hf_models.SPECS.items():
+        c = spec.config
+        assert spec.vocab_size == vocab[name]
+        assert c["num_key_value_heads"] < c["num_attention_heads"]  # GQA
+        for tensor, shape in spec.shapes().items():
+            if len(shape) == 2:
+                assert shape[1] % 32 == 0, tensor  # quantizable rows
+        names = set(spec.shapes())
+        assert ("lm_head.weight" in names) == (not spec.tied)
+        assert ("model.layers.0.self_attn.q_proj.bias" in names) == (name == "qwen2")
+        assert ("model.layers.1.self_attn.k_norm.weight" in names) == (name == "qwen3")
+    assert hf_models.SPECS["qwen3"].head_dim == 32 != 64 // 4
+    assert hf_models.SPECS["llama3"].config["rope_scaling"]["rope_type"] == "llama3"
+    assert hf_models.SPECS["mistral"].config["sliding_window"] is None
+
+
+def _nearest_bf16(x: float) -> float:
+    # The two bfloat16 values around x, the nearer one (the even one on a tie).
+    bits = int(np.array([x], dtype=np.float32).view(np.uint32)[0])
+    lo, hi = bits & 0xFFFF0000, (bits & 0xFFFF0000) + 0x10000
+    vlo, vhi = (float(np.array([b], dtype=np.uint32).view(np.float32)[0]) for b in (lo, hi))
+    dlo, dhi = abs(float(np.float32(x)) - vlo), abs(vhi - float(np.float32(x)))
+    if dlo != dhi:
+        return vlo if dlo < dhi else vhi
+    return vlo if (lo >> 16) % 2 == 0 else vhi
+
+
+def test_bfloat16_rounds_to_nearest_even() -> None:
+    x = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 1 + 2**-8 + 2**-20], np.float32)
+    got = hf_models.as_stored(x, "bfloat16")
+    np.testing.assert_array_equal(got, [1.0, 1.0, 1 + 2**-6, -1.0, 1 + 2**-7])
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(2000) * np.exp(rng.uniform(-20, 20, 2000))).astype(np.float32)
+    want = [_nearest_bf16(float(v)) for v in y]
+    np.testing.assert_array_equal(hf_models.as_stored(y, "bfloat16"), want)
+
+
+def _header(path: Path) -> tuple[dict[str, Any], int]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n]), len(raw) - 8 - n
+
+
+@pytest.mark.parametrize(("dtype", "shards"), [("float32", 1), ("bfloat16", 2), ("float16", 3)])
+def test_written_directories_hold_the_spec(tmp_path: Path, dtype: str, shards: int) -> None:
+    spec = hf_models.SPECS["llama2"]
+    d = hf_models.write_hf_dir(spec, tmp_path / "m", dtype, shards)
+    config = json.loads((d / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["torch_dtype"] == dtype
+    gen = json.loads((d / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == 2
+    if shards == 1:
+        files = [d / "model.safetensors"]
+        assert not (d / "model.safetensors.index.json").exists()
+    else:
+        index = json.loads((d / "model.safetensors.index.json").read_text())
+        files = [d / f"model-{k:05d}-of-{shards:05d}.safetensors" for k in range(1, shards + 1)]
+        assert sorted(set(index["weight_map"].values())) == [f.name for f in files]
+        assert set(index["weight_map"]) == set(spec.shapes())
+    seen: dict[str, np.ndarray] = {}
+    data_bytes = 0
+    for f in files:
+        header, size = _header(f)
+        assert header.pop("__metadata__") == {"format": "pt"}
+        spans = sorted(t["data_offsets"] for t in header.values())
+        assert spans[0][0] == 0 and spans[-1][1] == size  # contiguous, no gaps
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        data_bytes += size
+        tensors, _ = hf_models.read_safetensors(f)
+        assert not set(tensors) & set(seen)
+        seen.update(tensors)
+    if shards > 1:
+        assert index["metadata"]["total_size"] == data_bytes
+        for f in files:
+            names = set(_header(f)[0]) - {"__metadata__"}
+            assert {n for n, file in index["weight_map"].items() if file == f.name} == names
+    assert set(seen) == set(spec.shapes())
+    for name, w in spec.weights().items():
+        assert seen[name].shape == spec.shapes()[name]
+        np.testing.assert_array_equal(seen[name], hf_models.as_stored(w, dtype))
+
+
+def test_header_is_padded_to_eight_bytes(tmp_path: Path) -> None:
+    hf_models.write_safetensors(tmp_path / "a.safetensors", {"x": np.ones(3, np.float32)})
+    raw = (tmp_path / "a.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n % 8 == 0 and len(raw) == 8 + n + 12
+    assert np.frombuffer(raw[8 + n :], "<f4").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_broken_directories_differ_only_where_asked(tmp_path: Path) -> None:
+    spec = hf_models.SPECS["qwen2"]
+    gone = "model.layers.0.self_attn.k_proj.bias"
+    d = hf_models.write_hf_dir(spec, tmp_path / "m", drop=[gone])
+    tensors, _ = hf_models.read_safetensors(d / "model.safetensors")
+    assert set(tensors) == set(spec.shapes()) - {gone}
+    d = hf_models.write_hf_dir(spec, tmp_path / "t", config_overrides={"model_type": "x"})
+    assert json.loads((d / "config.json").read_text())["model_type"] == "x"
+
+
+# -- tinyllm against transformers ----------------------------------------------------
+
+
+def test_config_is_read_from_config_json(model: tinyllm.Model, case: dict[str, Any]) -> None:
+    spec = hf_models.SPECS[case["spec"]]
+    c = spec.config
+    got = model.config
+    assert (got.dim, got.hidden_dim, got.n_layers) == (
+        c["hidden_size"],
+        c["intermediate_size"],
+        c["num_hidden_layers"],
+    )
+    assert (got.n_heads, got.n_kv_heads, got.head_dim) == (
+        c["num_attention_heads"],
+        c["num_key_value_heads"],
+        spec.head_dim,
+    )
+    assert got.vocab_size == case["vocab_size"]
+    assert got.rope_theta == pytest.approx(c["rope_theta"])
+    assert got.norm_eps == pytest.approx(c["rms_norm_eps"])
+    assert model.context_length == CONTEXT
+
+
+def test_logits_match_transformers(model: tinyllm.Model, case: dict[str, Any]) -> None:
+    ids = case["input_ids"]
+    got = model.logits(ids)
+    assert got.dtype == np.float32 and got.shape == (len(ids), case["vocab_size"])
+    err = relative_errors(got, case)
+    assert err.max() <= TOL, err
+    np.testing.assert_allclose(
+        np.abs(got).max(-1), case["max_abs_logit"], rtol=TOL, err_msg="largest |logit|"
+    )
+    assert got.argmax(-1).tolist() == case["argmax"]
+
+
+def test_later_positions_match_transformers(model: tinyllm.Model, case: dict[str, Any]) -> None:
+    # Positions up to 26, in one batch: the last one against stored logits,
+    # every one's argmax against transformers' greedy choice.
+    got = model.logits(sequence(case))
+    last = got[-1, case["vocab_ids"]].astype(np.float64)
+    err = np.abs(last - np.array(case["last_logits"])).max() / case["last_max_abs_logit"]
+    assert err <= TOL, err
+    assert got.argmax(-1).tolist() == reference_argmax(case)
+
+
+def test_greedy_tokens_match_transformers(model: tinyllm.Model, case: dict[str, Any]) -> None:
+    stream = model.stream(case["input_ids"], max_tokens=16, temperature=0)
+    for _ in stream:
+        pass
+    assert stream.tokens == case["greedy"]
+    assert stream.finish_reason == "length"
+
+
+def test_continuing_a_cached_prefix_gives_the_same_tokens(
+    model: tinyllm.Model, case: dict[str, Any]
+) -> None:
+    ids, greedy = case["input_ids"], case["greedy"]
+    first = model.stream(ids, max_tokens=8, temperature=0)
+    for _ in first:
+        pass
+    # the new prompt extends what the cache holds: only the rest is computed
+    second = model.stream(ids + greedy[:8], max_tokens=8, temperature=0)
+    for _ in second:
+        pass
+    assert first.tokens == greedy[:8] and second.tokens == greedy[8:]
+    assert second.stats["reused_tokens"] > 0
+
+
+def test_cached_decoding_equals_one_batch(hf_dir: Path, case: dict[str, Any]) -> None:
+    seq = sequence(case)
+
+    def logits(max_batch: int) -> np.ndarray:
+        engine = _tinyllm.Engine(
+            str(hf_dir), n_threads=2, context_length=CONTEXT, max_batch=max_batch
+        )
+        return engine.logits(seq)
+
+    whole = logits(512)  # one batch, no cached past
+    scale = np.abs(whole).max(-1, keepdims=True)
+    for max_batch in (1, 5):  # every token (or every fifth) reads the cache
+        diff = np.abs(logits(max_batch) - whole) / scale
+        assert diff.max() <= TOL_BATCHING, (max_batch, diff.max())
+
+
+# -- converted files -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(
+    hf_dir: Path, case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tinyllm.Model]:
+    d = tmp_path_factory.mktemp(f"{case['case']}-tllm")
+    out = {}
+    for quant in ("f32", "q8_0", "q4"):
+        path = d / f"{quant}.tllm"
+        report = tinyllm.convert(hf_dir, path, quant=quant, progress=False)
+        assert report["file_bytes"] == path.stat().st_size
+        out[quant] = tinyllm.Model(path, n_threads=2, context_length=CONTEXT)
+    return out
+
+
+def test_f32_file_matches_transformers(
+    converted: dict[str, tinyllm.Model], case: dict[str, Any]
+) -> None:
+    got = converted["f32"].logits(case["input_ids"])
+    assert relative_errors(got, case).max() <= TOL
+    assert got.argmax(-1).tolist() == case["argmax"]
+
+
+def test_q8_0_file_stays_close(converted: dict[str, tinyllm.Model], case: dict[str, Any]) -> None:
+    got = converted["q8_0"].logits(sequence(case))
+    err = relative_errors(got, case)
+    top1 = float(np.mean(got.argmax(-1) == reference_argmax(case)))
+    assert err.max() <= Q8_0_MAX_REL and top1 >= Q8_0_MIN_TOP1, (err.max(), top1)
+
+
+def test_q4_file_stays_close(converted: dict[str, tinyllm.Model], case: dict[str, Any]) -> None:
+    got = converted["q4"].logits(sequence(case))
+    ref = np.array(case["logits"], dtype=np.float64)
+    sub = got[: len(case["input_ids"]), case["vocab_ids"]].astype(np.float64)
+    rms = np.sqrt(((sub - ref) ** 2).mean(-1)) / np.sqrt((ref**2).mean(-1))
+    top1 = float(np.mean(got.argmax(-1) == reference_argmax(case)))
+    assert rms.max() <= Q4_RMS_REL and top1 >= Q4_MIN_TOP1, (rms.max(), top1)
+    assert rms.max() > 0  # it was quantized
+
+
+# -- broken directories ------------------------------------------------------------------
+
+MISSING = [
+    ("llama2", 1, "model.layers.1.mlp.down_proj.weight"),
+    ("llama2", 1, "lm_head.weight"),
+    ("llama2", 2, "model.layers.0.self_attn.o_proj.weight"),
+    ("llama3", 1, "model.embed_tokens.weight"),
+    ("mistral", 1, "model.norm.weight"),
+    ("qwen2", 1, "model.layers.0.self_attn.k_proj.bias"),
+    ("qwen3", 1, "model.layers.1.self_attn.q_norm.weight"),
+]
+
+
+@pytest.mark.parametrize(("name", "shards", "tensor"), MISSING)
+def test_a_missing_tensor_is_named(tmp_path: Path, name: str, shards: int, tensor: str) -> None:
+    d = write_dir(name, tmp_path / "m", shards=shards, drop=[tensor])
+    with pytest.raises(tinyllm.ModelFormatError, match=re.escape(tensor)):
+        tinyllm.Model(str(d), n_threads=2, context_length=CONTEXT)
+    with pytest.raises(tinyllm.ModelFormatError, match=re.escape(tensor)):
+        tinyllm.convert(d, tmp_path / "out.tllm", quant="q8_0", progress=False)
+    assert not (tmp_path / "out.tllm").exists()
+
+
+def test_an_unknown_model_type_is_named(tmp_path: Path) -> None:
+    overrides = {"model_type": "gpt_bigcode", "architectures": ["GPTBigCodeForCausalLM"]}
+    d = write_dir("llama2", tmp_path / "m", config_overrides=overrides)
+    with pytest.raises(tinyllm.ModelFormatError, match="gpt_bigcode"):
+        tinyllm.Model(str(d), n_threads=2, context_length=CONTEXT)
+    with pytest.raises(tinyllm.ModelFormatError, match="gpt_bigcode"):
+        tinyllm.convert(d, tmp_path / "out.tllm", quant="q8_0", progress=False)
