@@ -147,3 +147,16 @@ def test_unknown_model_type_and_missing_tensor_are_named(tmp_path: Path) -> None
         tinyllm.ModelFormatError, match=r"'model\.layers\.1\.self_attn\.k_proj\.weight' is missing"
     ):
         tinyllm.Model(d)
+
+
+def test_transformers_5_rope_parameters_are_read(tmp_path: Path) -> None:
+    # transformers 5 writes rope_theta and the scaling inside rope_parameters.
+    old = write_model_dir("llama3", tmp_path / "old")
+    new = write_model_dir("llama3", tmp_path / "new")
+    config = json.loads((new / "config.json").read_text())
+    params = {"rope_theta": config.pop("rope_theta"), **config.pop("rope_scaling")}
+    config["rope_parameters"] = params
+    (new / "config.json").write_text(json.dumps(config))
+    assert params["rope_type"] == "llama3" and params["rope_theta"] != 10000
+    ids = list(range(100, 140))
+    np.testing.assert_array_equal(tinyllm.Model(new).logits(ids), tinyllm.Model(old).logits(ids))

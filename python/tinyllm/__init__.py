@@ -8,12 +8,14 @@
 tinyllm files; its ``generate``, ``stream``, ``tokenize``, ``detokenize``,
 ``logits`` and ``chat`` do the rest. ``tinyllm.convert`` writes tinyllm files
 with 16-, 8- or 4-bit weights; ``tinyllm.info`` describes a model file;
-``tinyllm.eval`` measures a quantized model against its original.
+``tinyllm.eval`` measures a quantized model against its original;
+``tinyllm.export`` writes your own PyTorch or NumPy model as a tinyllm file.
 The engine is written in Rust and runs with the GIL released.
 """
 
 from tinyllm._convert import convert, info
 from tinyllm._eval import eval
+from tinyllm._export import export, export_model
 from tinyllm._model import Model, ModelConfig, Stream
 from tinyllm._template import ChatTemplate, TemplateError
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
@@ -33,6 +35,8 @@ __all__ = [
     "available_isas",
     "convert",
     "eval",
+    "export",
+    "export_model",
     "info",
 ]
 

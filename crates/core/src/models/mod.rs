@@ -134,7 +134,7 @@ impl HfConfig<'_> {
             vocab_size: self.int("vocab_size")?,
             seq_len: self.int("max_position_embeddings")?,
             head_dim: self.int_or("head_dim", dim / n_heads)?,
-            rope_theta: self.float_or("rope_theta", 10000.0)?,
+            rope_theta: self.rope_theta()?,
             norm_eps: self.float_or("rms_norm_eps", 1e-6)?,
             rope_style: RopeStyle::Half,
             rope_scaling: self.rope_scaling()?,
@@ -143,9 +143,27 @@ impl HfConfig<'_> {
         })
     }
 
-    /// `rope_scaling`: absent, "default", "linear" or "llama3".
+    /// `rope_theta`: at the top level, or (transformers 5) in `rope_parameters`.
+    fn rope_theta(&self) -> Result<f32> {
+        match self
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+        {
+            Some(v) => v
+                .as_f64()
+                .map(|v| v as f32)
+                .ok_or_else(|| self.bad("rope_parameters.rope_theta is not a number".into())),
+            None => self.float_or("rope_theta", 10000.0),
+        }
+    }
+
+    /// `rope_scaling` (or transformers 5's `rope_parameters`): absent,
+    /// "default", "linear" or "llama3".
     fn rope_scaling(&self) -> Result<Option<RopeScaling>> {
-        let Some(s) = self.get("rope_scaling") else {
+        let Some(s) = self
+            .get("rope_parameters")
+            .or_else(|| self.get("rope_scaling"))
+        else {
             return Ok(None);
         };
         let kind = s
