@@ -1,6 +1,6 @@
 //! Times one matrix-vector product per weight type and kernel tier, single
-//! threaded: the nanoseconds per block of 32 weights and the GB/s of
-//! weights it streams. A development tool for the kernels (the end-to-end
+//! threaded: the nanoseconds per 32 weights and the GB/s of weights it
+//! streams. (K must be a multiple of 256 for the k-quants.) A development tool for the kernels (the end-to-end
 //! speed is measured in `benches/`).
 //!
 //!     cargo run --release -p tinyllm-core --example kernel_bench [ROWS [K]]
@@ -8,9 +8,12 @@
 //! With the default 2048 rows of 768 the weights stay in cache (compute
 //! cost); with 262144 rows they stream from memory.
 
+use half::f16;
 use std::time::Instant;
 use tinyllm_core::kernels::{Isa, Kernels};
-use tinyllm_core::quant::{self, BlockQ4_0, BlockQ4_0x4, BlockQ8_0, BlockQ8_0x4, QK};
+use tinyllm_core::quant::{
+    self, BlockQ4_0, BlockQ4_0x4, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, QK, QK_K,
+};
 
 fn main() {
     let rows: usize = std::env::args()
@@ -36,6 +39,26 @@ fn main() {
         .chunks(4 * nb)
         .flat_map(|g| quant::interleave(g, nb))
         .collect();
+    // k-quant blocks of arbitrary bits (tinyllm has no k-quant quantizer;
+    // the speed does not depend on the values).
+    let byte = |i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    let nsb = k / QK_K;
+    let q4k: Vec<BlockQ4K> = (0..rows * nsb)
+        .map(|i| BlockQ4K {
+            d: f16::from_f32(0.01),
+            dmin: f16::from_f32(0.01),
+            scales: std::array::from_fn(|j| byte(i * 144 + j)),
+            qs: std::array::from_fn(|j| byte(i * 144 + 12 + j)),
+        })
+        .collect();
+    let q6k: Vec<BlockQ6K> = (0..rows * nsb)
+        .map(|i| BlockQ6K {
+            ql: std::array::from_fn(|j| byte(i * 210 + j)),
+            qh: std::array::from_fn(|j| byte(i * 210 + 128 + j)),
+            scales: std::array::from_fn(|j| byte(i * 210 + 192 + j) as i8),
+            d: f16::from_f32(0.01),
+        })
+        .collect();
     let mut out = vec![0f32; rows];
     for isa in Isa::ALL {
         let Some(kern) = Kernels::for_isa(isa) else {
@@ -45,26 +68,34 @@ fn main() {
         kern.quantize_act(&x32, &mut xa);
         let o = out.as_mut_ptr();
         // `out` holds one row of `rows` outputs, written by one call at a time.
-        let cases: [(&str, usize, &dyn Fn()); 5] = [
+        let cases: [(&str, f64, &dyn Fn()); 7] = [
             // SAFETY: see above.
-            ("f32", 128, &|| unsafe {
+            ("f32", 128.0, &|| unsafe {
                 kern.matmul_f32_into(&w32, k, &x32, k, 1, o, rows)
             }),
             // SAFETY: see above.
-            ("q8_0", 34, &|| unsafe {
+            ("q8_0", 34.0, &|| unsafe {
                 kern.matmul_quant_into(&q8, nb, &xa, 1, o, rows)
             }),
             // SAFETY: see above.
-            ("q4_0", 18, &|| unsafe {
+            ("q4_0", 18.0, &|| unsafe {
                 kern.matmul_quant_into(&q4, nb, &xa, 1, o, rows)
             }),
             // SAFETY: see above.
-            ("q8_0x4", 34, &|| unsafe {
+            ("q8_0x4", 34.0, &|| unsafe {
                 kern.matmul_quant4_into(&q8x, nb, &xa, 1, o, rows)
             }),
             // SAFETY: see above.
-            ("q4_0x4", 18, &|| unsafe {
+            ("q4_0x4", 18.0, &|| unsafe {
                 kern.matmul_quant4_into(&q4x, nb, &xa, 1, o, rows)
+            }),
+            // SAFETY: see above.
+            ("q4_k", 144.0 / 8.0, &|| unsafe {
+                kern.matmul_kquant_into(&q4k, nsb, &xa, 1, o, rows)
+            }),
+            // SAFETY: see above.
+            ("q6_k", 210.0 / 8.0, &|| unsafe {
+                kern.matmul_kquant_into(&q6k, nsb, &xa, 1, o, rows)
             }),
         ];
         for (name, block_bytes, run) in cases {
@@ -80,7 +111,7 @@ fn main() {
             println!(
                 "{:>12} {name:>7}: {ns:.2} ns/block, {:.1} GB/s",
                 isa.name(),
-                block_bytes as f64 / ns
+                block_bytes / ns
             );
         }
     }

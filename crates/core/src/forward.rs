@@ -17,7 +17,7 @@ use crate::config::{Config, RopeStyle};
 use crate::kernels::Kernels;
 use crate::kv_cache::KvCache;
 use crate::pool::{SyncPtr, ThreadPool};
-use crate::quant::{self, BlockQ8Act, QK};
+use crate::quant::{self, BlockQ8Act, QK, QK_K};
 use crate::weights::{DType, MatData, MatRef, Weights};
 use std::ops::Range;
 
@@ -407,6 +407,8 @@ fn matmul_chunk(
             MatData::Q4_1(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q8_0x4(wd) => kern.matmul_quant4_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q4_0x4(wd) => kern.matmul_quant4_into(wd, nb, input.acts, n, out, ldo),
+            MatData::Q4K(wd) => kern.matmul_kquant_into(wd, w.cols / QK_K, input.acts, n, out, ldo),
+            MatData::Q6K(wd) => kern.matmul_kquant_into(wd, w.cols / QK_K, input.acts, n, out, ldo),
             MatData::Q8Group {
                 q: wq,
                 s: ws,

@@ -17,6 +17,11 @@
 //!
 //! The kernels multiply these by activations quantized at run time into
 //! [`BlockQ8Act`], so each block's dot product is an integer sum.
+//!
+//! ggml's k-quants group [`QK_K`] = 256 values into a super-block of eight
+//! sub-blocks of 32, each with its own small integer scale, and one f16
+//! scale over those ([`BlockQ4K`], [`BlockQ6K`]). tinyllm reads them from
+//! GGUF files and computes with them as they are; it does not write them.
 
 use half::f16;
 
@@ -80,7 +85,44 @@ pub struct BlockQ8_0x4 {
     pub qs: [[[i8; QK / 2]; 4]; 2],
 }
 
+/// Values per super-block of the k-quant types.
+pub const QK_K: usize = 256;
+
+/// ggml's Q4_K: 256 values in eight sub-blocks of 32. Sub-block `i` has a
+/// 6-bit scale `sc[i]` and a 6-bit min `m[i]` (packed into `scales`, see
+/// [`BlockQ4K::scales_mins`]), and value `j` of it is
+/// `d * sc[i] * q[j] - dmin * m[i]`, with `q[j]` a nibble: sub-blocks `2p`
+/// and `2p + 1` are the low and the high nibbles of bytes `32p..32p + 32` of
+/// `qs`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// ggml's Q6_K: 256 six-bit values with a signed 8-bit scale per 16 and an
+/// f16 scale over them: value `v` is `d * scales[v / 16] * (q[v] - 32)`.
+/// The low four bits of `q` are in `ql`, the high two in `qh`; for the half
+/// `h = v / 128` of the block, `l = v % 32` and `k = (v % 128) / 32`, they
+/// are the nibble `k / 2` (0 low, 1 high) of `ql[64h + 32 (k % 2) + l]`
+/// and bits `2k..2k + 2` of `qh[32h + l]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
+
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+const _: () = assert!(std::mem::align_of::<BlockQ4K>() == 2);
+const _: () = assert!(std::mem::align_of::<BlockQ6K>() == 2);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8Act>() == 44);
@@ -163,6 +205,96 @@ impl Block for BlockQ4_1 {
 
     fn offset(&self) -> f32 {
         self.m.to_f32()
+    }
+}
+
+/// What the k-quant super-block types share.
+pub trait SuperBlock: Copy + Send + Sync + 'static {
+    /// Bytes of one super-block.
+    const BYTES: usize = std::mem::size_of::<Self>();
+    /// The 256 values the super-block stands for.
+    fn dequantize(&self) -> [f32; QK_K];
+    /// The part every value of sub-block `i` (values `32i..32i + 32`)
+    /// shares (`-dmin * m[i]` or 0); the kernels add it separately.
+    fn offsets(&self) -> [f32; QK_K / QK];
+}
+
+impl BlockQ4K {
+    /// The 6-bit scales `sc` and mins `m` of the eight sub-blocks. Bytes
+    /// 0..4 of `scales` hold `sc[0..4]` in their low six bits, bytes 4..8
+    /// `m[0..4]`; for `i` in 4..8, the low nibble of byte `i + 4` and the
+    /// top two bits of byte `i - 4` make `sc[i]` (low four bits, high two),
+    /// and its high nibble with the top two bits of byte `i` make `m[i]`.
+    #[inline]
+    pub fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
+        // Four bytes at a time: the byte-wise shifts and masks on u32 words.
+        let s = &self.scales;
+        let word =
+            |k: usize| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+        let (a, b, c) = (word(0), word(1), word(2));
+        let top = |w: u32| (w >> 2) & 0x3030_3030; // bits 6..8 of each byte, at 4..6
+        let sc = [a & 0x3f3f_3f3f, (c & 0x0f0f_0f0f) | top(a)];
+        let m = [b & 0x3f3f_3f3f, ((c >> 4) & 0x0f0f_0f0f) | top(b)];
+        let bytes = |w: [u32; 2]| {
+            let (lo, hi) = (w[0].to_le_bytes(), w[1].to_le_bytes());
+            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+        };
+        (bytes(sc), bytes(m))
+    }
+}
+
+impl SuperBlock for BlockQ4K {
+    fn dequantize(&self) -> [f32; QK_K] {
+        let (sc, m) = self.scales_mins();
+        let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
+        let mut out = [0.0f32; QK_K];
+        for (i, o) in out.chunks_exact_mut(QK).enumerate() {
+            let (scale, min) = (d * sc[i] as f32, dmin * m[i] as f32);
+            let bytes = &self.qs[QK * (i / 2)..QK * (i / 2 + 1)];
+            for (v, &b) in o.iter_mut().zip(bytes) {
+                let q = if i.is_multiple_of(2) { b & 15 } else { b >> 4 };
+                *v = scale * q as f32 - min;
+            }
+        }
+        out
+    }
+
+    fn offsets(&self) -> [f32; QK_K / QK] {
+        let (_, m) = self.scales_mins();
+        let dmin = self.dmin.to_f32();
+        m.map(|m| -(dmin * m as f32))
+    }
+}
+
+impl BlockQ6K {
+    /// The six-bit value `v` (0..64, before subtracting 32).
+    pub fn q(&self, v: usize) -> u8 {
+        let (h, k, l) = (v / 128, (v % 128) / 32, v % 32);
+        let low = (self.ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 15;
+        let high = (self.qh[32 * h + l] >> (2 * k)) & 3;
+        low | (high << 4)
+    }
+}
+
+impl SuperBlock for BlockQ6K {
+    fn dequantize(&self) -> [f32; QK_K] {
+        let d = self.d.to_f32();
+        std::array::from_fn(|v| {
+            let scale = d * self.scales[v / 16] as f32;
+            scale * (self.q(v) as i32 - 32) as f32
+        })
+    }
+
+    fn offsets(&self) -> [f32; QK_K / QK] {
+        [0.0; QK_K / QK]
+    }
+}
+
+/// The values of a row of super-blocks.
+pub fn dequantize_row_k<B: SuperBlock>(blocks: &[B], out: &mut [f32]) {
+    assert_eq!(out.len(), blocks.len() * QK_K);
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(QK_K)) {
+        o.copy_from_slice(&b.dequantize());
     }
 }
 

@@ -6,7 +6,8 @@
 //! address space and page cache, not heap.
 
 use crate::quant::{
-    Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, Interleaved, QK,
+    Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
+    Interleaved, QK, QK_K, SuperBlock,
 };
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -31,13 +32,21 @@ pub enum DType {
     Q8_0x4,
     /// [`DType::Q4_0`] blocks of four rows interleaved ([`BlockQ4_0x4`]).
     Q4_0x4,
+    /// ggml's 4-bit k-quant: super-blocks of 256 ([`BlockQ4K`]). Read from
+    /// GGUF files only; tinyllm files do not hold it.
+    Q4K,
+    /// ggml's 6-bit k-quant: super-blocks of 256 ([`BlockQ6K`]). Read from
+    /// GGUF files only.
+    Q6K,
     /// llama2.c's group-quantized int8: all int8 values row-major, then one
     /// f32 scale per `group_size` consecutive values.
     Q8Group { group_size: usize },
 }
 
 impl DType {
-    /// The name used in tinyllm files and on the command line.
+    /// The name used in tinyllm files, on the command line and in reports
+    /// (`q4_k`, `q6_k` and `q8_group` only in reports: tinyllm files do not
+    /// hold them, see [`DType::from_name`]).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -48,6 +57,8 @@ impl DType {
             DType::Q4_1 => "q4_1",
             DType::Q8_0x4 => "q8_0x4",
             DType::Q4_0x4 => "q4_0x4",
+            DType::Q4K => "q4_k",
+            DType::Q6K => "q6_k",
             DType::Q8Group { .. } => "q8_group",
         }
     }
@@ -68,11 +79,19 @@ impl DType {
         .find(|d| d.name() == name)
     }
 
-    /// Whether rows are stored in blocks of [`QK`] values.
+    /// Whether rows are stored in blocks of [`QK`] values (or super-blocks
+    /// of [`QK_K`]), whose products take activations quantized in blocks of
+    /// [`QK`].
     pub fn is_blocked(self) -> bool {
         matches!(
             self,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0x4 | DType::Q4_0x4
+            DType::Q8_0
+                | DType::Q4_0
+                | DType::Q4_1
+                | DType::Q8_0x4
+                | DType::Q4_0x4
+                | DType::Q4K
+                | DType::Q6K
         )
     }
 
@@ -86,6 +105,7 @@ impl DType {
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
         let n = rows.checked_mul(cols)?;
         let block = |bytes: usize| cols.is_multiple_of(QK).then(|| n / QK * bytes);
+        let super_block = |bytes: usize| cols.is_multiple_of(QK_K).then(|| n / QK_K * bytes);
         match self {
             DType::F32 => n.checked_mul(4),
             DType::F16 | DType::BF16 => n.checked_mul(2),
@@ -95,6 +115,8 @@ impl DType {
             DType::Q8_0x4 if rows.is_multiple_of(4) => block(BlockQ8_0::BYTES),
             DType::Q4_0x4 if rows.is_multiple_of(4) => block(BlockQ4_0::BYTES),
             DType::Q8_0x4 | DType::Q4_0x4 => None,
+            DType::Q4K => super_block(BlockQ4K::BYTES),
+            DType::Q6K => super_block(BlockQ6K::BYTES),
             DType::Q8Group { group_size } => cols
                 .is_multiple_of(group_size)
                 .then(|| n + n / group_size * 4),
@@ -112,6 +134,8 @@ impl DType {
             DType::Q4_1 => align_of::<BlockQ4_1>(),
             DType::Q8_0x4 => align_of::<BlockQ8_0x4>(),
             DType::Q4_0x4 => align_of::<BlockQ4_0x4>(),
+            DType::Q4K => align_of::<BlockQ4K>(),
+            DType::Q6K => align_of::<BlockQ6K>(),
             DType::Q8Group { .. } => align_of::<f32>(),
         }
     }
@@ -120,7 +144,8 @@ impl DType {
     pub fn bits_per_weight(self) -> f64 {
         match self {
             DType::Q8Group { group_size } => 8.0 + 32.0 / group_size as f64,
-            _ => self.matrix_bytes(1, QK).unwrap_or(0) as f64 * 8.0 / QK as f64,
+            // Four rows of a super-block: a whole unit of every other type.
+            _ => self.matrix_bytes(4, QK_K).unwrap_or(0) as f64 * 8.0 / (4 * QK_K) as f64,
         }
     }
 }
@@ -274,6 +299,9 @@ pub enum MatData<'a> {
     /// `rows / 4` rows of `cols / 32` groups.
     Q8_0x4(&'a [BlockQ8_0x4]),
     Q4_0x4(&'a [BlockQ4_0x4]),
+    /// `cols / 256` super-blocks per row.
+    Q4K(&'a [BlockQ4K]),
+    Q6K(&'a [BlockQ6K]),
     /// `(rows, cols)` int8 values and `rows * cols / group_size` scales.
     Q8Group {
         q: &'a [i8],
@@ -288,6 +316,7 @@ impl<'a> MatRef<'a> {
         let (r0, r1, k) = (range.start, range.end, self.cols);
         let (e0, e1) = (r0 * k, r1 * k);
         let (b0, b1) = (e0 / QK, e1 / QK);
+        let (s0, s1) = (e0 / QK_K, e1 / QK_K);
         let data = match self.data {
             MatData::F32(w) => MatData::F32(&w[e0..e1]),
             MatData::F16(w) => MatData::F16(&w[e0..e1]),
@@ -298,6 +327,8 @@ impl<'a> MatRef<'a> {
             // A group holds 4 rows' blocks: whole groups only.
             MatData::Q8_0x4(w) => MatData::Q8_0x4(&w[group_range(r0, r1, self.rows, k)]),
             MatData::Q4_0x4(w) => MatData::Q4_0x4(&w[group_range(r0, r1, self.rows, k)]),
+            MatData::Q4K(w) => MatData::Q4K(&w[s0..s1]),
+            MatData::Q6K(w) => MatData::Q6K(&w[s0..s1]),
             MatData::Q8Group { q, s, group_size } => MatData::Q8Group {
                 q: &q[e0..e1],
                 s: &s[e0 / group_size..e1 / group_size],
@@ -330,6 +361,8 @@ impl<'a> MatRef<'a> {
             MatData::Q4_1(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
             MatData::Q8_0x4(w) => group_row_into(w, r, k, out),
             MatData::Q4_0x4(w) => group_row_into(w, r, k, out),
+            MatData::Q4K(w) => crate::quant::dequantize_row_k(&w[e0 / QK_K..e1 / QK_K], out),
+            MatData::Q6K(w) => crate::quant::dequantize_row_k(&w[e0 / QK_K..e1 / QK_K], out),
             MatData::Q8Group { q, s, group_size } => {
                 for (j, (o, &v)) in out.iter_mut().zip(&q[e0..e1]).enumerate() {
                     *o = v as f32 * s[(e0 + j) / group_size];
@@ -395,6 +428,8 @@ impl Weights {
             DType::Q4_1 => MatData::Q4_1(cast(bytes, n / QK)),
             DType::Q8_0x4 => MatData::Q8_0x4(cast(bytes, n / QK / 4)),
             DType::Q4_0x4 => MatData::Q4_0x4(cast(bytes, n / QK / 4)),
+            DType::Q4K => MatData::Q4K(cast(bytes, n / QK_K)),
+            DType::Q6K => MatData::Q6K(cast(bytes, n / QK_K)),
             DType::Q8Group { group_size } => MatData::Q8Group {
                 q: cast(bytes, n),
                 s: cast(&map[d.scales_offset..], n / group_size),
@@ -459,6 +494,10 @@ unsafe impl Pod for BlockQ4_1 {}
 unsafe impl Pod for BlockQ8_0x4 {}
 // SAFETY: as above.
 unsafe impl Pod for BlockQ4_0x4 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ4K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ6K {}
 
 /// The first `n` values of type `T` at the start of `bytes`. The loaders
 /// only hand out offsets aligned for their types in a page-aligned mapping,

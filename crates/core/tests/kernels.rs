@@ -4,9 +4,10 @@
 //! runs under qemu-user for aarch64 (see `../shared/tools/aarch64-check.sh`).
 
 use half::{bf16, f16};
-use tinyllm_core::kernels::{Isa, Kernels, QuantBlocks, QuantGroups, reference};
+use tinyllm_core::kernels::{Isa, KQuantBlocks, Kernels, QuantBlocks, QuantGroups, reference};
 use tinyllm_core::quant::{
-    self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK,
+    self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
+    BlockQ8Act, QK, QK_K, SuperBlock,
 };
 
 /// f32 sums in another order: each result may differ from the f64 reference
@@ -28,6 +29,50 @@ impl Gen {
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
         (0..n).map(|_| self.f32()).collect()
+    }
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        std::array::from_fn(|_| ((self.f32() + 1.0) * 128.0) as u8)
+    }
+    /// An f16 scale between about 0.001 and 0.03 (as in real k-quant files).
+    fn scale(&mut self) -> half::f16 {
+        f16::from_f32(0.001 + 0.015 * (self.f32() + 1.0))
+    }
+}
+
+/// Super-blocks of random bits with sane scales, and, as every tenth
+/// block, the extremes: the largest values, scales and mins.
+trait RandomBlock: KQuantBlocks {
+    fn random(g: &mut Gen, extreme: bool) -> Self;
+}
+
+impl RandomBlock for BlockQ4K {
+    fn random(g: &mut Gen, extreme: bool) -> Self {
+        let mut b = BlockQ4K {
+            d: g.scale(),
+            dmin: g.scale(),
+            scales: g.bytes(),
+            qs: g.bytes(),
+        };
+        if extreme {
+            (b.scales, b.qs) = ([0xFF; 12], [0xFF; QK_K / 2]);
+        }
+        b
+    }
+}
+
+impl RandomBlock for BlockQ6K {
+    fn random(g: &mut Gen, extreme: bool) -> Self {
+        let mut b = BlockQ6K {
+            ql: g.bytes(),
+            qh: g.bytes(),
+            scales: g.bytes::<16>().map(|v| v as i8),
+            d: g.scale(),
+        };
+        if extreme {
+            // Every value -32, every scale -128: the largest products.
+            (b.ql, b.qh, b.scales) = ([0; QK_K / 2], [0; QK_K / 4], [-128; 16]);
+        }
+        b
     }
 }
 
@@ -269,12 +314,74 @@ where
     }
 }
 
+/// `(rows, super-blocks per row, tokens)`: tiles and their leftovers, one
+/// token to nine.
+const KQUANT_SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (3, 2, 2),
+    (5, 1, 9),
+    (4, 16, 4),
+    (17, 3, 5),
+    (37, 4, 7),
+    (64, 8, 1),
+    (130, 2, 8),
+    (9, 3, 3),
+];
+
+/// As [`magnitude`], for super-blocks against their eight activation blocks.
+fn magnitude_k<W: SuperBlock>(w: &[W], x: &[BlockQ8Act]) -> f64 {
+    let mut m = 0.0;
+    for (b, wb) in w.iter().enumerate() {
+        let (wv, off) = (wb.dequantize(), wb.offsets());
+        for (v, &wj) in wv.iter().enumerate() {
+            let xb = &x[b * (QK_K / QK) + v / QK];
+            let xj = (xb.d * xb.qs[v % QK] as f32).abs() as f64;
+            m += xj * (wj.abs() + off[v / QK].abs()) as f64;
+        }
+    }
+    m
+}
+
+fn kquant_type<W: RandomBlock>(name: &str, k: &Kernels, c: &mut Check, g: &mut Gen) {
+    for (rows, nsb, n) in KQUANT_SHAPES {
+        let w: Vec<W> = (0..rows * nsb).map(|i| W::random(g, i % 10 == 3)).collect();
+        let nb = nsb * QK_K / QK;
+        let mut x32 = g.vec(n * nb * QK);
+        // One activation block at full scale: values of +-127.
+        x32[..QK].iter_mut().for_each(|v| *v = v.signum());
+        let mut x = vec![quant::quantize_act(&[0.0; QK]); n * nb];
+        k.quantize_act(&x32, &mut x);
+        let want = reference::matmul_kquant(&w, nsb, &x, n);
+        let mut got = vec![f32::NAN; n * rows];
+        // SAFETY: `got` holds n rows of `rows`.
+        unsafe { k.matmul_kquant_into(&w, nsb, &x, n, got.as_mut_ptr(), rows) };
+        for t in 0..n {
+            for r in 0..rows {
+                let mag = magnitude_k(&w[r * nsb..(r + 1) * nsb], &x[t * nb..(t + 1) * nb]);
+                let what = format!(
+                    "{:?} matmul_{name} {rows}x{nsb} super-blocks by {n}: [{t},{r}]",
+                    k.isa()
+                );
+                c.close(
+                    &what,
+                    got[t * rows + r],
+                    want[t * rows + r],
+                    mag,
+                    TOL_F32_SUM,
+                );
+            }
+        }
+    }
+}
+
 fn quantized(k: &Kernels, c: &mut Check, g: &mut Gen) {
     quantized_type::<BlockQ8_0>("q8_0", k, c, g);
     quantized_type::<BlockQ4_0>("q4_0", k, c, g);
     quantized_type::<BlockQ4_1>("q4_1", k, c, g);
     interleaved_type::<BlockQ8_0x4>("q8_0x4", k, c, g);
     interleaved_type::<BlockQ4_0x4>("q4_0x4", k, c, g);
+    kquant_type::<BlockQ4K>("q4_k", k, c, g);
+    kquant_type::<BlockQ6K>("q6_k", k, c, g);
 }
 
 fn q8g(k: &Kernels, c: &mut Check, g: &mut Gen) {

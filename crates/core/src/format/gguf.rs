@@ -250,6 +250,8 @@ fn dtype(ggml_type: u32) -> Option<DType> {
         2 => DType::Q4_0,
         3 => DType::Q4_1,
         8 => DType::Q8_0,
+        12 => DType::Q4K,
+        14 => DType::Q6K,
         30 => DType::BF16,
         _ => return None,
     })
@@ -366,7 +368,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         let dtype = dtype(t.ggml_type).ok_or_else(|| {
             bad(format!(
                 "tensor '{}' has ggml type {}, which this build does not run; \
-                 convert it with llama.cpp's llama-quantize to Q8_0, Q4_0 or F16",
+                 convert it with llama.cpp's llama-quantize to Q8_0, Q4_K, Q4_0 or F16",
                 t.name,
                 ggml_type_name(t.ggml_type)
             ))

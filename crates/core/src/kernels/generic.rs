@@ -12,7 +12,10 @@
 //! the extents the arguments describe, and that the CPU supports `S`.
 
 use super::simd::Simd;
-use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK};
+use crate::quant::{
+    BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK,
+    QK_K,
+};
 
 // ---------------------------------------------------------------------------
 // Small vector helpers
@@ -565,6 +568,223 @@ pub(super) unsafe fn matmul_quant<S: Simd, W: QuantWeight, const R: usize, const
                 (false, false) => tile_quant::<S, W, 1, 1>(wr, nb, xt, ldx, o, ldo),
             }
         });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// k-quant products: super-blocks of 256 weights (eight sub-blocks of 32)
+// against the same activation blocks of 32, one per sub-block.
+// ---------------------------------------------------------------------------
+
+/// Sub-blocks per super-block, and activation blocks per super-block.
+const SUBS: usize = QK_K / QK;
+
+/// How a k-quant super-block feeds the integer kernels: per sub-block `i`,
+/// byte values `v` and an integer dot product with the activations whose
+/// result times `scale(i)`, plus `offset(i)` times the activations' sum,
+/// is the sub-block's product.
+pub(super) trait KQuantWeight: Copy {
+    /// The super-block's scales, decoded once per row and super-block.
+    type Scales: Copy;
+    /// Whether the sub-blocks have offsets.
+    const OFFSETS: bool;
+    unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales;
+    /// The values of sub-block `i`, and what their dot product needs.
+    unsafe fn values<S: Simd>(b: *const Self, i: usize) -> (S::B32, S::H);
+    unsafe fn dot<S: Simd>(v: S::B32, h: S::H, x: S::B32) -> S::I;
+    fn scale(s: &Self::Scales, i: usize) -> f32;
+    fn offset(s: &Self::Scales, i: usize) -> f32;
+}
+
+impl KQuantWeight for BlockQ4K {
+    /// `d * sc[i]` and `-dmin * m[i]`.
+    type Scales = ([f32; SUBS], [f32; SUBS]);
+    const OFFSETS: bool = true;
+    #[inline(always)]
+    unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales {
+        // SAFETY: `b` points at a super-block (caller).
+        unsafe {
+            let d = S::f16_to_f32((*b).d.to_bits());
+            let dmin = S::f16_to_f32((*b).dmin.to_bits());
+            let (sc, m) = (*b).scales_mins();
+            let mut out = ([0.0; SUBS], [0.0; SUBS]);
+            for i in 0..SUBS {
+                out.0[i] = d * sc[i] as f32;
+                out.1[i] = -(dmin * m[i] as f32);
+            }
+            out
+        }
+    }
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self, i: usize) -> (S::B32, S::H) {
+        // SAFETY: as above; sub-blocks 2p and 2p + 1 share bytes 32p..32p + 32.
+        unsafe {
+            let p = (*b).qs.as_ptr().add(QK * (i / 2));
+            let v = if i.is_multiple_of(2) {
+                S::low_nibbles(p)
+            } else {
+                S::high_nibbles(p)
+            };
+            (v, S::halves(1, 1))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot<S: Simd>(v: S::B32, _: S::H, x: S::B32) -> S::I {
+        // SAFETY: the tier's own operation on values below 16.
+        unsafe { S::dot_u4_i8(v, x) }
+    }
+    #[inline(always)]
+    fn scale(s: &Self::Scales, i: usize) -> f32 {
+        s.0[i]
+    }
+    #[inline(always)]
+    fn offset(s: &Self::Scales, i: usize) -> f32 {
+        s.1[i]
+    }
+}
+
+impl KQuantWeight for BlockQ6K {
+    type Scales = f32;
+    const OFFSETS: bool = false;
+    #[inline(always)]
+    unsafe fn scales<S: Simd>(b: *const Self) -> f32 {
+        // SAFETY: `b` points at a super-block (caller).
+        unsafe { S::f16_to_f32((*b).d.to_bits()) }
+    }
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self, i: usize) -> (S::B32, S::H) {
+        // Sub-block i = 4h + k: nibble k / 2 of ql[64h + 32 (k % 2)..][..32],
+        // bits 2k.. of qh[32h..][..32]; scales 2i and 2i + 1 (see BlockQ6K).
+        let (h, k) = (i / 4, i % 4);
+        // SAFETY: as above; every offset is inside the block.
+        unsafe {
+            let b = &*b;
+            let ql = b.ql.as_ptr().add(64 * h + QK * (k % 2));
+            let qh = b.qh.as_ptr().add(QK * h);
+            let v = S::q6_values(ql, qh, 4 * (k as u32 / 2), 2 * k as u32);
+            (v, S::halves(b.scales[2 * i], b.scales[2 * i + 1]))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot<S: Simd>(v: S::B32, h: S::H, x: S::B32) -> S::I {
+        // SAFETY: the tier's own operation; |v| <= 32.
+        unsafe { S::dot_i8_i8_halves(v, x, h) }
+    }
+    #[inline(always)]
+    fn scale(s: &f32, _: usize) -> f32 {
+        *s
+    }
+    #[inline(always)]
+    fn offset(_: &f32, _: usize) -> f32 {
+        0.0
+    }
+}
+
+/// One register tile of a k-quant product: `R` rows of `nsb` super-blocks
+/// against `C` tokens of `8 * nsb` activation blocks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_kquant<S: Simd, W: KQuantWeight, const R: usize, const C: usize>(
+    w: *const W,
+    nsb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: `w` holds `R` rows of `nsb` super-blocks, `x` holds `C` rows
+    // of `ldx >= 8 * nsb` blocks, `out` has `C` rows of `ldo >= R` (caller).
+    unsafe {
+        let mut acc = [[S::acc_zero(); C]; R];
+        let mut offsets = [[0.0f32; C]; R];
+        for b in 0..nsb {
+            let mut scales = [W::scales::<S>(w.add(b)); R];
+            for (r, s) in scales.iter_mut().enumerate().skip(1) {
+                *s = W::scales::<S>(w.add(r * nsb + b));
+            }
+            // Unrolled (a macro, not a closure: a closure would be compiled
+            // without the tier's target features), so that each sub-block's
+            // offsets and shifts are constants.
+            macro_rules! sub_block {
+                ($i:literal) => {{
+                    let i: usize = $i;
+                    let first = &*x.add(b * SUBS + i);
+                    let mut xv = [S::load_b32(first.qs.as_ptr().cast()); C];
+                    let (mut xd, mut xs) = ([first.d; C], [first.s; C]);
+                    for c in 1..C {
+                        let xb = &*x.add(c * ldx + b * SUBS + i);
+                        xv[c] = S::load_b32(xb.qs.as_ptr().cast());
+                        (xd[c], xs[c]) = (xb.d, xb.s);
+                    }
+                    for r in 0..R {
+                        let wb = w.add(r * nsb + b);
+                        // One prefetch per sub-block covers the block's lines.
+                        let ahead = PREFETCH_BYTES + i * std::mem::size_of::<W>() / SUBS;
+                        S::prefetch(wb.cast::<u8>().wrapping_add(ahead));
+                        let (v, h) = W::values::<S>(wb, i);
+                        let (d, o) = (W::scale(&scales[r], i), W::offset(&scales[r], i));
+                        for c in 0..C {
+                            acc[r][c] = S::acc_add(acc[r][c], W::dot::<S>(v, h, xv[c]), d * xd[c]);
+                            if W::OFFSETS {
+                                offsets[r][c] += o * xs[c];
+                            }
+                        }
+                    }
+                }};
+            }
+            sub_block!(0);
+            sub_block!(1);
+            sub_block!(2);
+            sub_block!(3);
+            sub_block!(4);
+            sub_block!(5);
+            sub_block!(6);
+            sub_block!(7);
+        }
+        for r in 0..R {
+            for c in 0..C {
+                *out.add(c * ldo + r) = S::acc_sum(acc[r][c]) + offsets[r][c];
+            }
+        }
+    }
+}
+
+/// `out[t, r] = w[r] . x[t]` for `r < rows`, `t < n_tok`: `w` is `(rows,
+/// nsb)` super-blocks, `x` is `(n_tok, ldx)` activation blocks, eight per
+/// super-block.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn matmul_kquant<S: Simd, W: KQuantWeight, const R: usize, const C: usize>(
+    w: *const W,
+    rows: usize,
+    nsb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    n_tok: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // (The walk of `tiles`, written out: its closure, with the large
+    // unrolled tiles in it, would not be inlined into the tier's function.)
+    // SAFETY: every tile stays inside the extents the arguments describe.
+    unsafe {
+        let mut r = 0;
+        while r < rows {
+            let tr = if r + R <= rows { R } else { 1 };
+            let mut t = 0;
+            while t < n_tok {
+                let tc = if t + C <= n_tok { C } else { 1 };
+                let (wr, xt, o) = (w.add(r * nsb), x.add(t * ldx), out.add(t * ldo + r));
+                match (tr == R, tc == C) {
+                    (true, true) => tile_kquant::<S, W, R, C>(wr, nsb, xt, ldx, o, ldo),
+                    (true, false) => tile_kquant::<S, W, R, 1>(wr, nsb, xt, ldx, o, ldo),
+                    (false, true) => tile_kquant::<S, W, 1, C>(wr, nsb, xt, ldx, o, ldo),
+                    (false, false) => tile_kquant::<S, W, 1, 1>(wr, nsb, xt, ldx, o, ldo),
+                }
+                t += tc;
+            }
+            r += tr;
+        }
     }
 }
 

@@ -15,7 +15,10 @@ mod generic;
 pub mod reference;
 mod simd;
 
-use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK};
+use crate::quant::{
+    BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK,
+    QK_K,
+};
 use half::{bf16, f16};
 use std::sync::OnceLock;
 
@@ -129,6 +132,8 @@ pub struct Kernels {
     matmul_q4_1: MatmulQuant<BlockQ4_1>,
     matmul_q4_0x4: MatmulQuant4<BlockQ4_0x4>,
     matmul_q8_0x4: MatmulQuant4<BlockQ8_0x4>,
+    matmul_q4k: MatmulQuant<BlockQ4K>,
+    matmul_q6k: MatmulQuant<BlockQ6K>,
     quantize_act: QuantizeAct,
     matmul_q8g: MatmulQ8g,
     quantize_q8g: QuantizeQ8g,
@@ -147,7 +152,10 @@ macro_rules! tier {
             #![allow(clippy::too_many_arguments)]
             use super::generic;
             use super::Isa;
-            use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ8_0, BlockQ8_0x4, BlockQ8Act};
+            use crate::quant::{
+                BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
+                BlockQ8Act,
+            };
             use half::{bf16, f16};
             #[allow(unused_imports)]
             use super::simd::*;
@@ -175,6 +183,14 @@ macro_rules! tier {
             ) {
                 // SAFETY: forwarded contract (see `generic::matmul_quant4`).
                 unsafe { generic::matmul_quant4::<$simd, W, $c4>(w, groups, nb, x, ldx, n_tok, out, ldo) }
+            }
+            $(#[$attr])*
+            unsafe fn matmul_kquant<W: generic::KQuantWeight>(
+                w: *const W, rows: usize, nsb: usize, x: *const BlockQ8Act, ldx: usize,
+                n_tok: usize, out: *mut f32, ldo: usize,
+            ) {
+                // SAFETY: forwarded contract (see `generic::matmul_kquant`).
+                unsafe { generic::matmul_kquant::<$simd, W, $r, $c>(w, rows, nsb, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
             unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
@@ -228,6 +244,8 @@ macro_rules! tier {
                 matmul_q4_1: matmul_quant::<BlockQ4_1>,
                 matmul_q4_0x4: matmul_quant4::<BlockQ4_0x4>,
                 matmul_q8_0x4: matmul_quant4::<BlockQ8_0x4>,
+                matmul_q4k: matmul_kquant::<BlockQ4K>,
+                matmul_q6k: matmul_kquant::<BlockQ6K>,
                 quantize_act,
                 matmul_q8g,
                 quantize_q8g,
@@ -415,6 +433,29 @@ impl Kernels {
         assert!(nb > 0 && w.len() == groups * nb && ldo >= 4 * groups && x.len() >= n_tok * nb);
         // SAFETY: input extents checked above; `out` is the caller's.
         unsafe { (W::kernel(self))(w.as_ptr(), groups, nb, x.as_ptr(), nb, n_tok, out, ldo) }
+    }
+
+    /// `out[t * ldo + r] = w[r] . x[t]` for k-quant weights: `w` holds rows
+    /// of `nsb` super-blocks, `x` holds `n_tok` rows of `8 * nsb` activation
+    /// blocks (see [`Kernels::quantize_act`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kernels::matmul_f32_into`].
+    pub unsafe fn matmul_kquant_into<W: KQuantBlocks>(
+        &self,
+        w: &[W],
+        nsb: usize,
+        x: &[BlockQ8Act],
+        n_tok: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        let rows = w.len() / nsb.max(1);
+        let nb = nsb * (QK_K / QK);
+        assert!(nsb > 0 && w.len() == rows * nsb && ldo >= rows && x.len() >= n_tok * nb);
+        // SAFETY: input extents checked above; `out` is the caller's.
+        unsafe { (W::kernel(self))(w.as_ptr(), rows, nsb, x.as_ptr(), nb, n_tok, out, ldo) }
     }
 
     /// Quantizes `x` (a multiple of 32 long) into activation blocks.
@@ -610,5 +651,23 @@ impl QuantGroups for BlockQ4_0x4 {
 impl QuantGroups for BlockQ8_0x4 {
     fn kernel(k: &Kernels) -> MatmulQuant4<Self> {
         k.matmul_q8_0x4
+    }
+}
+
+/// The k-quant super-block types, each with its kernel in a table.
+pub trait KQuantBlocks: crate::quant::SuperBlock {
+    #[doc(hidden)]
+    fn kernel(k: &Kernels) -> MatmulQuant<Self>;
+}
+
+impl KQuantBlocks for BlockQ4K {
+    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
+        k.matmul_q4k
+    }
+}
+
+impl KQuantBlocks for BlockQ6K {
+    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
+        k.matmul_q6k
     }
 }

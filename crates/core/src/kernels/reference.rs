@@ -3,7 +3,7 @@
 //! They define what every tier must compute and are the oracle the kernel
 //! tests compare each tier against. Nothing on a hot path calls them.
 
-use crate::quant::{Block, BlockQ8Act};
+use crate::quant::{Block, BlockQ8Act, QK, QK_K, SuperBlock};
 
 /// `out (n_tok, rows) = x (n_tok, k) @ w (rows, k)^T`.
 pub fn matmul_f32(w: &[f32], k: usize, x: &[f32], n_tok: usize) -> Vec<f32> {
@@ -46,6 +46,34 @@ pub fn matmul_quant<W: Block>(w: &[W], nb: usize, x: &[BlockQ8Act], n_tok: usize
                 let (wv, xb) = (w[r * nb + b].dequantize(), &x[t * nb + b]);
                 for (j, &v) in wv.iter().enumerate() {
                     s += v as f64 * (xb.d as f64 * xb.qs[j] as f64);
+                }
+            }
+            out[t * rows + r] = s as f32;
+        }
+    }
+    out
+}
+
+/// The k-quant product: dequantized super-blocks against dequantized
+/// activation blocks (eight per super-block), summed in f64. `w` is `(rows,
+/// nsb)` super-blocks, `x` is `(n_tok, 8 * nsb)` activation blocks.
+pub fn matmul_kquant<W: SuperBlock>(
+    w: &[W],
+    nsb: usize,
+    x: &[BlockQ8Act],
+    n_tok: usize,
+) -> Vec<f32> {
+    let rows = w.len() / nsb;
+    let nb = nsb * (QK_K / QK);
+    let mut out = vec![0.0; n_tok * rows];
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let mut s = 0.0f64;
+            for b in 0..nsb {
+                let wv = w[r * nsb + b].dequantize();
+                for (v, &wj) in wv.iter().enumerate() {
+                    let xb = &x[t * nb + b * (QK_K / QK) + v / QK];
+                    s += wj as f64 * (xb.d as f64 * xb.qs[v % QK] as f64);
                 }
             }
             out[t * rows + r] = s as f32;

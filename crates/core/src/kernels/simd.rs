@@ -83,6 +83,23 @@ pub(crate) trait Simd: Copy {
     /// Asks for the cache line at `p` to be loaded (a hint; never faults).
     unsafe fn prefetch(p: *const u8);
 
+    /// The low nibbles of the 32 bytes at `p`, as bytes (q4_k's even
+    /// sub-blocks).
+    unsafe fn low_nibbles(p: *const u8) -> Self::B32;
+    /// The high nibbles of the 32 bytes at `p`, as bytes (q4_k's odd
+    /// sub-blocks).
+    unsafe fn high_nibbles(p: *const u8) -> Self::B32;
+    /// 32 six-bit values of q6_k, less 32, as signed bytes: value `j` is
+    /// `((ql[j] >> nib_shift) & 15 | ((qh[j] >> hi_shift) & 3) << 4) - 32`
+    /// (`nib_shift` is 0 or 4, `hi_shift` 0, 2, 4 or 6).
+    unsafe fn q6_values(ql: *const u8, qh: *const u8, nib_shift: u32, hi_shift: u32) -> Self::B32;
+    /// Integer scales of the two halves (16 values each) of a block.
+    type H: Copy;
+    unsafe fn halves(lo: i8, hi: i8) -> Self::H;
+    /// `sum_j w[j] * x[j] * s[j / 16]` for signed `w` with `|w| <= 32` and
+    /// signed `x` (not -128).
+    unsafe fn dot_i8_i8_halves(w: Self::B32, x: Self::B32, s: Self::H) -> Self::I;
+
     /// A group of four rows' blocks (see `quant::BlockQ4_0x4`), loaded for
     /// [`Simd::dot4`].
     type W4: Copy;
@@ -228,6 +245,43 @@ impl Simd for Portable {
     }
     #[inline(always)]
     unsafe fn prefetch(_: *const u8) {}
+    #[inline(always)]
+    unsafe fn low_nibbles(p: *const u8) -> [i8; 32] {
+        p.cast::<[u8; 32]>()
+            .read_unaligned()
+            .map(|b| (b & 15) as i8)
+    }
+    #[inline(always)]
+    unsafe fn high_nibbles(p: *const u8) -> [i8; 32] {
+        p.cast::<[u8; 32]>()
+            .read_unaligned()
+            .map(|b| (b >> 4) as i8)
+    }
+    #[inline(always)]
+    unsafe fn q6_values(ql: *const u8, qh: *const u8, nib_shift: u32, hi_shift: u32) -> [i8; 32] {
+        let (l, h) = (
+            ql.cast::<[u8; 32]>().read_unaligned(),
+            qh.cast::<[u8; 32]>().read_unaligned(),
+        );
+        std::array::from_fn(|j| {
+            let q = ((l[j] >> nib_shift) & 15) | (((h[j] >> hi_shift) & 3) << 4);
+            q as i8 - 32
+        })
+    }
+    type H = [i32; 2];
+    #[inline(always)]
+    unsafe fn halves(lo: i8, hi: i8) -> [i32; 2] {
+        [lo as i32, hi as i32]
+    }
+    #[inline(always)]
+    unsafe fn dot_i8_i8_halves(w: [i8; 32], x: [i8; 32], s: [i32; 2]) -> i32 {
+        let half = |h: usize| -> i32 {
+            (16 * h..16 * h + 16)
+                .map(|j| w[j] as i32 * x[j] as i32)
+                .sum()
+        };
+        half(0) * s[0] + half(1) * s[1]
+    }
 
     /// Signed values and scales of the four rows.
     type W4 = ([[i8; 32]; 4], [f32; 4]);
@@ -373,6 +427,49 @@ mod x86 {
             #[inline(always)]
             unsafe fn prefetch(p: *const u8) {
                 _mm_prefetch::<_MM_HINT_T0>(p.cast())
+            }
+            #[inline(always)]
+            unsafe fn low_nibbles(p: *const u8) -> __m256i {
+                _mm256_and_si256(_mm256_loadu_si256(p.cast()), _mm256_set1_epi8(15))
+            }
+            #[inline(always)]
+            unsafe fn high_nibbles(p: *const u8) -> __m256i {
+                let v = _mm256_srli_epi16::<4>(_mm256_loadu_si256(p.cast()));
+                _mm256_and_si256(v, _mm256_set1_epi8(15))
+            }
+            #[inline(always)]
+            unsafe fn q6_values(
+                ql: *const u8,
+                qh: *const u8,
+                nib_shift: u32,
+                hi_shift: u32,
+            ) -> __m256i {
+                // 16-bit shifts: the bits they carry across bytes are masked off.
+                let l = _mm256_srl_epi16(
+                    _mm256_loadu_si256(ql.cast()),
+                    _mm_cvtsi32_si128(nib_shift as i32),
+                );
+                let h = _mm256_srl_epi16(
+                    _mm256_loadu_si256(qh.cast()),
+                    _mm_cvtsi32_si128(hi_shift as i32),
+                );
+                let v = _mm256_or_si256(
+                    _mm256_and_si256(l, _mm256_set1_epi8(15)),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(h), _mm256_set1_epi8(0x30)),
+                );
+                _mm256_sub_epi8(v, _mm256_set1_epi8(32))
+            }
+            type H = __m256i;
+            #[inline(always)]
+            unsafe fn halves(lo: i8, hi: i8) -> __m256i {
+                _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+            }
+            #[inline(always)]
+            unsafe fn dot_i8_i8_halves(w: __m256i, x: __m256i, s: __m256i) -> __m256i {
+                // |w| <= 32: each pair of products fits an i16 (8128), and
+                // times a scale (up to 128) an i32.
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+                _mm256_madd_epi16(p, s)
             }
         };
     }
@@ -782,6 +879,15 @@ mod arm {
         acc
     }
 
+    /// Sixteen values of `Simd::q6_values`, the shifts given as negative
+    /// counts.
+    #[inline(always)]
+    unsafe fn q6_half(l: uint8x16_t, h: uint8x16_t, ns: int8x16_t, hs: int8x16_t) -> int8x16_t {
+        let lo = vandq_u8(vshlq_u8(l, ns), vdupq_n_u8(15));
+        let hi = vshlq_n_u8::<4>(vandq_u8(vshlq_u8(h, hs), vdupq_n_u8(3)));
+        vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, hi)), vdupq_n_s8(32))
+    }
+
     /// The operations both NEON tiers share.
     macro_rules! neon_common {
         () => {
@@ -891,6 +997,40 @@ mod arm {
             unsafe fn prefetch(p: *const u8) {
                 core::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, readonly, preserves_flags));
             }
+            #[inline(always)]
+            unsafe fn low_nibbles(p: *const u8) -> int8x16x2_t {
+                let v = vld1q_u8_x2(p);
+                let m = vdupq_n_u8(15);
+                int8x16x2_t(
+                    vreinterpretq_s8_u8(vandq_u8(v.0, m)),
+                    vreinterpretq_s8_u8(vandq_u8(v.1, m)),
+                )
+            }
+            #[inline(always)]
+            unsafe fn high_nibbles(p: *const u8) -> int8x16x2_t {
+                let v = vld1q_u8_x2(p);
+                int8x16x2_t(
+                    vreinterpretq_s8_u8(vshrq_n_u8::<4>(v.0)),
+                    vreinterpretq_s8_u8(vshrq_n_u8::<4>(v.1)),
+                )
+            }
+            #[inline(always)]
+            unsafe fn q6_values(
+                ql: *const u8,
+                qh: *const u8,
+                nib_shift: u32,
+                hi_shift: u32,
+            ) -> int8x16x2_t {
+                let (l, h) = (vld1q_u8_x2(ql), vld1q_u8_x2(qh));
+                // A shift left by a negative count shifts right.
+                let (ns, hs) = (vdupq_n_s8(-(nib_shift as i8)), vdupq_n_s8(-(hi_shift as i8)));
+                int8x16x2_t(q6_half(l.0, h.0, ns, hs), q6_half(l.1, h.1, ns, hs))
+            }
+            type H = [i32; 2];
+            #[inline(always)]
+            unsafe fn halves(lo: i8, hi: i8) -> [i32; 2] {
+                [lo as i32, hi as i32]
+            }
 
             type W4 = W4Neon;
             type Acc4 = float32x4_t;
@@ -943,6 +1083,11 @@ mod arm {
             vaddq_s32(dot16_widening(w.0, x.0), dot16_widening(w.1, x.1))
         }
         #[inline(always)]
+        unsafe fn dot_i8_i8_halves(w: int8x16x2_t, x: int8x16x2_t, s: [i32; 2]) -> int32x4_t {
+            let lo = vmulq_n_s32(dot16_widening(w.0, x.0), s[0]);
+            vmlaq_n_s32(lo, dot16_widening(w.1, x.1), s[1])
+        }
+        #[inline(always)]
         unsafe fn dot4(acc: float32x4_t, w: W4Neon, x: *const BlockQ8Act) -> float32x4_t {
             let (xlo, xhi) = (
                 vld1q_s8((*x).qs.as_ptr()),
@@ -972,6 +1117,12 @@ mod arm {
         #[inline(always)]
         unsafe fn dot_i8_i8(w: int8x16x2_t, x: int8x16x2_t) -> int32x4_t {
             dot16_sdot(dot16_sdot(vdupq_n_s32(0), w.0, x.0), w.1, x.1)
+        }
+        #[inline(always)]
+        unsafe fn dot_i8_i8_halves(w: int8x16x2_t, x: int8x16x2_t, s: [i32; 2]) -> int32x4_t {
+            let z = vdupq_n_s32(0);
+            let lo = vmulq_n_s32(dot16_sdot(z, w.0, x.0), s[0]);
+            vmlaq_n_s32(lo, dot16_sdot(z, w.1, x.1), s[1])
         }
         #[inline(always)]
         unsafe fn dot4(acc: float32x4_t, w: W4Neon, x: *const BlockQ8Act) -> float32x4_t {
