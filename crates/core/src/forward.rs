@@ -435,8 +435,15 @@ fn chunk_rows(e: Engine<'_>, rows: usize, k: usize, n: usize) -> usize {
         usize::MAX
     };
     let worth = MIN_CHUNK_WORK.div_ceil(k * n);
-    balance.min(cached).max(worth).next_multiple_of(16)
+    balance
+        .min(cached)
+        .max(worth)
+        .next_multiple_of(if n > 1 { PROMPT_CHUNK_ALIGN } else { 16 })
 }
+
+/// Prompt chunks hold whole register tiles of every kernel: a multiple of
+/// 6 rows (AVX-512's float tile), 4 (the interleaved types) and 16.
+const PROMPT_CHUNK_ALIGN: usize = 48;
 
 /// The least work (multiply-adds) worth handing to another thread.
 const MIN_CHUNK_WORK: usize = 32 * 1024;

@@ -145,9 +145,11 @@ pub struct Kernels {
 
 /// Defines a module holding one tier's kernel table: the generic kernels
 /// instantiated for `$simd`, inside functions compiled with `$attr`, with
-/// register tiles of `$r` weight rows by `$c` tokens.
+/// register tiles of `$r` weight rows by `$c` tokens (`$c4` tokens for the
+/// interleaved types; `$fr` by `$fc` for float weights, where converting a
+/// weight vector costs an instruction that more tokens share).
 macro_rules! tier {
-    ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal, $c4:literal), $(#[$attr:meta])*) => {
+    ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal, $c4:literal), ftile = ($fr:literal, $fc:literal), $(#[$attr:meta])*) => {
         mod $module {
             #![allow(clippy::too_many_arguments)]
             use super::generic;
@@ -166,7 +168,7 @@ macro_rules! tier {
                 n_tok: usize, out: *mut f32, ldo: usize,
             ) {
                 // SAFETY: forwarded contract (see `generic::matmul_float`).
-                unsafe { generic::matmul_float::<$simd, W, $r, $c>(w, ldw, rows, k, x, ldx, n_tok, out, ldo) }
+                unsafe { generic::matmul_float::<$simd, W, $fr, $fc>(w, ldw, rows, k, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
             unsafe fn matmul_quant<W: generic::QuantWeight>(
@@ -258,21 +260,28 @@ macro_rules! tier {
     };
 }
 
-tier!(portable, Isa::Portable, Portable, tile = (2, 2, 2),);
+tier!(
+    portable,
+    Isa::Portable,
+    Portable,
+    tile = (2, 2, 2),
+    ftile = (2, 2),
+);
 #[cfg(target_arch = "x86_64")]
-tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3, 2), #[target_feature(enable = "avx2,fma,f16c")]);
+tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3, 2), ftile = (3, 3), #[target_feature(enable = "avx2,fma,f16c")]);
 #[cfg(target_arch = "x86_64")]
 tier!(
     avx512,
     Isa::Avx512,
     Avx512,
     tile = (4, 4, 8),
+    ftile = (6, 4),
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 );
 #[cfg(target_arch = "aarch64")]
-tier!(neon, Isa::Neon, Neon, tile = (4, 4, 4), #[target_feature(enable = "neon")]);
+tier!(neon, Isa::Neon, Neon, tile = (4, 4, 4), ftile = (4, 4), #[target_feature(enable = "neon")]);
 #[cfg(target_arch = "aarch64")]
-tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4, 4), #[target_feature(enable = "neon,dotprod")]);
+tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4, 4), ftile = (4, 4), #[target_feature(enable = "neon,dotprod")]);
 
 impl Kernels {
     /// The kernel table of `isa`, if this CPU supports it.
