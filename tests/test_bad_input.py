@@ -122,9 +122,17 @@ def test_unknown_and_foreign_files(tmp_path: Path, tok512: Path, models: Path) -
     p.write_bytes(gguf[:1000])
     with pytest.raises(ModelFormatError, match="truncated"):
         tinyllm.Model(p, tok512)
-    # A vocabulary-only file of another architecture.
-    with pytest.raises(ModelFormatError, match="unsupported architecture 'qwen2'"):
+    # A vocabulary-only file: no weights.
+    with pytest.raises(ModelFormatError, match=r"tensor 'token_embd\.weight' is missing"):
         tinyllm.Model(models / "vocab" / "ggml-vocab-qwen2.gguf", tok512)
+    # An architecture the engine does not run.
+    data = (models / "stories260K.gguf").read_bytes()
+    arch = b"\x14\x00\x00\x00\x00\x00\x00\x00general.architecture\x08\x00\x00\x00"
+    at = data.index(arch) + len(arch)
+    assert data[at : at + 13] == b"\x05\x00\x00\x00\x00\x00\x00\x00llama"
+    p.write_bytes(data[:at] + b"\x05\x00\x00\x00\x00\x00\x00\x00gpt_x" + data[at + 13 :])
+    with pytest.raises(ModelFormatError, match="unsupported architecture 'gpt_x'"):
+        tinyllm.Model(p, tok512)
 
 
 def test_tokenizer_that_does_not_fit(tmp_path: Path, stories_path: Path, models: Path) -> None:

@@ -63,3 +63,71 @@ def test_a_cut_file_is_an_error_naming_it(tmp_path: Path) -> None:
         p.write_bytes(data[:cut])
         with pytest.raises(tinyllm.ModelFormatError, match=str(p)):
             tinyllm.Model(p, MODELS / "tok512.bin")
+
+
+#: Hugging Face tensor names (per block) -> GGUF's.
+HF_TO_GGUF = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def gguf_name(hf: str) -> str:
+    top = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+    }
+    if hf in top:
+        return top[hf]
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, i, rest = hf.split(".", 3)
+    return f"blk.{i}.{HF_TO_GGUF[rest]}"
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen3"])
+def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> None:
+    # llama.cpp writes Qwen models with their Hugging Face rotary layout and
+    # names; the weights here are the transformers fixtures' own.
+    import gguf_writer
+    import hf_models
+
+    spec = hf_models.spec(name)
+    c = spec.config
+    meta: dict[str, object] = {
+        "general.architecture": name,
+        f"{name}.block_count": c["num_hidden_layers"],
+        f"{name}.context_length": c["max_position_embeddings"],
+        f"{name}.embedding_length": c["hidden_size"],
+        f"{name}.feed_forward_length": c["intermediate_size"],
+        f"{name}.attention.head_count": c["num_attention_heads"],
+        f"{name}.attention.head_count_kv": c["num_key_value_heads"],
+        f"{name}.attention.key_length": spec.head_dim,
+        f"{name}.rope.freq_base": float(c["rope_theta"]),
+        f"{name}.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
+    }
+    vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-qwen2.gguf"))
+    meta.update({k: v for k, v in vocab.items() if k.startswith("tokenizer.")})
+    tensors = [(gguf_name(k), v) for k, v in spec.weights().items()]
+    path = tmp_path / f"{name}.gguf"
+    gguf_writer.write(path, meta, tensors)
+
+    fixture = json.loads((FIXTURES / "hf" / f"{name}.json").read_text(encoding="utf-8"))
+    m = tinyllm.Model(path)
+    assert m.info["family"] == name
+    got = m.logits(fixture["input_ids"])[:, fixture["vocab_ids"]]
+    want = np.asarray(fixture["logits"])
+    scale = np.asarray(fixture["max_abs_logit"])[:, None]
+    assert (np.abs(got - want) / scale).max() < 1e-4

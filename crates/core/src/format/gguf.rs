@@ -289,11 +289,18 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("general.architecture is missing".into()))?
         .to_string();
-    if arch != "llama" {
-        return Err(bad(format!(
-            "unsupported architecture '{arch}' (this build runs GGUF 'llama' models)"
-        )));
-    }
+    // llama.cpp stores Llama's Q/K rows permuted into rotary pairs (2j,
+    // 2j+1); Qwen's it keeps as trained, pairs (j, j + head_dim/2).
+    let rope_style = match arch.as_str() {
+        "llama" => RopeStyle::Interleaved,
+        "qwen2" | "qwen3" => RopeStyle::Half,
+        _ => {
+            return Err(bad(format!(
+                "unsupported architecture '{arch}' (this build runs GGUF llama, qwen2 and qwen3 models)"
+            )));
+        }
+    };
+    let has = |name: &str| g.tensors.iter().any(|t| t.name == name);
     let int = |key: &str| -> Result<usize> {
         let k = format!("{arch}.{key}");
         g.get(&k)
@@ -347,8 +354,9 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         head_dim,
         rope_theta: float("rope.freq_base", 10000.0)?,
         norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
-        // llama.cpp's converter permutes Q and K rows into pairs.
-        rope_style: RopeStyle::Interleaved,
+        rope_style,
+        attn_bias: has("blk.0.attn_q.bias"),
+        qk_norm: has("blk.0.attn_q_norm.weight"),
         ..Config::default()
     };
     if let Some(kind) = g
