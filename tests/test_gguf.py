@@ -44,6 +44,7 @@ def test_quantized_gguf_tells_a_story_like_the_original(golden: str) -> None:
     # Greedy text from 8-bit weights stays on the f32 model's story for a while.
     m = tinyllm.Model(GGUF / "stories260K-Q8_0.gguf")
     text = m.generate("", max_tokens=40, temperature=0)
+    assert len(text) >= 60  # (an empty story would match any prefix)
     assert golden.startswith(text[:60])
 
 

@@ -16,20 +16,10 @@ from typing import Any
 import pytest
 
 import tinyllm
-from tinyllm import _tinyllm
 from tinyllm._tokenizer import PRE_TOKENIZERS, Tokenizer, tokenizers_from_gguf_metadata
 
 from conftest import MODELS
 from test_tokenizer_vectors import gguf_tokenizer, metadata, read_vectors, vocab_path
-
-needs_llama2c = pytest.mark.skipif(
-    not hasattr(_tinyllm, "Llama2cTokenizer"),
-    reason="this build of the extension has no tinyllm._tinyllm.Llama2cTokenizer yet",
-)
-needs_gguf_reader = pytest.mark.skipif(
-    not hasattr(_tinyllm, "gguf_metadata"),
-    reason="this build of the extension has no tinyllm._tinyllm.gguf_metadata yet",
-)
 
 
 def token_id(name: str, text: str) -> int:
@@ -38,8 +28,6 @@ def token_id(name: str, text: str) -> int:
 
 
 def test_public_name() -> None:
-    if not hasattr(tinyllm, "Tokenizer"):
-        pytest.skip("this build of tinyllm does not export Tokenizer yet")
     assert tinyllm.Tokenizer is Tokenizer
 
 
@@ -240,7 +228,6 @@ def test_decode_checks_ids() -> None:
 # -- llama2.c tokenizer.bin -------------------------------------------------------
 
 
-@needs_llama2c
 @pytest.mark.parametrize(
     ("name", "vocab_size"), [("tok512.bin", 512), ("llama2-tokenizer.bin", 32000)]
 )
@@ -255,7 +242,6 @@ def test_llama2c_tokenizer_equals_run_c(name: str, vocab_size: int, runc: dict[s
         assert "".join(stream(tok, case["ids"])) == case["text"]
 
 
-@needs_llama2c
 def test_llama2c_special_tokens() -> None:
     tok = Tokenizer.from_file(MODELS / "tok512.bin")
     assert tok.id_to_token(1) == "<s>"
@@ -270,7 +256,6 @@ def test_llama2c_special_tokens() -> None:
     assert "".join(stream(tok, parsed, skip=False)) == text
 
 
-@needs_gguf_reader
 def test_stories_gguf_equals_run_c(runc: dict[str, Any]) -> None:
     tok = Tokenizer.from_file(MODELS / "stories260K.gguf")
     assert tok.vocab_size == 512
@@ -394,7 +379,6 @@ def gguf_bytes(kv: dict[str, str]) -> bytes:
     return out
 
 
-@needs_gguf_reader
 def test_bad_gguf_files(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(vocab_path("llama-spm").read_bytes()[:5000])
@@ -410,7 +394,6 @@ def test_bad_gguf_files(tmp_path: Path) -> None:
         Tokenizer.from_file(other)
 
 
-@needs_llama2c
 def test_bad_llama2c_files(tmp_path: Path) -> None:
     truncated = tmp_path / "tokenizer.bin"
     truncated.write_bytes((MODELS / "tok512.bin").read_bytes()[:1000])

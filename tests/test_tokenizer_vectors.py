@@ -187,17 +187,12 @@ def test_llama_spm_matches_llama2c_tokenizer(tmp_path: Path) -> None:
         assert tok.encode(text, add_special_tokens=False) == model.tokenize(text, add_bos=False)
         ids = model.tokenize(text)
         assert tok.decode(ids) == model.detokenize(ids), repr(text)
-    if hasattr(_tinyllm, "Llama2cTokenizer"):
-        bin_tok = Tokenizer.from_file(MODELS / "llama2-tokenizer.bin")
-        for text in texts:
-            assert bin_tok.encode(text) == tok.encode(text), repr(text)
-            assert bin_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+    bin_tok = Tokenizer.from_file(MODELS / "llama2-tokenizer.bin")
+    for text in texts:
+        assert bin_tok.encode(text) == tok.encode(text), repr(text)
+        assert bin_tok.decode(tok.encode(text)) == tok.decode(tok.encode(text))
 
 
-@pytest.mark.skipif(
-    not hasattr(_tinyllm, "gguf_metadata"),
-    reason="this build of the extension has no tinyllm._tinyllm.gguf_metadata yet",
-)
 @pytest.mark.parametrize("name", VOCABS)
 def test_from_file_reads_gguf(name: str) -> None:
     path = vocab_path(name)

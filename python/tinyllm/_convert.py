@@ -68,7 +68,8 @@ def convert(
     src, dst = _path("src", src), _path("dst", dst)
     tok_path = None if tokenizer is None else _path("tokenizer", tokenizer)
     # The source's vocabulary and template, found as Model finds them.
-    source = Model(src, tok_path, n_threads=1)
+    # (one thread, a one-position context: no buffers sized for generating)
+    source = Model(src, tok_path, n_threads=1, context_length=1)
     hf_tokenizer = None
     chat_template = source.tokenizer.chat_template or source.info.get("chat_template")
     if not source.tokenizer.is_llama2c:

@@ -86,10 +86,14 @@ class Model:
             tokenizer = _path("tokenizer", tokenizer)
         self._engine = _tinyllm.Engine(path, n_threads=n_threads, context_length=context_length)
         self.config = ModelConfig(**self._engine.config())
-        #: The model's tokenizer (see :class:`tinyllm.Tokenizer`).
-        self.tokenizer: Tokenizer = self._attach_tokenizer(path, tokenizer)
-        self._stop_ids = sorted(self.tokenizer.eos_ids)
+        self._tokenizer = self._attach_tokenizer(path, tokenizer)
         self._chat_template: ChatTemplate | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (see :class:`tinyllm.Tokenizer`); fixed when
+        the model opens, since the engine streams text with its tokens."""
+        return self._tokenizer
 
     def _attach_tokenizer(self, path: str, given: str | Tokenizer | None) -> Tokenizer:
         """Finds the model's vocabulary and hands the engine what streaming
@@ -270,7 +274,7 @@ class Model:
             repeat_penalty=_float("repeat_penalty", repeat_penalty),
             seed=secrets.randbits(64) if seed is None else _int("seed", seed, minimum=0),
             stop=_stops(stop),
-            stop_ids=self._stop_ids,
+            stop_ids=sorted(self.tokenizer.eos_ids),
         )
 
     def generate(
@@ -301,8 +305,10 @@ class Model:
             seed: the same seed and settings give the same text; None draws one.
             stop: generation ends before the first of these strings appears.
 
-        The model stops at the end of its text (EOS or BOS), at a stop
-        string, after ``max_tokens``, or when the context is full. A prompt
+        The model stops at the end of its text (the vocabulary's EOS and
+        end-of-turn tokens, and for llama2.c vocabularies BOS, as run.c
+        does), at a stop string, after ``max_tokens``, or when the context
+        is full. A prompt
         longer than the context raises :class:`ContextLengthError`.
         """
         stream = self.stream(

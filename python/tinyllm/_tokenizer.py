@@ -436,7 +436,9 @@ class _Llama2cBackend:
     encoded as run.c encodes a prompt (with its dummy-prefix space).
     """
 
-    def __init__(self, impl: Any, vocab_size: int, bos_id: int, eos_id: int) -> None:
+    def __init__(
+        self, impl: _tinyllm.Llama2cTokenizer, vocab_size: int, bos_id: int, eos_id: int
+    ) -> None:
         self._impl = impl
         self._n = vocab_size
         wanted = {0: "<unk>", bos_id: "<s>", eos_id: "</s>"}
@@ -604,27 +606,15 @@ class Tokenizer:
 
     @classmethod
     def _from_gguf(cls, path: Path) -> Tokenizer:
-        read = getattr(_tinyllm, "gguf_metadata", None)
-        if read is None:
-            raise RuntimeError(
-                f"cannot read {str(path)!r}: this build of tinyllm has no GGUF metadata "
-                "reader (tinyllm._tinyllm.gguf_metadata); rebuild the extension"
-            )
-        return cls.from_gguf_metadata(read(str(path)), source=str(path))
+        return cls.from_gguf_metadata(_tinyllm.gguf_metadata(str(path)), source=str(path))
 
     @classmethod
     def _from_llama2c(cls, path: Path) -> Tokenizer:
-        impl_cls = getattr(_tinyllm, "Llama2cTokenizer", None)
-        if impl_cls is None:
-            raise RuntimeError(
-                f"cannot read {str(path)!r}: this build of tinyllm has no llama2.c "
-                "tokenizer binding (tinyllm._tinyllm.Llama2cTokenizer); rebuild the extension"
-            )
-        impl = impl_cls(str(path))
+        impl = _tinyllm.Llama2cTokenizer(str(path))
         return cls._from_llama2c_impl(impl, source=str(path))
 
     @classmethod
-    def _from_llama2c_impl(cls, impl: Any, source: str) -> Tokenizer:
+    def _from_llama2c_impl(cls, impl: _tinyllm.Llama2cTokenizer, source: str) -> Tokenizer:
         """Wraps an engine-side ``Llama2cTokenizer``. As in run.c, a
         generated BOS ends the text as EOS does."""
         n, bos, eos = int(impl.vocab_size), int(impl.bos_id), int(impl.eos_id)

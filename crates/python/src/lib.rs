@@ -74,9 +74,8 @@ fn to_py_err(e: Error) -> PyErr {
 #[pyclass(module = "tinyllm._tinyllm")]
 struct Engine {
     session: Session,
-    /// llama2.c's tokenizer, when the model has one (in its file or beside it).
-    tokenizer: Option<Arc<Tokenizer>>,
-    /// What streams text: `tokenizer`, or the table given by `set_pieces`.
+    /// What streams text: llama2.c's tokenizer (`use_llama2c_tokenizer`) or
+    /// the table given by `set_pieces`.
     detok: Option<Arc<dyn Detokenize>>,
     /// None when the tokenizer came from the model file itself.
     tokenizer_path: Option<PathBuf>,
@@ -108,7 +107,6 @@ impl Engine {
         Ok(Engine {
             session,
             detok: None,
-            tokenizer: None,
             tokenizer_path: None,
             epoch: 0,
         })
@@ -129,7 +127,6 @@ impl Engine {
             .map_err(to_py_err)?;
         let tok = Arc::new(tok);
         self.detok = Some(tok.clone());
-        self.tokenizer = Some(tok.clone());
         self.tokenizer_path = tok_path;
         Ok(Llama2cTokenizer { inner: tok })
     }
@@ -212,7 +209,6 @@ impl Engine {
             "chat_template",
             m.header.as_ref().and_then(|h| h.chat_template.clone()),
         )?;
-        d.set_item("has_llama2c_tokenizer", self.tokenizer.is_some())?;
         d.set_item("file_bytes", m.weights.file_size())?;
         d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
         d.set_item("kv_cache_bytes", s.kv_cache_bytes())?;
@@ -222,24 +218,6 @@ impl Engine {
         d.set_item("isa", s.kernels().isa().name())?;
         d.set_item("cached_tokens", s.tokens().len())?;
         Ok(d)
-    }
-
-    /// Token ids of `text` (llama2.c's encoder; BOS first if `add_bos`).
-    #[pyo3(signature = (text, add_bos=true))]
-    fn tokenize(&self, text: &str, add_bos: bool) -> PyResult<Vec<u32>> {
-        Ok(self.llama2c()?.encode(text, add_bos))
-    }
-
-    /// The text of `ids` (BOS and EOS give no text; ids out of range are an error).
-    fn detokenize(&self, ids: Vec<u32>) -> PyResult<String> {
-        let tokenizer = self.llama2c()?;
-        let vocab = tokenizer.vocab_size();
-        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-            return Err(PyValueError::new_err(format!(
-                "token id {bad} is out of range for a vocabulary of {vocab}"
-            )));
-        }
-        Ok(tokenizer.decode(&ids))
     }
 
     /// Logits of every position of `ids`, `(len(ids), vocab_size)` float32,
@@ -315,14 +293,6 @@ impl Engine {
     }
 }
 
-impl Engine {
-    fn llama2c(&self) -> PyResult<&Tokenizer> {
-        self.tokenizer.as_deref().ok_or_else(|| {
-            PyRuntimeError::new_err("this model's vocabulary is not a llama2.c tokenizer")
-        })
-    }
-}
-
 /// Text pieces of a generation, as they decode. Iterate it; afterwards
 /// `finish_reason`, `stats` and `tokens` describe what happened.
 #[pyclass(module = "tinyllm._tinyllm")]
@@ -355,15 +325,15 @@ impl Stream {
             ));
         }
         let Engine { session, detok, .. } = &mut *engine;
-        let detok = detok.clone().expect("checked when the generation started");
+        let detok = detok
+            .as_deref()
+            .expect("checked when the generation started");
         loop {
             let generation = &mut self.generation;
-            let step = py
-                .detach(|| generation.step(session, detok.as_ref()))
-                .map_err(|e| {
-                    self.done = true;
-                    to_py_err(e)
-                })?;
+            let step = py.detach(|| generation.step(session, detok)).map_err(|e| {
+                self.done = true;
+                to_py_err(e)
+            })?;
             py.check_signals()?;
             match step {
                 Step::Prompt => {}
@@ -644,22 +614,6 @@ impl Llama2cTokenizer {
             ))
         })?;
         Ok(pyo3::types::PyBytes::new(py, p))
-    }
-
-    /// The bytes token `id` adds to a text after token `prev` (run.c's rule).
-    #[pyo3(signature = (id, prev=None))]
-    fn token_bytes<'py>(
-        &self,
-        py: Python<'py>,
-        id: u32,
-        prev: Option<u32>,
-    ) -> Bound<'py, pyo3::types::PyBytes> {
-        pyo3::types::PyBytes::new(py, self.inner.decode_bytes(prev, id))
-    }
-
-    /// The merge score of token `id`.
-    fn score(&self, id: u32) -> Option<f32> {
-        self.inner.score(id)
     }
 
     #[getter]
