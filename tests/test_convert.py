@@ -155,6 +155,26 @@ def test_eval_measures_a_quantized_model(
         tinyllm.eval(stories, stories, "Once upon a time", ctx=64)
 
 
+def test_eval_puts_bos_first_when_the_vocabulary_adds_it(
+    stories: tinyllm.Model, golden: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stories260K's vocabulary adds BOS: each chunk's first token becomes BOS
+    # (vocabularies without, such as SmolLM2's, keep the text's token: see
+    # tests/test_smollm2.py).
+    assert stories.tokenizer.add_bos
+    ids = stories.tokenize(golden, add_bos=False)
+    seen: list[list[int]] = []
+    logits = stories.logits
+
+    def spy(chunk: list[int]) -> np.ndarray:
+        seen.append(list(chunk))
+        return logits(chunk)
+
+    monkeypatch.setattr(stories, "logits", spy)
+    tinyllm.eval(stories, stories, golden, ctx=64)
+    assert seen[::2] == [[1, *ids[c * 64 + 1 : (c + 1) * 64]] for c in range(4)]
+
+
 def test_cli_eval(
     converted: dict[str, Path], stories_path: Path, tmp_path: Path, golden: str
 ) -> None:

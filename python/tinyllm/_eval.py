@@ -10,8 +10,6 @@ import numpy as np
 
 from tinyllm._model import Model, PathLike, _int
 
-BOS = 1
-
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
@@ -33,9 +31,12 @@ def eval(
     --kl-divergence`` does.
 
     The text (a string, or a path to a UTF-8 file) is tokenized once with the
-    reference's tokenizer and cut into chunks of ``ctx`` tokens, each starting
-    with BOS; in each chunk the predictions for the second half are scored
-    (the first half is context).
+    reference's tokenizer and cut into chunks of ``ctx`` tokens; in each chunk
+    the predictions for the second half are scored (the first half is
+    context). If the vocabulary adds BOS (``Tokenizer.add_bos``: Llama 2,
+    Llama 3, llama2.c models), each chunk's first token is BOS; if it does not
+    (SmolLM2, Qwen), the chunks are the text's tokens as they are, as
+    llama.cpp's ``llama-perplexity`` does.
 
     Returns:
         ``kl_mean``: mean KL divergence of the next-token distributions,
@@ -57,6 +58,7 @@ def eval(
         with open(os.fspath(text), encoding="utf-8") as f:
             text = f.read()
     ids = ref.tokenize(text, add_bos=False)
+    bos = ref.tokenizer.bos_id if ref.tokenizer.add_bos else None
     n_chunks = len(ids) // ctx
     if max_chunks is not None:
         n_chunks = min(n_chunks, max_chunks)
@@ -68,7 +70,9 @@ def eval(
     nll = nll_ref = 0.0
     first = ctx // 2
     for c in range(n_chunks):
-        chunk = [BOS, *ids[c * ctx + 1 : (c + 1) * ctx]]
+        chunk = ids[c * ctx : (c + 1) * ctx]
+        if bos is not None:
+            chunk = [bos, *chunk[1:]]
         lp = _log_softmax(ref.logits(chunk)[first:-1])
         lq = _log_softmax(test.logits(chunk)[first:-1])
         targets = np.array(chunk[first + 1 :])
