@@ -24,6 +24,10 @@ It runs two llama.cpp programs, both with one thread:
    session file (magic ``ggsn``, version, count, int32 ids, then the state),
    which is where the ids are read from; ``--verbose-prompt`` tells how many
    of them are the prompt.
+3. ``llama-perplexity -c 128`` on tests/fixtures/smollm2/prose.txt (a few
+   paragraphs written for this), whose final estimate ``tinyllm.eval``
+   should reproduce: the same chunks (no BOS, as the vocabulary says), the
+   same scored positions.
 
 Run it from the repository root with the wheel installed (or ``--model``)
 and llama.cpp's programs' directory in ``LLAMA_CPP_BIN`` or ``--bin``:
@@ -47,6 +51,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "smollm2" / "reference.json"
+PROSE = OUT.parent / "prose.txt"
+PPL_CTX = 128
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 N_PREDICT = 48
 
@@ -161,6 +167,16 @@ def complete(bin_dir: Path, model: Path, prompt: str, chat: bool, tmp: Path) -> 
     return {"prompt_ids": ids[:n_prompt], "continuation": ids[n_prompt:], "stdout": text}
 
 
+def perplexity(bin_dir: Path, model: Path, ctx: int) -> float:
+    cmd = [str(bin_dir / "llama-perplexity"), "-m", str(model), "-f", str(PROSE)]
+    cmd += ["-c", str(ctx), "-t", "1"]
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    found = re.findall(r"Final estimate: PPL = ([0-9.]+)", r.stdout + r.stderr)
+    if len(found) != 1:
+        raise SystemExit(f"no final estimate in llama-perplexity's log:\n{r.stderr}")
+    return float(found[0])
+
+
 def version(bin_dir: Path) -> str:
     r = subprocess.run(
         [str(bin_dir / "llama-completion"), "--version"], capture_output=True, text=True
@@ -195,6 +211,11 @@ def main() -> None:
         "llama_cpp": version(bin_dir),
         "texts": texts,
         "greedy": greedy,
+        "perplexity": {
+            "text": PROSE.name,
+            "ctx": PPL_CTX,
+            "ppl": perplexity(bin_dir, model, PPL_CTX),
+        },
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
