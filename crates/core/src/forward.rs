@@ -14,7 +14,7 @@
 //! `hidden_dim` and `V` for `vocab_size`.
 
 use crate::config::{Config, RopeStyle};
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, padded_ld};
 use crate::kv_cache::KvCache;
 use crate::pool::{SyncPtr, ThreadPool};
 use crate::quant::{self, BlockQ8Act, QK, QK_K};
@@ -56,12 +56,8 @@ pub struct Scratch {
     scores: Vec<f32>,
     att_q: Vec<f32>,
     att_o: Vec<f32>,
-    /// Activations quantized for the weights that take them: blocks of 32
-    /// for the block types, `(T, max(D, Q, H) / 32)`
-    acts: Vec<BlockQ8Act>,
-    /// and llama2.c's int8 groups, `(T, max(D, Q, H))` values and their scales
-    xq: Vec<i8>,
-    xs: Vec<f32>,
+    /// The inputs of the products in the forms their weights take
+    forms: InputForms,
     /// `(head_dim / 2,)` rotary frequencies
     inv_freq: Vec<f32>,
     /// `(head_dim,)` one head, normalised (`Config::qk_norm`)
@@ -90,6 +86,7 @@ impl Scratch {
             .collect();
         let blocked = usize::from(dtypes.iter().any(|d| d.is_blocked()));
         let grouped = usize::from(dtypes.iter().any(|d| matches!(d, DType::Q8Group { .. })));
+        let floating = usize::from(max_batch > 1 && dtypes.iter().any(|d| d.is_float()));
         let half = c.head_dim / 2;
         let att_rows = ATT_TOKENS * (c.n_heads / c.n_kv_heads);
         // Pair j of a head turns at pos * theta^(-2j / head_dim), rescaled.
@@ -106,9 +103,15 @@ impl Scratch {
             scores: vec![0.0; n_threads * att_rows * max_len],
             att_q: vec![0.0; n_threads * att_rows * c.head_dim],
             att_o: vec![0.0; n_threads * att_rows * c.head_dim],
-            acts: vec![quant::quantize_act(&[0.0; QK]); blocked * max_batch * widest.div_ceil(QK)],
-            xq: vec![0; grouped * max_batch * widest],
-            xs: vec![0.0; grouped * max_batch * widest],
+            forms: InputForms {
+                acts: vec![
+                    quant::quantize_act(&[0.0; QK]);
+                    blocked * max_batch * widest.div_ceil(QK)
+                ],
+                xq: vec![0; grouped * max_batch * widest],
+                xs: vec![0.0; grouped * max_batch * widest],
+                padded: vec![0.0; floating * max_batch * padded_ld(widest)],
+            },
             inv_freq,
             head: vec![0.0; c.head_dim],
             cos: vec![0.0; max_batch * half],
@@ -177,7 +180,7 @@ pub fn forward(
         // into the cache at positions p0..p0+T                         (T, KV)
         let (kc, vc) = cache.layer_mut(l);
         let dtypes = [lw.wq.dtype, lw.wk.dtype, lw.wv.dtype];
-        let input = Input::prepare(e, &s.xb, n, dim, &dtypes, &mut s.acts, &mut s.xq, &mut s.xs);
+        let input = Input::prepare(e, &s.xb, n, dim, &dtypes, &mut s.forms);
         let outs = [
             Out::new(&mut s.q[..n * q_dim], q_dim),
             Out::new(&mut kc[p0 * kv_dim..(p0 + n) * kv_dim], kv_dim),
@@ -227,16 +230,7 @@ pub fn forward(
 
         // x += att @ wo^T                                               (T, D)
         let dtypes = [lw.wo.dtype];
-        let input = Input::prepare(
-            e,
-            &s.att,
-            n,
-            q_dim,
-            &dtypes,
-            &mut s.acts,
-            &mut s.xq,
-            &mut s.xs,
-        );
+        let input = Input::prepare(e, &s.att, n, q_dim, &dtypes, &mut s.forms);
         add_product(e, w.matrix(&lw.wo), &input, &mut s.x, &mut s.proj, n);
 
         // ---- feed-forward -------------------------------------------------
@@ -244,7 +238,7 @@ pub fn forward(
 
         // hb = silu(xb @ w1^T) * (xb @ w3^T)                           (T, H)
         let dtypes = [lw.w1.dtype, lw.w3.dtype];
-        let input = Input::prepare(e, &s.xb, n, dim, &dtypes, &mut s.acts, &mut s.xq, &mut s.xs);
+        let input = Input::prepare(e, &s.xb, n, dim, &dtypes, &mut s.forms);
         let outs = [
             Out::new(&mut s.hb[..n * hid], hid),
             Out::new(&mut s.hb2[..n * hid], hid),
@@ -271,7 +265,7 @@ pub fn forward(
 
         // x += hb @ w2^T                                                (T, D)
         let dtypes = [lw.w2.dtype];
-        let input = Input::prepare(e, &s.hb, n, hid, &dtypes, &mut s.acts, &mut s.xq, &mut s.xs);
+        let input = Input::prepare(e, &s.hb, n, hid, &dtypes, &mut s.forms);
         add_product(e, w.matrix(&lw.w2), &input, &mut s.x, &mut s.proj, n);
     }
     cache.commit(n);
@@ -294,16 +288,7 @@ pub fn forward(
     );
     let cls = w.classifier.clone();
     let dtypes = [cls.dtype];
-    let input = Input::prepare(
-        e,
-        &s.xb,
-        rows,
-        dim,
-        &dtypes,
-        &mut s.acts,
-        &mut s.xq,
-        &mut s.xs,
-    );
+    let input = Input::prepare(e, &s.xb, rows, dim, &dtypes, &mut s.forms);
     par_matmul(
         e,
         &[w.matrix(&cls)],
@@ -336,11 +321,28 @@ impl Out {
     }
 }
 
-/// The input of a group of products: f32 activations `(T, k)`, and the
-/// same quantized for the weights that take quantized input.
+/// Buffers for the input of a group of products in the forms its weights
+/// take.
+#[derive(Debug)]
+struct InputForms {
+    /// Blocks of 32 for the block types, `(T, max(D, Q, H) / 32)`
+    acts: Vec<BlockQ8Act>,
+    /// llama2.c's int8 groups, `(T, max(D, Q, H))` values and their scales
+    xq: Vec<i8>,
+    xs: Vec<f32>,
+    /// The f32 activations for the float weights when several tokens share
+    /// a product, `(T, padded_ld(max(D, Q, H)))`: rows a stride apart that
+    /// keeps a register tile's tokens in different L1 sets (see
+    /// `kernels::padded_ld`; rows of 2048 floats would evict each other).
+    padded: Vec<f32>,
+}
+
+/// The input of a group of products: f32 activations `(T, k)`, rows `ldx`
+/// apart, and the same quantized for the weights that take quantized input.
 struct Input<'a> {
     x: &'a [f32],
     k: usize,
+    ldx: usize,
     /// `(T, k / 32)` blocks, for the block types.
     acts: &'a [BlockQ8Act],
     /// `(T, k)` values and `(T, k / group_size)` scales, for llama2.c's groups.
@@ -349,26 +351,24 @@ struct Input<'a> {
 
 impl<'a> Input<'a> {
     /// The `(T, k)` activations `x` in every form the weights of `dtypes` take.
-    #[allow(clippy::too_many_arguments)]
     fn prepare(
         e: Engine<'_>,
         x: &'a [f32],
         n: usize,
         k: usize,
         dtypes: &[DType],
-        acts: &'a mut [BlockQ8Act],
-        xq: &'a mut [i8],
-        xs: &'a mut [f32],
+        forms: &'a mut InputForms,
     ) -> Input<'a> {
         let x = &x[..n * k];
         let mut input = Input {
             x,
             k,
+            ldx: k,
             acts: &[],
             q8g: None,
         };
         if dtypes.iter().any(|d| d.is_blocked()) {
-            let acts = &mut acts[..n * k / QK];
+            let acts = &mut forms.acts[..n * k / QK];
             e.kernels.quantize_act(x, acts);
             input.acts = acts;
         }
@@ -376,9 +376,17 @@ impl<'a> Input<'a> {
             DType::Q8Group { group_size } => Some(*group_size),
             _ => None,
         }) {
-            let (q, s) = (&mut xq[..n * k], &mut xs[..n * k / gs]);
+            let (q, s) = (&mut forms.xq[..n * k], &mut forms.xs[..n * k / gs]);
             e.kernels.quantize_q8g(x, gs, q, s);
             input.q8g = Some((q, s, gs));
+        }
+        if n > 1 && dtypes.iter().any(|d| d.is_float()) {
+            let ld = padded_ld(k);
+            let padded = &mut forms.padded[..n * ld];
+            for (dst, src) in padded.chunks_exact_mut(ld).zip(x.chunks_exact(k)) {
+                dst[..k].copy_from_slice(src);
+            }
+            (input.x, input.ldx) = (padded, ld);
         }
         input
     }
@@ -393,15 +401,15 @@ fn matmul_chunk(
     out: *mut f32,
     ldo: usize,
 ) {
-    let (k, x, nb) = (input.k, input.x, w.cols / QK);
+    let (k, x, ldx, nb) = (input.k, input.x, input.ldx, w.cols / QK);
     let kern = e.kernels;
     // SAFETY: (all arms) the caller gives this chunk exclusive use of its
     // output columns; the kernels check the input extents.
     unsafe {
         match w.data {
-            MatData::F32(wd) => kern.matmul_f32_into(wd, k, x, k, n, out, ldo),
-            MatData::F16(wd) => kern.matmul_f16_into(wd, k, x, k, n, out, ldo),
-            MatData::BF16(wd) => kern.matmul_bf16_into(wd, k, x, k, n, out, ldo),
+            MatData::F32(wd) => kern.matmul_f32_into(wd, k, x, ldx, n, out, ldo),
+            MatData::F16(wd) => kern.matmul_f16_into(wd, k, x, ldx, n, out, ldo),
+            MatData::BF16(wd) => kern.matmul_bf16_into(wd, k, x, ldx, n, out, ldo),
             MatData::Q8_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q4_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
             MatData::Q4_1(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
@@ -442,7 +450,8 @@ fn chunk_rows(e: Engine<'_>, rows: usize, k: usize, n: usize) -> usize {
 }
 
 /// Prompt chunks hold whole register tiles of every kernel: a multiple of
-/// 6 rows (AVX-512's float tile), 4 (the interleaved types) and 16.
+/// 48 rows (AVX-512's float panel strip, 3 x 16), 6 (its float tile), 4 (the
+/// interleaved types) and 16 (the other tiers' float panel strips).
 const PROMPT_CHUNK_ALIGN: usize = 48;
 
 /// The least work (multiply-adds) worth handing to another thread.

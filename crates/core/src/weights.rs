@@ -79,6 +79,12 @@ impl DType {
         .find(|d| d.name() == name)
     }
 
+    /// Whether the weights are floats (their products take f32
+    /// activations).
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+    }
+
     /// Whether rows are stored in blocks of [`QK`] values (or super-blocks
     /// of [`QK_K`]), whose products take activations quantized in blocks of
     /// [`QK`].

@@ -105,8 +105,12 @@ impl Check {
     }
 }
 
-const SHAPES: [(usize, usize, usize); 10] = [
-    // (rows, k, tokens)
+const SHAPES: [(usize, usize, usize); 12] = [
+    // (rows, k, tokens); the last two run the float panels (many tokens):
+    // whole strips and leftover rows, several column blocks with a tail,
+    // whole token tiles, tiles of four and single tokens.
+    (100, 300, 23),
+    (50, 530, 13),
     (1, 1, 1),
     (3, 5, 2),
     (4, 16, 4),

@@ -374,7 +374,14 @@ unsafe fn tile_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
 /// weight rows `ldw` apart, tiled `R` rows by `C` tokens.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn matmul_float<S: Simd, W: FloatWeight, const R: usize, const C: usize>(
+pub(super) unsafe fn matmul_float<
+    S: Simd,
+    W: FloatWeight,
+    const R: usize,
+    const C: usize,
+    const PV: usize,
+    const PC: usize,
+>(
     w: *const W,
     ldw: usize,
     rows: usize,
@@ -386,8 +393,15 @@ pub(super) unsafe fn matmul_float<S: Simd, W: FloatWeight, const R: usize, const
     ldo: usize,
 ) {
     // SAFETY: every tile stays inside `rows x k` of `w`, `n_tok x ldx` of
-    // `x` and `n_tok x ldo` of `out` (caller's extents).
+    // `x` and `n_tok x ldo` of `out` (caller's extents); the panel product
+    // covers the first rows and the tiles the rest.
     unsafe {
+        let done = if n_tok >= PC {
+            matmul_float_panel::<S, W, PV, PC>(w, ldw, rows, k, x, ldx, n_tok, out, ldo)
+        } else {
+            0
+        };
+        let (w, rows, out) = (w.add(done * ldw), rows - done, out.add(done));
         tiles::<R, C>(rows, n_tok, |r, t, tr, tc| {
             let (wr, xt, o) = (w.add(r * ldw), x.add(t * ldx), out.add(t * ldo + r));
             match (tr == R, tc == C) {
@@ -398,6 +412,198 @@ pub(super) unsafe fn matmul_float<S: Simd, W: FloatWeight, const R: usize, const
             }
         });
     }
+}
+
+/// The floats one packed panel holds: 16 KiB, which stays in L1 with the
+/// tokens' slices of the block beside it.
+const PANEL_FLOATS: usize = 4096;
+
+/// A packed panel: a block of columns of a strip of weight rows, in f32,
+/// column-major (`p[kk * rows + r]`), so that one vector load gives one
+/// column's value for `LANES` consecutive rows.
+#[repr(C, align(64))]
+struct Panel([f32; PANEL_FLOATS]);
+
+/// The columns of a panel of `rw` rows: as many as fit, a multiple of 16.
+const fn panel_kc(rw: usize) -> usize {
+    PANEL_FLOATS / rw / 16 * 16
+}
+
+/// Packs columns `k0..k0 + kb` of the `rw` rows at `w` (`ldw` apart) into
+/// `p`, converted to f32 and transposed (see [`Panel`]): `LANES` rows at a
+/// time are converted into a square block and transposed into place.
+#[inline(always)]
+unsafe fn pack_panel<S: Simd, W: FloatWeight>(
+    w: *const W,
+    ldw: usize,
+    rw: usize,
+    k0: usize,
+    kb: usize,
+    p: *mut f32,
+) {
+    // SAFETY: `w` holds `rw` rows of `ldw >= k0 + kb` values and `p` holds
+    // `kb * rw` floats (caller); `block` holds LANES x LANES <= 16 x 16.
+    unsafe {
+        let l = S::LANES;
+        let kv = kb - kb % l;
+        let mut block = [0.0f32; 256];
+        let b = block.as_mut_ptr();
+        for g in (0..rw).step_by(l) {
+            let rows = w.add(g * ldw + k0);
+            // Two blocks ahead: the rows are read in short runs, one per
+            // block, which the hardware prefetchers follow poorly.
+            for i in 0..l {
+                S::prefetch(rows.wrapping_add(i * ldw + 2 * kb).cast());
+            }
+            let mut kk = 0;
+            while kk < kv {
+                for i in 0..l {
+                    S::store(b.add(i * l), W::load::<S>(rows.add(i * ldw + kk)));
+                }
+                S::transpose(b, l, p.add(kk * rw + g), rw);
+                kk += l;
+            }
+            for kk in kv..kb {
+                for i in 0..l {
+                    *p.add(kk * rw + g + i) = (*rows.add(i * ldw + kk)).to_f32();
+                }
+            }
+        }
+    }
+}
+
+/// One register tile of the panel product: the panel's `RV * LANES` rows
+/// against `C` tokens over the panel's `kb` columns, each token value
+/// broadcast against a column of the panel. Adds to `out` unless `first`.
+/// Prefetches the same columns of the tokens at `next` (the next tile's).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn panel_tile<S: Simd, const RV: usize, const C: usize>(
+    p: *const f32,
+    kb: usize,
+    x: *const f32,
+    next: *const f32,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+    first: bool,
+) {
+    // SAFETY: `p` holds `kb` columns of `RV * LANES` rows, `x` holds `C`
+    // rows of at least `kb` values (`ldx` apart), `out` has `C` rows of at
+    // least `RV * LANES` (`ldo` apart) (caller).
+    unsafe {
+        let rw = RV * S::LANES;
+        let mut acc = [[S::zero(); C]; RV];
+        if !first {
+            for (v, acc_v) in acc.iter_mut().enumerate() {
+                for (c, a) in acc_v.iter_mut().enumerate() {
+                    *a = S::load(out.add(c * ldo + v * S::LANES));
+                }
+            }
+        }
+        // Each token's row pointer computed once (not a chain of additions
+        // per column).
+        let mut xr = [x; C];
+        for (c, r) in xr.iter_mut().enumerate() {
+            *r = x.add(c * ldx);
+        }
+        // A cache line of each token at a time, fetching the same line of
+        // the next tile's tokens meanwhile.
+        let mut k1 = 0;
+        while k1 < kb {
+            for c in 0..C {
+                S::prefetch(next.wrapping_add(c * ldx + k1).cast());
+            }
+            for kk in k1..(k1 + 16).min(kb) {
+                let mut wv = [S::zero(); RV];
+                for (v, wv_v) in wv.iter_mut().enumerate() {
+                    *wv_v = S::load(p.add(kk * rw + v * S::LANES));
+                }
+                for (c, r) in xr.iter().enumerate() {
+                    let xb = S::splat(*r.add(kk));
+                    for (acc_v, &w_v) in acc.iter_mut().zip(&wv) {
+                        acc_v[c] = S::mul_add(w_v, xb, acc_v[c]);
+                    }
+                }
+            }
+            k1 += 16;
+        }
+        for (v, acc_v) in acc.iter().enumerate() {
+            for (c, &a) in acc_v.iter().enumerate() {
+                S::store(out.add(c * ldo + v * S::LANES), a);
+            }
+        }
+    }
+}
+
+/// The float product for many tokens. Each block of `panel_kc` columns of
+/// each strip of `RV * LANES` weight rows is converted to f32 and packed
+/// once ([`pack_panel`]); then every token passes over the panel in
+/// register tiles of `C` tokens ([`panel_tile`]) whose weight vectors come
+/// from L1 and whose token values are broadcasts, so the inner loop is
+/// nearly all multiply-adds. The rows of a tile's tokens share L1 sets when
+/// `ldx` is a multiple of 1024 floats and then evict each other: callers
+/// pass rows `4 * ldx` bytes apart that are an odd multiple of 64 (see
+/// [`super::padded_ld`]). Returns the rows it covered (whole strips); the
+/// caller computes the rest.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn matmul_float_panel<S: Simd, W: FloatWeight, const RV: usize, const C: usize>(
+    w: *const W,
+    ldw: usize,
+    rows: usize,
+    k: usize,
+    x: *const f32,
+    ldx: usize,
+    n_tok: usize,
+    out: *mut f32,
+    ldo: usize,
+) -> usize {
+    const { assert!(C >= 4) };
+    let rw = RV * S::LANES;
+    let kc = panel_kc(rw);
+    assert!(kc >= 16 && S::LANES <= 16);
+    let strips = rows / rw;
+    let mut panel = Panel([0.0; PANEL_FLOATS]);
+    let p = panel.0.as_mut_ptr();
+    // SAFETY: strips cover rows `< rows`, blocks columns `< k`, tiles tokens
+    // `< n_tok` (caller's extents); the panel holds `kc * rw` floats.
+    unsafe {
+        for s in 0..strips {
+            let (ws, os) = (w.add(s * rw * ldw), out.add(s * rw));
+            let mut k0 = 0;
+            while k0 < k {
+                let kb = kc.min(k - k0);
+                pack_panel::<S, W>(ws, ldw, rw, k0, kb, p);
+                let first = k0 == 0;
+                // The next tile's tokens (wrapping to the first ones, which
+                // the next block starts with).
+                let tile = |t: usize, c: usize| {
+                    let next = if t + 2 * c <= n_tok { t + c } else { 0 };
+                    let xn = x.wrapping_add(next * ldx + k0 + if next == 0 { kb } else { 0 });
+                    (x.add(t * ldx + k0), xn, os.add(t * ldo))
+                };
+                let mut t = 0;
+                while t + C <= n_tok {
+                    let (xt, xn, ot) = tile(t, C);
+                    panel_tile::<S, RV, C>(p, kb, xt, xn, ldx, ot, ldo, first);
+                    t += C;
+                }
+                while t + 4 <= n_tok {
+                    let (xt, xn, ot) = tile(t, 4);
+                    panel_tile::<S, RV, 4>(p, kb, xt, xn, ldx, ot, ldo, first);
+                    t += 4;
+                }
+                while t < n_tok {
+                    let (xt, xn, ot) = tile(t, 1);
+                    panel_tile::<S, RV, 1>(p, kb, xt, xn, ldx, ot, ldo, first);
+                    t += 1;
+                }
+                k0 += kb;
+            }
+        }
+    }
+    strips * rw
 }
 
 /// Walks a `rows x n_tok` output in tiles of `R x C`, then the leftover

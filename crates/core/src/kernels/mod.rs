@@ -147,9 +147,11 @@ pub struct Kernels {
 /// instantiated for `$simd`, inside functions compiled with `$attr`, with
 /// register tiles of `$r` weight rows by `$c` tokens (`$c4` tokens for the
 /// interleaved types; `$fr` by `$fc` for float weights, where converting a
-/// weight vector costs an instruction that more tokens share).
+/// weight vector costs an instruction that more tokens share), and float
+/// panels of `$pv` vectors of rows by `$pc` tokens for `$pc` tokens or more
+/// (see `generic::matmul_float_panel`).
 macro_rules! tier {
-    ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal, $c4:literal), ftile = ($fr:literal, $fc:literal), $(#[$attr:meta])*) => {
+    ($module:ident, $isa:expr, $simd:ty, tile = ($r:literal, $c:literal, $c4:literal), ftile = ($fr:literal, $fc:literal), ptile = ($pv:literal, $pc:literal), $(#[$attr:meta])*) => {
         mod $module {
             #![allow(clippy::too_many_arguments)]
             use super::generic;
@@ -168,7 +170,7 @@ macro_rules! tier {
                 n_tok: usize, out: *mut f32, ldo: usize,
             ) {
                 // SAFETY: forwarded contract (see `generic::matmul_float`).
-                unsafe { generic::matmul_float::<$simd, W, $fr, $fc>(w, ldw, rows, k, x, ldx, n_tok, out, ldo) }
+                unsafe { generic::matmul_float::<$simd, W, $fr, $fc, $pv, $pc>(w, ldw, rows, k, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
             unsafe fn matmul_quant<W: generic::QuantWeight>(
@@ -266,9 +268,10 @@ tier!(
     Portable,
     tile = (2, 2, 2),
     ftile = (2, 2),
+    ptile = (2, 4),
 );
 #[cfg(target_arch = "x86_64")]
-tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3, 2), ftile = (3, 3), #[target_feature(enable = "avx2,fma,f16c")]);
+tier!(avx2, Isa::Avx2, Avx2, tile = (3, 3, 2), ftile = (3, 3), ptile = (2, 6), #[target_feature(enable = "avx2,fma,f16c")]);
 #[cfg(target_arch = "x86_64")]
 tier!(
     avx512,
@@ -276,12 +279,13 @@ tier!(
     Avx512,
     tile = (4, 4, 8),
     ftile = (6, 4),
+    ptile = (3, 8),
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 );
 #[cfg(target_arch = "aarch64")]
-tier!(neon, Isa::Neon, Neon, tile = (4, 4, 4), ftile = (4, 4), #[target_feature(enable = "neon")]);
+tier!(neon, Isa::Neon, Neon, tile = (4, 4, 4), ftile = (4, 4), ptile = (4, 6), #[target_feature(enable = "neon")]);
 #[cfg(target_arch = "aarch64")]
-tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4, 4), ftile = (4, 4), #[target_feature(enable = "neon,dotprod")]);
+tier!(neon_dot, Isa::NeonDot, NeonDot, tile = (4, 4, 4), ftile = (4, 4), ptile = (4, 6), #[target_feature(enable = "neon,dotprod")]);
 
 impl Kernels {
     /// The kernel table of `isa`, if this CPU supports it.
@@ -603,6 +607,19 @@ impl Kernels {
             // SAFETY: `x` is a valid, non-empty slice.
             unsafe { (self.softmax)(x.as_mut_ptr(), x.len()) }
         }
+    }
+}
+
+/// The row stride (in floats) for `n`-float activation rows that the float
+/// products read fastest when many tokens share a product: at least `n`, a
+/// multiple of 16 floats, and an odd multiple of 64 bytes, so that the rows
+/// of a register tile fall in different L1 sets.
+pub fn padded_ld(n: usize) -> usize {
+    let ld = n.next_multiple_of(16);
+    if (ld / 16).is_multiple_of(2) {
+        ld + 16
+    } else {
+        ld
     }
 }
 

@@ -112,6 +112,18 @@ pub(crate) trait Simd: Copy {
     unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> Self::W4;
     /// `acc[r] + (w[r] . x) * dw[r] * dx` for the four rows `r`.
     unsafe fn dot4(acc: Self::Acc4, w: Self::W4, x: *const BlockQ8Act) -> Self::Acc4;
+
+    /// Transposes a `LANES x LANES` block, `dst[j * ldd + i] =
+    /// src[i * lds + j]` (the float panels' packing): element by element
+    /// unless a set has a shuffle network for it.
+    #[inline(always)]
+    unsafe fn transpose(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        for i in 0..Self::LANES {
+            for j in 0..Self::LANES {
+                *dst.add(j * ldd + i) = *src.add(i * lds + j);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -480,6 +492,38 @@ mod x86 {
         x86_blocks!();
 
         #[inline(always)]
+        unsafe fn transpose(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+            // Closures would not inherit the target features: plain loops.
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, v) in r.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(src.add(i * lds));
+            }
+            // Pairs of rows interleaved, then pairs of pairs: each 128-bit
+            // half of u[4g + c] is column c (or c + 4) of rows 4g..4g+4.
+            let mut t = [_mm256_setzero_ps(); 8];
+            for p in 0..4 {
+                t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+                t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+            }
+            let mut u = [_mm256_setzero_ps(); 8];
+            for g in 0..2 {
+                for h in 0..2 {
+                    let (a, b) = (t[4 * g + h], t[4 * g + 2 + h]);
+                    u[4 * g + 2 * h] = _mm256_shuffle_ps::<0x44>(a, b);
+                    u[4 * g + 2 * h + 1] = _mm256_shuffle_ps::<0xee>(a, b);
+                }
+            }
+            for c in 0..4 {
+                let (lo, hi) = (u[c], u[4 + c]);
+                _mm256_storeu_ps(dst.add(c * ldd), _mm256_permute2f128_ps::<0x20>(lo, hi));
+                _mm256_storeu_ps(
+                    dst.add((c + 4) * ldd),
+                    _mm256_permute2f128_ps::<0x31>(lo, hi),
+                );
+            }
+        }
+
+        #[inline(always)]
         unsafe fn zero() -> __m256 {
             _mm256_setzero_ps()
         }
@@ -659,6 +703,45 @@ mod x86 {
         const LANES: usize = 16;
         type F = __m512;
         x86_blocks!();
+
+        #[inline(always)]
+        unsafe fn transpose(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+            // Closures would not inherit the target features: plain loops.
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(src.add(i * lds));
+            }
+            // Rows interleaved in pairs, then in fours: each 128-bit lane of
+            // u[4g + c] is column c, c + 4, c + 8 or c + 12 of rows 4g..4g+4.
+            let mut t = [_mm512_setzero_ps(); 16];
+            for p in 0..8 {
+                t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+                t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+            }
+            let mut u = [_mm512_setzero_ps(); 16];
+            for g in 0..4 {
+                for h in 0..2 {
+                    let (a, b) = (t[4 * g + h], t[4 * g + 2 + h]);
+                    u[4 * g + 2 * h] = _mm512_shuffle_ps::<0x44>(a, b);
+                    u[4 * g + 2 * h + 1] = _mm512_shuffle_ps::<0xee>(a, b);
+                }
+            }
+            // Then the 128-bit lanes: column c's four quarters gathered
+            // from the four groups of rows.
+            for c in 0..4 {
+                let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+                let v1 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+                let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+                let v3 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+                _mm512_storeu_ps(dst.add(c * ldd), _mm512_shuffle_f32x4::<0x88>(v0, v2));
+                _mm512_storeu_ps(dst.add((c + 8) * ldd), _mm512_shuffle_f32x4::<0xdd>(v0, v2));
+                _mm512_storeu_ps(dst.add((c + 4) * ldd), _mm512_shuffle_f32x4::<0x88>(v1, v3));
+                _mm512_storeu_ps(
+                    dst.add((c + 12) * ldd),
+                    _mm512_shuffle_f32x4::<0xdd>(v1, v3),
+                );
+            }
+        }
 
         #[inline(always)]
         unsafe fn zero() -> __m512 {
