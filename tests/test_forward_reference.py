@@ -19,9 +19,12 @@ from conftest import write_random_model
 #: f32 engine vs float64 oracle: the issue's bound, absolute, on logits that
 #: reach ~20 for stories260K (the observed error is ~1e-5).
 TOL_LOGITS = 1e-4
-#: The same computation run in a different batching: only the order of a few
-#: f32 operations may differ.
-TOL_BATCHING = 1e-5
+#: The same computation run in a different batching: only the order of f32
+#: additions may differ. Batches of several tokens take the float panel
+#: products, which add each output's terms column by column, where a single
+#: token's product keeps a partial sum per vector lane (observed: 1.4e-5 on
+#: logits of ~20; a caching or position fault moves them by far more).
+TOL_BATCHING = 4e-5
 
 
 def story_ids(model: tinyllm.Model, golden: str, n: int) -> list[int]:

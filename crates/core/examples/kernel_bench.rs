@@ -29,6 +29,7 @@ fn main() {
     let x32: Vec<f32> = (0..k)
         .map(|i| ((i * 31) % 100) as f32 / 50.0 - 1.0)
         .collect();
+    let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
     let q4: Vec<BlockQ4_0> = quant::quantize_row(&w32);
     let q8: Vec<BlockQ8_0> = quant::quantize_row(&w32);
     let q4x: Vec<BlockQ4_0x4> = q4
@@ -68,10 +69,14 @@ fn main() {
         kern.quantize_act(&x32, &mut xa);
         let o = out.as_mut_ptr();
         // `out` holds one row of `rows` outputs, written by one call at a time.
-        let cases: [(&str, f64, &dyn Fn()); 7] = [
+        let cases: [(&str, f64, &dyn Fn()); 8] = [
             // SAFETY: see above.
             ("f32", 128.0, &|| unsafe {
                 kern.matmul_f32_into(&w32, k, &x32, k, 1, o, rows)
+            }),
+            // SAFETY: see above.
+            ("f16", 64.0, &|| unsafe {
+                kern.matmul_f16_into(&w16, k, &x32, k, 1, o, rows)
             }),
             // SAFETY: see above.
             ("q8_0", 34.0, &|| unsafe {
