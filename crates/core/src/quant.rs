@@ -314,8 +314,15 @@ pub fn unpack_nibbles(qs: &[u8; QK / 2]) -> [u8; QK] {
     })
 }
 
-/// The symmetric 4-bit quantization of a block with least squared error:
-/// returns `d` and `q` in `-8..=7`.
+/// The symmetric 4-bit quantization of a block with least weighted squared
+/// error: returns `d` and `q` in `-8..=7`.
+///
+/// Each value's error is weighted by `sqrt(s2 + x^2)`, `s2` the block's mean
+/// square, so the larger weights, which move the outputs most, are kept
+/// closer. Measured (README, "Quantization quality"): on SmolLM2-135M the
+/// mean KL divergence went from 0.388 (unweighted) to 0.356 (llama.cpp's
+/// Q4_0: 0.380); on stories260K it stayed at 0.086. Weighting by `x^2` alone
+/// was worse than none (0.397).
 fn symmetric_4bit(x: &[f32; QK]) -> (f32, [i8; QK]) {
     let max = x
         .iter()
@@ -324,13 +331,15 @@ fn symmetric_4bit(x: &[f32; QK]) -> (f32, [i8; QK]) {
         return (0.0, [0; QK]);
     }
     let quantize = |inv: f32| x.map(|v| (v * inv).round().clamp(-8.0, 7.0) as i8);
-    // For a given q the best d is sum(x q) / sum(q q), leaving an error of
-    // sum(x x) - sum(x q)^2 / sum(q q): maximise sum(x q)^2 / sum(q q).
+    let s2 = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / QK as f64;
+    let weight = x.map(|v| (s2 + v as f64 * v as f64).sqrt());
+    // For a given q the best d is sum(w x q) / sum(w q q), leaving an error
+    // of sum(w x x) - sum(w x q)^2 / sum(w q q): maximise the second term.
     let fit = |q: &[i8; QK]| {
         let (mut xq, mut qq) = (0.0f64, 0.0f64);
-        for (&v, &k) in x.iter().zip(q) {
-            xq += v as f64 * k as f64;
-            qq += k as f64 * k as f64;
+        for ((&v, &k), &w) in x.iter().zip(q).zip(&weight) {
+            xq += w * v as f64 * k as f64;
+            qq += w * k as f64 * k as f64;
         }
         if qq > 0.0 {
             (xq / qq, xq * xq / qq)

@@ -1096,17 +1096,21 @@ pub(super) unsafe fn matmul_quant4<S: Simd, W: QuantWeight4, const C: usize>(
 
 /// Quantizes `nb * 32` activations into blocks (see `quant::quantize_act`).
 #[inline(always)]
-pub(super) unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
+pub(super) unsafe fn quantize_act<S: Simd>(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
     // SAFETY: `x` holds `nb * 32` floats and `out` `nb` blocks (caller).
     // (Plain indexed loops, no closures: they vectorise in the tier's
-    // target-feature context; `round_ties_even` is one instruction.)
+    // target-feature context; `round_ties_even` is one instruction. The
+    // largest magnitude takes vector maxima: a loop of `f32::max` stays
+    // scalar, since it must skip NaNs.)
     unsafe {
         for b in 0..nb {
             let xb = &*x.add(b * QK).cast::<[f32; QK]>();
-            let mut amax = 0.0f32;
-            for &v in xb {
-                amax = amax.max(v.abs());
+            let mut m = S::zero();
+            for i in (0..QK).step_by(S::LANES) {
+                let v = S::load(xb.as_ptr().add(i));
+                m = S::max(m, S::max(v, S::sub(S::zero(), v)));
             }
+            let amax = S::max_lane(m);
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let o = &mut *out.add(b);

@@ -199,7 +199,7 @@ macro_rules! tier {
             $(#[$attr])*
             unsafe fn quantize_act(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
                 // SAFETY: forwarded contract (see `generic::quantize_act`).
-                unsafe { generic::quantize_act(x, nb, out) }
+                unsafe { generic::quantize_act::<$simd>(x, nb, out) }
             }
             $(#[$attr])*
             unsafe fn matmul_q8g(
