@@ -1094,6 +1094,10 @@ pub(super) unsafe fn matmul_quant4<S: Simd, W: QuantWeight4, const C: usize>(
     }
 }
 
+/// 1.5 * 2^23: a float of magnitude below 2^22 plus this is rounded to an
+/// integer, in the low bits of the sum's mantissa.
+const ROUNDING_BIAS: f32 = 12_582_912.0;
+
 /// Quantizes `nb * 32` activations into blocks (see `quant::quantize_act`).
 #[inline(always)]
 pub(super) unsafe fn quantize_act<S: Simd>(x: *const f32, nb: usize, out: *mut BlockQ8Act) {
@@ -1115,8 +1119,12 @@ pub(super) unsafe fn quantize_act<S: Simd>(x: *const f32, nb: usize, out: *mut B
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let o = &mut *out.add(b);
             let mut isum = 0i32;
+            // |v * id| <= 127: adding 1.5 * 2^23 rounds it to an integer
+            // (ties to even) held in the low bits, whose low byte is the
+            // value as i8. (`round_ties_even() as i8` gives the same but
+            // saturates element by element, which stays scalar.)
             for (q, &v) in o.qs.iter_mut().zip(xb) {
-                *q = (v * id).round_ties_even() as i8;
+                *q = ((v * id) + ROUNDING_BIAS).to_bits() as i8;
                 isum += *q as i32;
             }
             o.d = d;
