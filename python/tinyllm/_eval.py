@@ -31,12 +31,12 @@ def eval(
     --kl-divergence`` does.
 
     The text (a string, or a path to a UTF-8 file) is tokenized once with the
-    reference's tokenizer and cut into chunks of ``ctx`` tokens; in each chunk
-    the predictions for the second half are scored (the first half is
-    context). If the vocabulary adds BOS (``Tokenizer.add_bos``: Llama 2,
-    Llama 3, llama2.c models), each chunk's first token is BOS; if it does not
-    (SmolLM2, Qwen), the chunks are the text's tokens as they are, as
-    llama.cpp's ``llama-perplexity`` does.
+    reference's tokenizer, BOS first if the vocabulary adds it
+    (``Tokenizer.add_bos``: Llama 2, Llama 3, llama2.c models; not SmolLM2 or
+    Qwen), and cut into chunks of ``ctx`` tokens; with such a vocabulary each
+    chunk's first token then becomes BOS. In each chunk the predictions for
+    the second half are scored (the first half is context). These are
+    llama.cpp's ``llama-perplexity``'s chunks and positions, token for token.
 
     Returns:
         ``kl_mean``: mean KL divergence of the next-token distributions,
@@ -57,8 +57,8 @@ def eval(
     if not isinstance(text, str) or os.path.isfile(text):
         with open(os.fspath(text), encoding="utf-8") as f:
             text = f.read()
-    ids = ref.tokenize(text, add_bos=False)
     bos = ref.tokenizer.bos_id if ref.tokenizer.add_bos else None
+    ids = ref.tokenize(text, add_bos=bos is not None)
     n_chunks = len(ids) // ctx
     if max_chunks is not None:
         n_chunks = min(n_chunks, max_chunks)
