@@ -120,6 +120,15 @@ def test_against_llamacpp(benchmark, shape: str, quant: str) -> None:  # type: i
     gguf = gguf_file(shape, qtype)
     m = open_model(shape, quant)
     n_prompt = min(PROMPT, m.context_length - 1)
+    against_llamacpp(benchmark, m, gguf, n_prompt, shape, quant, f"llama.cpp {qtype}")
+
+
+def against_llamacpp(  # type: ignore[no-untyped-def]
+    benchmark, m: tinyllm.Model, gguf: Path, n_prompt: int, shape: str, quant: str, peer: str
+) -> None:
+    """Times ``m`` and llama.cpp on ``gguf`` round by round (prompt of
+    ``n_prompt``, then ``GENERATE`` tokens) and records the medians of both,
+    as row ``(shape, quant)`` with llama.cpp as ``peer``."""
     ours: dict[str, list[float]] = {"pp": [], "tg": []}
     theirs: dict[str, list[float]] = {"pp": [], "tg": []}
     size = 0
@@ -140,7 +149,7 @@ def test_against_llamacpp(benchmark, shape: str, quant: str) -> None:  # type: i
         a, b = med(ours[key]), med(theirs[key])
         gen = key == "tg"
         record(shape, quant, phase, f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
-        record(shape, quant, phase, f"llama.cpp {qtype}", b, b * size / 1e9 if gen else None)
+        record(shape, quant, phase, peer, b, b * size / 1e9 if gen else None)
         benchmark.extra_info[f"{key}_ratio"] = a / b
 
 
@@ -193,25 +202,4 @@ def test_real_model_against_llamacpp(benchmark) -> None:  # type: ignore[no-unty
     gguf = smollm2_gguf()
     assert gguf is not None
     m = tinyllm.Model(gguf, n_threads=THREADS)
-    ours: dict[str, list[float]] = {"pp": [], "tg": []}
-    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
-    size = 0
-
-    def alternate() -> None:
-        nonlocal size
-        ours["pp"].append(prompt_rate(m, PROMPT))
-        ours["tg"].append(generate_rate(m, GENERATE))
-        r = llamacpp.bench(gguf, threads=THREADS, n_prompt=PROMPT, n_gen=GENERATE, reps=1)
-        theirs["pp"].append(float(r["prompt_tokens_per_s"] or 0))
-        theirs["tg"].append(float(r["gen_tokens_per_s"] or 0))
-        size = r["model_size_bytes"]
-
-    benchmark.pedantic(alternate, rounds=ROUNDS, warmup_rounds=1)
-    med = statistics.median
-    bpt = m.info["bytes_per_token"]
-    for phase, key in [(f"prompt {PROMPT}", "pp"), (f"generate {GENERATE}", "tg")]:
-        a, b = med(ours[key]), med(theirs[key])
-        gen = key == "tg"
-        record("SmolLM2", "Q4_1", phase, f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
-        record("SmolLM2", "Q4_1", phase, "llama.cpp", b, b * size / 1e9 if gen else None)
-        benchmark.extra_info[f"{key}_ratio"] = a / b
+    against_llamacpp(benchmark, m, gguf, PROMPT, "SmolLM2", "Q4_1", "llama.cpp")

@@ -96,6 +96,24 @@ impl Check {
             }
         }
     }
+    /// A product's `(n, rows)` outputs against the reference's, each within
+    /// `TOL_F32_SUM` of its sum of term magnitudes `mag(t, r)`.
+    fn product(
+        &mut self,
+        what: &str,
+        got: &[f32],
+        want: &[f32],
+        rows: usize,
+        n: usize,
+        mag: impl Fn(usize, usize) -> f64,
+    ) {
+        for t in 0..n {
+            for r in 0..rows {
+                let (g, w) = (got[t * rows + r], want[t * rows + r]);
+                self.close(&format!("{what}: [{t},{r}]"), g, w, mag(t, r), TOL_F32_SUM);
+            }
+        }
+    }
     fn equal<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, got: T, want: T) {
         self.checks += 1;
         if got != want {
@@ -130,21 +148,12 @@ fn matmul_f32(k: &Kernels, c: &mut Check, g: &mut Gen) {
         let want = reference::matmul_f32(&w, kk, &x, n);
         let mut got = vec![f32::NAN; n * rows];
         k.matmul_f32(&w, kk, &x, n, &mut got);
-        for t in 0..n {
-            for r in 0..rows {
-                let mag: f64 = (0..kk)
-                    .map(|j| (w[r * kk + j] * x[t * kk + j]).abs() as f64)
-                    .sum();
-                let what = format!("{:?} matmul_f32 {rows}x{kk} by {n}: [{t},{r}]", k.isa());
-                c.close(
-                    &what,
-                    got[t * rows + r],
-                    want[t * rows + r],
-                    mag,
-                    TOL_F32_SUM,
-                );
-            }
-        }
+        let what = format!("{:?} matmul_f32 {rows}x{kk} by {n}", k.isa());
+        c.product(&what, &got, &want, rows, n, |t, r| {
+            (0..kk)
+                .map(|j| (w[r * kk + j] * x[t * kk + j]).abs() as f64)
+                .sum()
+        });
         // Strided input and output: x rows of k + 3, output rows of rows + 2.
         let (ldx, ldo) = (kk + 3, rows + 2);
         let mut xs = vec![0.0; n * ldx];
@@ -193,22 +202,14 @@ fn float_weights(k: &Kernels, c: &mut Check, g: &mut Gen) {
             ),
         ];
         for (name, want, got) in cases {
-            for t in 0..n {
-                for r in 0..rows {
-                    let mag: f64 = (0..kk)
-                        .map(|j| (w32[r * kk + j] * x[t * kk + j]).abs() as f64)
-                        .sum();
-                    let what = format!("{:?} matmul_{name} {rows}x{kk} by {n}: [{t},{r}]", k.isa());
-                    // 1.01: the weights rounded to 16 bits may be a little larger.
-                    c.close(
-                        &what,
-                        got[t * rows + r],
-                        want[t * rows + r],
-                        mag * 1.01,
-                        TOL_F32_SUM,
-                    );
-                }
-            }
+            let what = format!("{:?} matmul_{name} {rows}x{kk} by {n}", k.isa());
+            // 1.01: the weights rounded to 16 bits may be a little larger.
+            c.product(&what, &got, &want, rows, n, |t, r| {
+                let m: f64 = (0..kk)
+                    .map(|j| (w32[r * kk + j] * x[t * kk + j]).abs() as f64)
+                    .sum();
+                m * 1.01
+            });
         }
     }
 }
@@ -261,22 +262,10 @@ fn quantized_type<W: QuantBlocks>(name: &str, k: &Kernels, c: &mut Check, g: &mu
         let mut got = vec![f32::NAN; n * rows];
         // SAFETY: `got` holds n rows of `rows`.
         unsafe { k.matmul_quant_into(&w, nb, &x, n, got.as_mut_ptr(), rows) };
-        for t in 0..n {
-            for r in 0..rows {
-                let mag = magnitude(&w[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb]);
-                let what = format!(
-                    "{:?} matmul_{name} {rows}x{nb} blocks by {n}: [{t},{r}]",
-                    k.isa()
-                );
-                c.close(
-                    &what,
-                    got[t * rows + r],
-                    want[t * rows + r],
-                    mag,
-                    TOL_F32_SUM,
-                );
-            }
-        }
+        let what = format!("{:?} matmul_{name} {rows}x{nb} blocks by {n}", k.isa());
+        c.product(&what, &got, &want, rows, n, |t, r| {
+            magnitude(&w[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb])
+        });
     }
 }
 
@@ -299,22 +288,10 @@ where
         let mut got = vec![f32::NAN; n * rows];
         // SAFETY: `got` holds n rows of `rows`.
         unsafe { k.matmul_quant4_into(&groups, nb, &x, n, got.as_mut_ptr(), rows) };
-        for t in 0..n {
-            for r in 0..rows {
-                let mag = magnitude(&plain[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb]);
-                let what = format!(
-                    "{:?} matmul_{name} {rows}x{nb} blocks by {n}: [{t},{r}]",
-                    k.isa()
-                );
-                c.close(
-                    &what,
-                    got[t * rows + r],
-                    want[t * rows + r],
-                    mag,
-                    TOL_F32_SUM,
-                );
-            }
-        }
+        let what = format!("{:?} matmul_{name} {rows}x{nb} blocks by {n}", k.isa());
+        c.product(&what, &got, &want, rows, n, |t, r| {
+            magnitude(&plain[r * nb..(r + 1) * nb], &x[t * nb..(t + 1) * nb])
+        });
     }
 }
 
@@ -359,22 +336,13 @@ fn kquant_type<W: RandomBlock>(name: &str, k: &Kernels, c: &mut Check, g: &mut G
         let mut got = vec![f32::NAN; n * rows];
         // SAFETY: `got` holds n rows of `rows`.
         unsafe { k.matmul_kquant_into(&w, nsb, &x, n, got.as_mut_ptr(), rows) };
-        for t in 0..n {
-            for r in 0..rows {
-                let mag = magnitude_k(&w[r * nsb..(r + 1) * nsb], &x[t * nb..(t + 1) * nb]);
-                let what = format!(
-                    "{:?} matmul_{name} {rows}x{nsb} super-blocks by {n}: [{t},{r}]",
-                    k.isa()
-                );
-                c.close(
-                    &what,
-                    got[t * rows + r],
-                    want[t * rows + r],
-                    mag,
-                    TOL_F32_SUM,
-                );
-            }
-        }
+        let what = format!(
+            "{:?} matmul_{name} {rows}x{nsb} super-blocks by {n}",
+            k.isa()
+        );
+        c.product(&what, &got, &want, rows, n, |t, r| {
+            magnitude_k(&w[r * nsb..(r + 1) * nsb], &x[t * nb..(t + 1) * nb])
+        });
     }
 }
 
