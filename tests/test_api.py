@@ -34,6 +34,15 @@ def test_config_and_info(stories: tinyllm.Model, stories_path: Path) -> None:
     assert "stories260K.bin" in repr(stories)
 
 
+def test_buffer_bytes_grow_with_the_batch(stories_path: Path, tok512: Path) -> None:
+    one = _tinyllm.Engine(str(stories_path), n_threads=2, max_batch=1).info()["buffer_bytes"]
+    many = _tinyllm.Engine(str(stories_path), n_threads=2, max_batch=128).info()["buffer_bytes"]
+    # Each more token holds at least its residual, normalised input, queries,
+    # attention output, projection (dim 64 each) and two hidden rows (172):
+    # 664 floats.
+    assert one > 0 and many - one >= 127 * 664 * 4
+
+
 def test_builtin_model() -> None:
     m = tinyllm.Model.default(n_threads=1)
     assert m.config.vocab_size == 512

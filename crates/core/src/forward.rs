@@ -123,6 +123,32 @@ impl Scratch {
     pub fn max_batch(&self) -> usize {
         self.max_batch
     }
+
+    /// Bytes these buffers hold.
+    pub fn bytes(&self) -> usize {
+        let f = &self.forms;
+        let floats = [
+            &self.x,
+            &self.xb,
+            &self.q,
+            &self.att,
+            &self.hb,
+            &self.hb2,
+            &self.proj,
+            &self.scores,
+            &self.att_q,
+            &self.att_o,
+            &f.xs,
+            &f.padded,
+            &self.inv_freq,
+            &self.head,
+            &self.cos,
+            &self.sin,
+        ];
+        floats.iter().map(|v| v.len() * 4).sum::<usize>()
+            + f.acts.len() * size_of::<BlockQ8Act>()
+            + f.xq.len()
+    }
 }
 
 /// Everything a forward pass reads besides its scratch and cache.

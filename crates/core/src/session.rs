@@ -103,6 +103,12 @@ impl Session {
         self.scratch.max_batch()
     }
 
+    /// Bytes of the working buffers: the forward pass's (sized for
+    /// [`Session::max_batch`] tokens) and the logits.
+    pub fn buffer_bytes(&self) -> usize {
+        self.scratch.bytes() + self.logits.len() * 4
+    }
+
     /// Bytes of KV cache allocated now.
     pub fn kv_cache_bytes(&self) -> usize {
         self.cache.allocated_bytes()

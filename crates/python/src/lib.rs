@@ -212,6 +212,7 @@ impl Engine {
         d.set_item("file_bytes", m.weights.file_size())?;
         d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
         d.set_item("kv_cache_bytes", s.kv_cache_bytes())?;
+        d.set_item("buffer_bytes", s.buffer_bytes())?;
         d.set_item("context_length", s.context_length())?;
         d.set_item("n_threads", s.n_threads())?;
         d.set_item("max_batch", s.max_batch())?;
