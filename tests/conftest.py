@@ -102,3 +102,11 @@ def write_random_model(
         weights["output"] = weights["tok_embeddings"]
     written = llama2c_format.write(path, config, weights, version=version, group_size=group_size)
     return written, weights
+
+
+def f32_model(*args: Any, **kwargs: Any) -> tinyllm.Model:
+    """A model whose KV cache keeps f32, as the float oracles compute (the
+    default f16 cache rounds each key and value to 11 significant bits, a
+    difference of ~1e-4 of the logits that the oracle tolerances would see;
+    test_batching.py bounds it)."""
+    return tinyllm.Model(*args, kv_cache="f32", **kwargs)

@@ -121,12 +121,12 @@ def test_chat_loop_with_scripted_input(stories: tinyllm.Model) -> None:
 def test_chat_reuses_the_cache_across_turns(stories_path: Path, tok512: Path) -> None:
     stories = tinyllm.Model(stories_path, tok512)
     lines = iter(["Tell me a story", "And another one", "/quit"])
-    reused: list[int] = []
+    streams: list[tinyllm.Stream] = []
     original = stories.stream
 
     def spy(*args: object, **kwargs: object) -> tinyllm.Stream:
         s = original(*args, **kwargs)  # type: ignore[arg-type]
-        reused.append(s.stats["reused_tokens"])
+        streams.append(s)
         return s
 
     stories.stream = spy  # type: ignore[method-assign]
@@ -141,6 +141,7 @@ def test_chat_reuses_the_cache_across_turns(stories_path: Path, tok512: Path) ->
         )
     finally:
         del stories.stream
+    reused = [s.stats["reused_tokens"] for s in streams]
     assert reused[0] == 0 and reused[1] > 10
 
 

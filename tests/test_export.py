@@ -37,7 +37,7 @@ import export_models
 import hf_models
 import numpy_llama
 import test_hf_models as hf_tests
-from conftest import MODELS, ROOT
+from conftest import MODELS, ROOT, f32_model
 
 #: Exported f32 files against the source's logits: the largest |difference|
 #: over the largest |logit| of the position.
@@ -139,7 +139,7 @@ def test_llama2c_names_give_the_numpy_oracles_logits(
     out = tmp_path / "m.tllm"
     report = tinyllm.export(w, LLAMA2C, out, tokenizer=vocab512, quant="f32")
     assert report["file_bytes"] == out.stat().st_size
-    m = tinyllm.Model(out)
+    m = f32_model(out)
     assert m.config.hidden_dim == 100 and m.config.n_kv_heads == 2 and m.config.seq_len == 128
     names = {t[0] for t in tinyllm.info(out)["tensors"]}
     assert ("output" in names) == (classifier == "separate")
@@ -156,7 +156,7 @@ def test_without_the_reordering_the_logits_are_wrong(tmp_path: Path, vocab512: P
     out = tmp_path / "m.tllm"
     tinyllm.export(to_hf_names(w), LLAMA2C, out, tokenizer=vocab512, quant="f32")
     want = numpy_llama.forward(LLAMA2C, export_models.oracle_names(w), IDS)
-    assert relative_error(tinyllm.Model(out).logits(IDS), want) > 1000 * TOL
+    assert relative_error(f32_model(out).logits(IDS), want) > 1000 * TOL
 
 
 def test_torch_tensors_in_bfloat16_export_exactly(tmp_path: Path, vocab512: Path) -> None:
@@ -166,7 +166,7 @@ def test_torch_tensors_in_bfloat16_export_exactly(tmp_path: Path, vocab512: Path
     out = tmp_path / "m.tllm"
     tinyllm.export(w, LLAMA2C, out, tokenizer=vocab512, quant="f32")
     want = numpy_llama.forward(LLAMA2C, export_models.oracle_names(widened), IDS)
-    assert relative_error(tinyllm.Model(out).logits(IDS), want) <= TOL
+    assert relative_error(f32_model(out).logits(IDS), want) <= TOL
 
 
 def test_any_array_like_and_float64_export(tmp_path: Path, vocab512: Path) -> None:
@@ -182,7 +182,7 @@ def test_any_array_like_and_float64_export(tmp_path: Path, vocab512: Path) -> No
     out = tmp_path / "m.tllm"
     tinyllm.export(given, LLAMA2C, out, tokenizer=vocab512, quant="f32")
     want = numpy_llama.forward(LLAMA2C, export_models.oracle_names(w), IDS)
-    assert relative_error(tinyllm.Model(out).logits(IDS), want) <= TOL
+    assert relative_error(f32_model(out).logits(IDS), want) <= TOL
 
 
 # -- Hugging Face names, against transformers ------------------------------------------
@@ -214,7 +214,7 @@ def test_hugging_face_names_give_transformers_logits(
 ) -> None:
     case = hf_tests.load_case(name)
     assert case["dtype"] == "float32" and case["spec"] == name
-    m = tinyllm.Model(hf_export(name, "f32"), context_length=64)
+    m = f32_model(hf_export(name, "f32"), context_length=64)
     assert m.info["family"] == hf_models.SPECS[name].model_type
     got = m.logits(case["input_ids"])
     assert hf_tests.relative_errors(got, case).max() <= TOL
@@ -230,12 +230,12 @@ def test_hugging_face_names_give_transformers_logits(
 def test_quantized_exports_stay_close(hf_export: Callable[[str, str], Path], name: str) -> None:
     case = hf_tests.load_case(name)
     seq, argmax = hf_tests.sequence(case), hf_tests.reference_argmax(case)
-    q8 = tinyllm.Model(hf_export(name, "q8_0"), context_length=64)
+    q8 = f32_model(hf_export(name, "q8_0"), context_length=64)
     got = q8.logits(seq)
     top1 = float(np.mean(got.argmax(-1) == argmax))
     err = hf_tests.relative_errors(got, case).max()
     assert err <= hf_tests.Q8_0_MAX_REL and top1 >= hf_tests.Q8_0_MIN_TOP1, (err, top1)
-    q4 = tinyllm.Model(hf_export(name, "q4"), context_length=64)
+    q4 = f32_model(hf_export(name, "q4"), context_length=64)
     got = q4.logits(seq)
     ref = np.array(case["logits"], dtype=np.float64)
     sub = got[: len(case["input_ids"]), case["vocab_ids"]].astype(np.float64)
@@ -291,7 +291,7 @@ def test_torch_modules_export_with_their_logits(tmp_path: Path, vocab512: Path, 
     case = load_torch_case(name)
     out = tmp_path / "m.tllm"
     tinyllm.export(torch_case_weights(case), case["config"], out, tokenizer=vocab512, quant="f32")
-    got = tinyllm.Model(out).logits(case["input_ids"])
+    got = f32_model(out).logits(case["input_ids"])
     assert relative_error(got, case["logits"]) <= TOL
 
 
@@ -371,7 +371,7 @@ def test_a_tokenizers_vocabulary_is_stored(tmp_path: Path, form: str) -> None:
         given = tmp_path / "tok" / ("tokenizer.json" if form == "tokenizer.json" else "")
     out = tmp_path / "m.tllm"
     tinyllm.export(llama2c_weights(), LLAMA2C, out, tokenizer=given)
-    m = tinyllm.Model(out)
+    m = f32_model(out)
     text = "The dog ran under the bridge."
     assert m.tokenize(text) == bpe.encode(text).ids
     assert m.tokenizer.bos_id == bpe.token_to_id("<s>") == m.tokenize(text)[0]
@@ -384,7 +384,7 @@ def test_a_chat_template_is_stored(tmp_path: Path) -> None:
     out = tmp_path / "m.tllm"
     tinyllm.export(llama2c_weights(), LLAMA2C, out, tokenizer=small_bpe(), chat_template=template)
     assert tinyllm.info(out)["chat_template"] == template
-    m = tinyllm.Model(out)
+    m = f32_model(out)
     assert m.chat_template.render([{"role": "user", "content": "hi"}]) == "<s>user: hi\n"
 
 
@@ -392,7 +392,7 @@ def test_a_llama2c_vocabulary_object_is_stored_by_path(tmp_path: Path, vocab512:
     out = tmp_path / "m.tllm"
     tok = tinyllm.Tokenizer.from_file(vocab512)
     tinyllm.export(llama2c_weights(), LLAMA2C, out, tokenizer=tok)
-    m = tinyllm.Model(out)
+    m = f32_model(out)
     assert m.tokenizer.is_llama2c
     assert m.tokenize("Once upon a time") == tok.encode("Once upon a time")
 
@@ -637,7 +637,7 @@ def test_transformers_models_export_with_their_logits(
     load_random(model, 21)
     out = tmp_path / "m.tllm"
     tinyllm.export_model(model, vocab512, out, quant="f32")
-    m = tinyllm.Model(out)
+    m = f32_model(out)
     assert m.info["family"] == family
     assert relative_error(m.logits(IDS), torch_logits(model, IDS)) <= TOL
 
@@ -656,7 +656,7 @@ def test_a_bfloat16_transformers_model_exports_exactly(tmp_path: Path, vocab512:
     reference = transformers_model("llama")
     reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     want = torch_logits(reference, IDS)
-    assert relative_error(tinyllm.Model(out).logits(IDS), want) <= TOL
+    assert relative_error(f32_model(out).logits(IDS), want) <= TOL
 
 
 @needs_torch
@@ -667,7 +667,7 @@ def test_a_llama2c_transformer_exports_with_its_logits(tmp_path: Path, vocab512:
     load_random(model, 23)
     out = tmp_path / "m.tllm"
     tinyllm.export_model(model, vocab512, out, quant="f32")
-    assert relative_error(tinyllm.Model(out).logits(IDS), torch_logits(model, IDS)) <= TOL
+    assert relative_error(f32_model(out).logits(IDS), torch_logits(model, IDS)) <= TOL
 
 
 @needs_torch
@@ -682,7 +682,7 @@ def test_a_transformers_tokenizer_is_stored_with_its_template(tmp_path: Path) ->
     load_random(model, 24)
     out = tmp_path / "m.tllm"
     tinyllm.export_model(model, hf_tok, out)
-    m = tinyllm.Model(out)
+    m = f32_model(out)
     text = "The children laughed."
     assert m.tokenize(text) == hf_tok(text)["input_ids"]
     assert m.tokenizer.eos_id == hf_tok.eos_token_id

@@ -14,7 +14,7 @@ import tinyllm
 from tinyllm import _tinyllm
 
 import numpy_llama
-from conftest import write_random_model
+from conftest import f32_model, write_random_model
 
 #: f32 engine vs float64 oracle: the issue's bound, absolute, on logits that
 #: reach ~20 for stories260K (the observed error is ~1e-5).
@@ -34,9 +34,10 @@ def story_ids(model: tinyllm.Model, golden: str, n: int) -> list[int]:
 
 
 def test_stories260k_logits_match_numpy(
-    stories: tinyllm.Model, stories_weights: Any, golden: str
+    stories_path: Path, tok512: Path, stories_weights: Any, golden: str
 ) -> None:
     config, weights = stories_weights
+    stories = f32_model(stories_path, tok512)
     ids = story_ids(stories, golden, 100)
     want = numpy_llama.forward(config, weights, ids)
     got = stories.logits(ids)
@@ -53,7 +54,7 @@ def test_random_models_match_numpy(
     # Odd sizes (hidden 100, head_dim 8, GQA 6:2) reach every kernel's tail path.
     path = tmp_path / "m.bin"
     config, weights = write_random_model(path, shared=shared, version=version, seed=version)
-    m = tinyllm.Model(path, tok512)
+    m = f32_model(path, tok512)
     assert m.config.n_kv_heads == 2 and m.config.head_dim == 8
     ids = list(np.random.default_rng(3).integers(0, 512, size=70))
     want = numpy_llama.forward(config, weights, ids)
@@ -70,7 +71,7 @@ def test_version1_file_gives_the_same_logits_as_legacy(
     import llama2c_format
 
     llama2c_format.write(path, config, weights, version=1)
-    m = tinyllm.Model(path, tok512)
+    m = tinyllm.Model(path, tok512, n_threads=2)
     assert m.info["format"] == "llama2.c version 1 (f32)"
     ids = story_ids(stories, golden, 50)
     np.testing.assert_array_equal(m.logits(ids), stories.logits(ids))
@@ -83,7 +84,7 @@ def test_int8_version2_logits_match_numpy_emulation_of_runq(tmp_path: Path, tok5
     write_random_model(path, dim=64, hidden_dim=128, n_heads=8, version=2, group_size=32, seed=5)
     config, weights = llama2c_format.read(path)
     q8 = llama2c_format.read_q8(path)
-    m = tinyllm.Model(path, tok512)
+    m = f32_model(path, tok512)
     ids = list(np.random.default_rng(4).integers(0, 512, size=40))
     want = numpy_llama.forward(
         config, weights, ids, q8_group_size=config["group_size"], weights_q8=q8
@@ -100,11 +101,11 @@ def test_int8_version2_logits_match_numpy_emulation_of_runq(tmp_path: Path, tok5
 
 
 def engine(path: Path, tok: Path, max_batch: int) -> _tinyllm.Engine:
-    return _tinyllm.Engine(str(path), n_threads=2, max_batch=max_batch)
+    return _tinyllm.Engine(str(path), n_threads=2, max_batch=max_batch, kv_cache="f32")
 
 
 def test_cached_decoding_equals_one_batch(stories_path: Path, tok512: Path, golden: str) -> None:
-    ids = tinyllm.Model(stories_path, tok512).tokenize(golden)[:150]
+    ids = f32_model(stories_path, tok512).tokenize(golden)[:150]
     whole = engine(stories_path, tok512, 512).logits(ids)  # one batch, no cached past
     one_by_one = engine(stories_path, tok512, 1).logits(ids)  # every token reads the cache
     chunks = engine(stories_path, tok512, 7).logits(ids)
@@ -126,7 +127,7 @@ def test_prompt_reuse_gives_the_same_text(stories: tinyllm.Model) -> None:
     s = stories.stream("Once upon a time, Tim went", max_tokens=30, temperature=0)
     b = "".join(s)
     assert s.stats["reused_tokens"] > 0
-    fresh = tinyllm.Model(stories.info["path"], stories.info["tokenizer_path"])
+    fresh = f32_model(stories.info["path"], stories.info["tokenizer_path"])
     assert b == fresh.generate("Once upon a time, Tim went", max_tokens=30, temperature=0)
     assert a == fresh.generate("Once upon a time, Tim", max_tokens=30, temperature=0)
 

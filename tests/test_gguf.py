@@ -17,7 +17,7 @@ import pytest
 
 import tinyllm
 
-from conftest import FIXTURES, MODELS
+from conftest import FIXTURES, MODELS, f32_model
 
 GGUF = FIXTURES / "gguf"
 REFERENCE = json.loads((GGUF / "reference.json").read_text(encoding="utf-8"))
@@ -31,7 +31,7 @@ TOLERANCE = {"F16": 1e-5, "BF16": 1e-5, "Q8_0": 0.03, "Q4_0": 0.04, "Q4_1": 0.04
 @pytest.mark.parametrize("kind", sorted(REFERENCE["cases"]))
 def test_logits_of_llama_cpp_quantized_files(kind: str) -> None:
     case = REFERENCE["cases"][kind]
-    m = tinyllm.Model(GGUF / case["file"])
+    m = f32_model(GGUF / case["file"])
     assert m.info["format"] == "GGUF"
     got = m.logits(REFERENCE["tokens"])
     want = np.asarray(case["logits"])
@@ -42,14 +42,14 @@ def test_logits_of_llama_cpp_quantized_files(kind: str) -> None:
 
 def test_quantized_gguf_tells_a_story_like_the_original(golden: str) -> None:
     # Greedy text from 8-bit weights stays on the f32 model's story for a while.
-    m = tinyllm.Model(GGUF / "stories260K-Q8_0.gguf")
+    m = f32_model(GGUF / "stories260K-Q8_0.gguf")
     text = m.generate("", max_tokens=40, temperature=0)
     assert len(text) >= 60  # (an empty story would match any prefix)
     assert golden.startswith(text[:60])
 
 
 def test_the_vocabulary_comes_from_the_file(models: Path) -> None:
-    m = tinyllm.Model(GGUF / "stories260K-Q4_0.gguf")
+    m = f32_model(GGUF / "stories260K-Q4_0.gguf")
     ref = tinyllm.Model.default()
     for text in ["Once upon a time", "Tim and Lily played. The end!", " spaces  and\nlines"]:
         assert m.tokenize(text) == ref.tokenize(text)
@@ -63,7 +63,7 @@ def test_a_cut_file_is_an_error_naming_it(tmp_path: Path) -> None:
         p = tmp_path / f"cut{cut}.gguf"
         p.write_bytes(data[:cut])
         with pytest.raises(tinyllm.ModelFormatError, match=str(p)):
-            tinyllm.Model(p, MODELS / "tok512.bin")
+            f32_model(p, MODELS / "tok512.bin")
 
 
 #: Hugging Face tensor names (per block) -> GGUF's.
@@ -126,7 +126,7 @@ def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> 
     gguf_writer.write(path, meta, tensors)
 
     fixture = json.loads((FIXTURES / "hf" / f"{name}.json").read_text(encoding="utf-8"))
-    m = tinyllm.Model(path)
+    m = f32_model(path)
     assert m.info["family"] == name
     got = m.logits(fixture["input_ids"])[:, fixture["vocab_ids"]]
     want = np.asarray(fixture["logits"])

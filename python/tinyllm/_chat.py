@@ -11,6 +11,7 @@ system prompt.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
@@ -240,6 +241,10 @@ class ChatReply:
         (``max_tokens`` or a full context), or None while running."""
         return self._stream.finish_reason
 
+    def cancel(self) -> None:
+        """Stops the reply where it is (``finish_reason`` stays None)."""
+        self._stream.cancel()
+
     @property
     def tokens(self) -> list[int]:
         """The token ids generated so far (an end-of-turn token that ended
@@ -272,6 +277,7 @@ def _reply(
     ids: list[int],
     options: Mapping[str, Any],
     on_text: Callable[[str], None] | None = None,
+    pin: int | None = None,
 ) -> ChatReply:
     """Starts generating a reply to the prompt ``ids``."""
     n = model.context_length
@@ -284,7 +290,7 @@ def _reply(
     if opts.get("max_tokens") is None:
         opts["max_tokens"] = n  # the engine stops when the context is full
     opts["stop"] = _stops(model.chat_template, opts.get("stop"))
-    return ChatReply(model.stream(ids, **opts), len(ids), on_text)
+    return ChatReply(model.stream(ids, **opts, _pin=pin), len(ids), on_text)
 
 
 def _stops(template: ChatTemplate, extra: object) -> list[str]:
@@ -363,6 +369,10 @@ def _chunks(reply: ChatReply, head: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # -- sessions ----------------------------------------------------------------
 
 
+#: Ids that tie a chat session to the KV cache the engine keeps for it.
+_PINS = itertools.count(1)
+
+
 class ChatSession:
     """A conversation with ``model`` that keeps its history.
 
@@ -386,7 +396,15 @@ class ChatSession:
         self.system = system
         self.options = options
         self.messages: list[Message] = []
+        # The engine keeps this conversation's KV cache for its next turn.
+        self._pin = next(_PINS)
+        self._engine = model._engine
         self.reset()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.unpin(self._pin)
 
     def reset(self) -> None:
         """Forgets the conversation (keeping the system prompt)."""
@@ -410,7 +428,7 @@ class ChatSession:
         def grow(content: str) -> None:
             answer["content"] = content
 
-        reply = _reply(self.model, ids, self.options, grow)
+        reply = _reply(self.model, ids, self.options, grow, pin=self._pin)
         self.messages += [user, answer]
         return reply
 
@@ -471,6 +489,7 @@ def chat(
                 out.write(piece)
                 out.flush()
         except KeyboardInterrupt:
+            reply.cancel()
             out.write(" [stopped]")
         print(file=out)
         stats = reply.stats

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from tinyllm import _tinyllm
 from tinyllm._template import ChatTemplate
@@ -57,6 +57,17 @@ class Model:
         n_threads: threads to compute with (default: all available cores).
         context_length: the most tokens a sequence may hold (default and
             maximum: the model's ``seq_len``).
+        max_sequences: the most generations decoded together; more wait
+            their turn (default: up to 16, as many as half the available
+            memory holds at full context).
+        kv_cache: how the KV cache stores keys and values: ``"f16"``
+            (default), ``"f32"`` or ``"q8_0"`` (needs a ``head_dim`` that is
+            a multiple of 32).
+
+    Any number of threads may call :meth:`generate`, :meth:`stream`,
+    :meth:`logits` and the chat methods of one model at once: calls that
+    overlap are decoded together, in the same forward passes, and each gets
+    what it would have got alone.
 
     Raises:
         FileNotFoundError: a file does not exist.
@@ -76,15 +87,27 @@ class Model:
         *,
         n_threads: int | None = None,
         context_length: int | None = None,
+        max_sequences: int | None = None,
+        kv_cache: str = "f16",
     ) -> None:
         path = _path("path", path)
         if n_threads is not None:
             _int("n_threads", n_threads, minimum=1)
         if context_length is not None:
             _int("context_length", context_length, minimum=1)
+        if max_sequences is not None:
+            _int("max_sequences", max_sequences, minimum=1)
+        if not isinstance(kv_cache, str):
+            raise TypeError(f"kv_cache must be a str, not {type(kv_cache).__name__}")
         if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
             tokenizer = _path("tokenizer", tokenizer)
-        self._engine = _tinyllm.Engine(path, n_threads=n_threads, context_length=context_length)
+        self._engine = _tinyllm.Engine(
+            path,
+            n_threads=n_threads,
+            context_length=context_length,
+            max_sequences=max_sequences,
+            kv_cache=kv_cache,
+        )
         self.config = ModelConfig(**self._engine.config())
         self._tokenizer = self._attach_tokenizer(path, tokenizer)
         self._chat_template: ChatTemplate | None = None
@@ -202,7 +225,9 @@ class Model:
     @property
     def info(self) -> dict[str, Any]:
         """The file's format and size, bytes streamed per token, the KV cache
-        allocated now, threads, the kernel instruction set, and so on."""
+        (its type, ``kv_cache_bytes`` in use now, ``kv_bytes_per_token``),
+        ``max_sequences`` and ``active_sequences``, threads, the kernel
+        instruction set, and so on."""
         return self._engine.info()
 
     @property
@@ -219,9 +244,10 @@ class Model:
         )
 
     def reset(self) -> None:
-        """Forgets the tokens kept in the KV cache. (Generation reuses the
-        cached prefix a new prompt shares; this makes the next call start
-        from nothing, as when timing prompt processing.)"""
+        """Forgets the keys and values that finished generations left in the
+        KV cache. (A new prompt reuses the longest prefix it shares with a
+        running or recent sequence; this makes the next call start from
+        nothing, as when timing prompt processing.)"""
         self._engine.reset()
 
     # -- tokens --------------------------------------------------------------
@@ -257,12 +283,14 @@ class Model:
         repeat_penalty: float = 1.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        _pin: int | None = None,
     ) -> Stream:
         """Like :meth:`generate`, but returns an iterator over the new text
         as it decodes (never a split UTF-8 character). After the loop the
         stream's ``finish_reason``, ``tokens`` and ``stats`` tell what
         happened. Ctrl-C raises ``KeyboardInterrupt`` between tokens and
-        leaves the model usable."""
+        stops this generation (``cancel()`` or dropping the stream does the
+        same); the model and its other generations go on."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else _ids("prompt", prompt)
         return self._engine.generate(
             ids,
@@ -275,11 +303,40 @@ class Model:
             seed=secrets.randbits(64) if seed is None else _int("seed", seed, minimum=0),
             stop=_stops(stop),
             stop_ids=sorted(self.tokenizer.eos_ids),
+            pin=_pin,
         )
 
+    @overload
     def generate(
         self,
         prompt: Prompt,
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repeat_penalty: float = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+    ) -> str: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: list[str] | list[Sequence[int]],
+        max_tokens: int = ...,
+        temperature: float = ...,
+        top_k: int = ...,
+        top_p: float = ...,
+        min_p: float = ...,
+        repeat_penalty: float = ...,
+        seed: int | None = ...,
+        stop: str | Sequence[str] | None = ...,
+    ) -> list[str]: ...
+
+    def generate(
+        self,
+        prompt: Prompt | list[str] | list[Sequence[int]],
         max_tokens: int = 256,
         temperature: float = 0.8,
         top_k: int = 0,
@@ -288,11 +345,13 @@ class Model:
         repeat_penalty: float = 1.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
-    ) -> str:
+    ) -> str | list[str]:
         """Continues ``prompt`` and returns the new text only.
 
         Args:
-            prompt: text (encoded with BOS first), or token ids as they are.
+            prompt: text (encoded with BOS first), or token ids as they are;
+                or a list of such prompts, which are decoded together and
+                give a list of texts in the same order.
             max_tokens: the most tokens to generate.
             temperature: 0 picks the most likely token each time (greedy);
                 higher values sample more freely.
@@ -311,18 +370,21 @@ class Model:
         is full. A prompt
         longer than the context raises :class:`ContextLengthError`.
         """
-        stream = self.stream(
-            prompt,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repeat_penalty=repeat_penalty,
-            seed=seed,
-            stop=stop,
-        )
-        return "".join(stream)
+        options: dict[str, Any] = {
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+            "repeat_penalty": repeat_penalty,
+            "seed": seed,
+            "stop": stop,
+        }
+        if not _is_prompt_list(prompt):
+            return "".join(self.stream(prompt, **options))  # type: ignore[arg-type]
+        # Start every stream before reading any, so they decode together.
+        streams = [self.stream(p, **options) for p in prompt]  # type: ignore[arg-type]
+        return ["".join(s) for s in streams]
 
     # -- chat ----------------------------------------------------------------
 
@@ -404,6 +466,15 @@ def _cache_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tinyllm"
+
+
+def _is_prompt_list(prompt: object) -> bool:
+    """Whether ``prompt`` is a list of prompts (texts or id sequences)
+    rather than one prompt (a text or one sequence of ids)."""
+    if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence) or not prompt:
+        return False
+    first = prompt[0]
+    return isinstance(first, str) or (isinstance(first, Sequence) and not isinstance(first, bytes))
 
 
 def _is_llama2c_tokenizer(path: str) -> bool:

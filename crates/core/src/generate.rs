@@ -92,13 +92,37 @@ impl Generation {
     /// `session`, reusing the cached prefix the prompt shares.
     pub fn new(session: &mut Session, prompt: &[u32], config: &GenerateConfig) -> Result<Self> {
         let vocab = session.model().config.vocab_size;
-        let sampler = Sampler::new(config.sampler.clone(), vocab)?;
+        Generation::check(prompt, vocab, config)?;
+        let keep = session.prepare(prompt)?;
+        Generation::detached(prompt, keep, config, vocab)
+    }
+
+    /// Checks a prompt and settings before any work starts.
+    pub fn check(prompt: &[u32], vocab: usize, config: &GenerateConfig) -> Result<()> {
+        config.sampler.validate()?;
         if prompt.is_empty() {
             return Err(crate::Error::InvalidArgument(
                 "the prompt has no tokens; pass at least BOS".into(),
             ));
         }
-        let keep = session.prepare(prompt)?;
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "token id {bad} is out of range for a vocabulary of {vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A generation whose prompt is fed by someone else (the scheduler):
+    /// `keep` of its tokens were in the cache already; the caller feeds the
+    /// rest and hands the logits that follow to [`Generation::accept`].
+    pub fn detached(
+        prompt: &[u32],
+        keep: usize,
+        config: &GenerateConfig,
+        vocab: usize,
+    ) -> Result<Self> {
+        let sampler = Sampler::new(config.sampler.clone(), vocab)?;
         Ok(Generation {
             pending: prompt[keep..].to_vec(),
             fed: 0,
@@ -123,6 +147,10 @@ impl Generation {
         &self.stats
     }
 
+    pub fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
     /// The generated token ids so far.
     pub fn generated(&self) -> &[u32] {
         &self.history[self.history.len() - self.stats.generated_tokens..]
@@ -130,6 +158,41 @@ impl Generation {
 
     pub fn finish_reason(&self) -> Option<FinishReason> {
         self.finished
+    }
+
+    /// Takes the logits that followed the last token fed: samples the next
+    /// token and returns what it completed, with the token to feed next
+    /// (None once the generation is done). `full` says the context has no
+    /// room for another token.
+    pub fn accept(
+        &mut self,
+        logits: &[f32],
+        tok: &dyn Detokenize,
+        full: bool,
+    ) -> (Step, Option<u32>) {
+        if let Some(reason) = self.finished {
+            return (Step::Done(self.text.finish(), reason), None);
+        }
+        let token = self.sampler.sample(logits, &self.history);
+        if self.stop_ids.contains(&token) {
+            return (self.finish(FinishReason::Stop), None);
+        }
+        let prev = self.history.last().copied();
+        self.history.push(token);
+        self.stats.generated_tokens += 1;
+        let (piece, stopped) = self.text.push(tok.token_bytes(prev, token));
+        if stopped {
+            self.finished = Some(FinishReason::Stop);
+            (Step::Done(piece, FinishReason::Stop), None)
+        } else if self.stats.generated_tokens >= self.max_tokens || full {
+            self.finished = Some(FinishReason::Length);
+            (
+                Step::Done(piece + &self.text.finish(), FinishReason::Length),
+                None,
+            )
+        } else {
+            (Step::Text(piece), Some(token))
+        }
     }
 
     /// Does the next piece of work: one batch of the prompt, or one token.
@@ -148,31 +211,14 @@ impl Generation {
             self.stats.prompt_time += start.elapsed();
             return Ok(Step::Prompt);
         }
-        if let Some(reason) = self.finished {
-            return Ok(Step::Done(self.text.finish(), reason));
-        }
-
         let start = Instant::now();
-        let token = self.sampler.sample(session.logits(), &self.history);
-        if self.stop_ids.contains(&token) {
-            self.stats.generate_time += start.elapsed();
-            return Ok(self.finish(FinishReason::Stop));
-        }
-        let prev = self.history.last().copied();
-        self.history.push(token);
-        self.stats.generated_tokens += 1;
-        let (piece, stopped) = self.text.push(tok.token_bytes(prev, token));
+        // The token just sampled has not been fed yet, so the cache holds
+        // one position less than the text: full when that is the last one.
         let full = session.tokens().len() >= session.context_length();
-        let step = if stopped {
-            self.finished = Some(FinishReason::Stop);
-            Step::Done(piece, FinishReason::Stop)
-        } else if self.stats.generated_tokens >= self.max_tokens || full {
-            self.finished = Some(FinishReason::Length);
-            Step::Done(piece + &self.text.finish(), FinishReason::Length)
-        } else {
+        let (step, next) = self.accept(session.logits(), tok, full);
+        if let Some(token) = next {
             session.feed(&[token])?;
-            Step::Text(piece)
-        };
+        }
         self.stats.generate_time += start.elapsed();
         Ok(step)
     }

@@ -25,8 +25,10 @@
 //! # Ok::<(), tinyllm_core::Error>(())
 //! ```
 
+pub mod batch;
 pub mod config;
 pub mod convert;
+pub mod cpu;
 pub mod error;
 pub mod format;
 pub mod forward;
@@ -43,9 +45,11 @@ pub mod session;
 pub mod tokenizer;
 pub mod weights;
 
+pub use batch::{BatchOptions, Batcher, Engine, Job, Request, Ticket};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateConfig, Generation, Stats, Step, TextStream};
+pub use kv_cache::KvType;
 pub use model::Model;
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{Session, SessionOptions};

@@ -1,27 +1,67 @@
-//! A session: one model's running state (KV cache, scratch, threads).
+//! A session: one sequence on its own device, driven step by step by the
+//! caller (the Rust API's simplest form; the scheduler in `batch` runs many
+//! sequences on one device).
 
+use crate::cpu::CpuDevice;
 use crate::error::{Error, Result};
-use crate::forward::{self, Engine, Logits, Scratch};
+use crate::forward::{self, Plan, Want};
 use crate::kernels::Kernels;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvType, PAGE, PageAllocator, SeqKv};
 use crate::model::Model;
-use crate::pool::ThreadPool;
 use std::sync::Arc;
 
-/// How to set a session up.
+/// How to set a session (or a scheduler) up.
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
     /// Threads to compute with (default: the machine's available parallelism).
     pub n_threads: Option<usize>,
-    /// The most positions the KV cache holds (default, and maximum: the
+    /// The most positions a sequence holds (default, and maximum: the
     /// model's `seq_len`).
     pub context_length: Option<usize>,
-    /// The most prompt tokens processed in one batch (default 128).
+    /// The most tokens processed in one forward pass (default 128).
     pub max_batch: Option<usize>,
+    /// How the KV cache stores keys and values (default f16).
+    pub kv_cache: KvType,
 }
 
-/// The state of running one model: which tokens are in the KV cache and the
-/// logits that followed the last of them.
+impl SessionOptions {
+    /// The context length, checked against the model's.
+    pub fn context(&self, model: &Model) -> Result<usize> {
+        let seq_len = model.config.seq_len;
+        match self.context_length {
+            None => Ok(seq_len),
+            Some(n) if n >= 1 && n <= seq_len => Ok(n),
+            Some(n) => Err(Error::InvalidArgument(format!(
+                "context_length must be between 1 and the model's seq_len {seq_len}, got {n}"
+            ))),
+        }
+    }
+
+    /// The thread count, checked.
+    pub fn threads(&self) -> Result<usize> {
+        match self.n_threads {
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Some(n) if (1..=1024).contains(&n) => Ok(n),
+            Some(n) => Err(Error::InvalidArgument(format!(
+                "n_threads must be between 1 and 1024, got {n}"
+            ))),
+        }
+    }
+
+    /// The batch size, checked.
+    pub fn batch(&self) -> Result<usize> {
+        match self.max_batch {
+            None => Ok(128),
+            Some(n) if (1..=4096).contains(&n) => Ok(n),
+            Some(n) => Err(Error::InvalidArgument(format!(
+                "max_batch must be between 1 and 4096, got {n}"
+            ))),
+        }
+    }
+}
+
+/// The state of running one sequence: which tokens are in its KV cache and
+/// the logits that followed the last of them.
 ///
 /// The cache keeps its tokens between calls: [`Session::prepare`] keeps the
 /// longest cached prefix of a new prompt, so a chat turn or a repeated
@@ -29,47 +69,35 @@ pub struct SessionOptions {
 #[derive(Debug)]
 pub struct Session {
     model: Arc<Model>,
-    kernels: &'static Kernels,
-    pool: ThreadPool,
-    cache: KvCache,
-    scratch: Scratch,
+    dev: CpuDevice,
+    pages: PageAllocator,
+    kv: SeqKv,
+    context: usize,
     /// The tokens whose keys and values are in the cache.
     tokens: Vec<u32>,
     /// `(vocab,)` logits after the last token fed (valid if `tokens` is not empty).
     logits: Vec<f32>,
+    plan: Plan,
 }
 
 impl Session {
     pub fn new(model: Arc<Model>, options: &SessionOptions) -> Result<Self> {
-        let c = &model.config;
-        let context = match options.context_length {
-            None => c.seq_len,
-            Some(n) if n >= 1 && n <= c.seq_len => n,
-            Some(n) => {
-                return Err(Error::InvalidArgument(format!(
-                    "context_length must be between 1 and the model's seq_len {}, got {n}",
-                    c.seq_len
-                )));
-            }
-        };
-        let n_threads = match options.n_threads {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(n) if (1..=1024).contains(&n) => n,
-            Some(n) => {
-                return Err(Error::InvalidArgument(format!(
-                    "n_threads must be between 1 and 1024, got {n}"
-                )));
-            }
-        };
-        let max_batch = options.max_batch.unwrap_or(128).clamp(1, 4096);
-        let scratch = Scratch::new(c, &model.weights, max_batch, context, n_threads);
+        let context = options.context(&model)?;
+        let dev = CpuDevice::new(
+            model.clone(),
+            options.threads()?,
+            options.batch()?,
+            context,
+            options.kv_cache,
+        )?;
         Ok(Session {
-            kernels: Kernels::best(),
-            pool: ThreadPool::new(n_threads),
-            cache: KvCache::new(c.n_layers, c.kv_dim(), context),
-            scratch,
+            dev,
+            pages: PageAllocator::new(context.div_ceil(PAGE)),
+            kv: SeqKv::default(),
+            context,
             tokens: Vec::with_capacity(context),
-            logits: vec![0.0; c.vocab_size],
+            logits: vec![0.0; model.config.vocab_size],
+            plan: Plan::default(),
             model,
         })
     }
@@ -85,33 +113,33 @@ impl Session {
 
     /// The most positions the session holds.
     pub fn context_length(&self) -> usize {
-        self.cache.max_len()
+        self.context
     }
 
     /// Threads used per forward pass.
     pub fn n_threads(&self) -> usize {
-        self.pool.n_threads()
+        self.dev.n_threads()
     }
 
     /// The kernel tier in use.
     pub fn kernels(&self) -> &'static Kernels {
-        self.kernels
+        self.dev.kernels()
     }
 
     /// The most tokens one call to [`Session::feed`] takes.
     pub fn max_batch(&self) -> usize {
-        self.scratch.max_batch()
+        forward::Device::max_batch(&self.dev)
     }
 
     /// Bytes of the working buffers: the forward pass's (sized for
     /// [`Session::max_batch`] tokens) and the logits.
     pub fn buffer_bytes(&self) -> usize {
-        self.scratch.bytes() + self.logits.len() * 4
+        self.dev.buffer_bytes() + self.logits.len() * 4
     }
 
     /// Bytes of KV cache allocated now.
     pub fn kv_cache_bytes(&self) -> usize {
-        self.cache.allocated_bytes()
+        self.dev.kv_bytes()
     }
 
     /// The logits that followed the last token fed, `(vocab_size,)`.
@@ -121,7 +149,7 @@ impl Session {
 
     /// Empties the KV cache.
     pub fn reset(&mut self) {
-        self.cache.truncate(0);
+        self.kv.clear(&mut self.pages);
         self.tokens.clear();
     }
 
@@ -155,7 +183,7 @@ impl Session {
             .count();
         let keep = common.min(prompt.len().saturating_sub(1));
         self.check(&prompt[keep..], keep)?;
-        self.cache.truncate(keep);
+        self.kv.truncate(&mut self.pages, keep);
         self.tokens.truncate(keep);
         Ok(keep)
     }
@@ -163,12 +191,12 @@ impl Session {
     /// Runs `tokens` (at most [`Session::max_batch`]) after the cached ones
     /// and keeps the last one's logits.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<()> {
-        self.forward(tokens, Want::Last)
+        self.forward(tokens, Want::Last, None)
     }
 
     /// Like [`Session::feed`], but only fills the cache (no logits).
     pub fn feed_silently(&mut self, tokens: &[u32]) -> Result<()> {
-        self.forward(tokens, Want::None)
+        self.forward(tokens, Want::None, None)
     }
 
     /// Like [`Session::feed`], and also writes every position's logits into
@@ -183,7 +211,7 @@ impl Session {
                 tokens.len() * vocab
             )));
         }
-        self.forward(tokens, Want::All(out))
+        self.forward(tokens, Want::All, Some(out))
     }
 
     /// Empties the cache, runs all of `tokens` and writes every position's
@@ -199,7 +227,7 @@ impl Session {
         Ok(())
     }
 
-    fn forward(&mut self, tokens: &[u32], want: Want<'_>) -> Result<()> {
+    fn forward(&mut self, tokens: &[u32], want: Want, all: Option<&mut [f32]>) -> Result<()> {
         if tokens.is_empty() {
             return Ok(());
         }
@@ -211,36 +239,24 @@ impl Session {
             )));
         }
         self.check(tokens, self.tokens.len())?;
-        let engine = Engine {
-            config: &self.model.config,
-            weights: &self.model.weights,
-            kernels: self.kernels,
-            pool: &self.pool,
-        };
-        let vocab = self.model.config.vocab_size;
-        let (cache, scratch) = (&mut self.cache, &mut self.scratch);
-        match want {
-            Want::None => forward::forward(engine, cache, scratch, tokens, Logits::None),
-            Want::Last => forward::forward(
-                engine,
-                cache,
-                scratch,
-                tokens,
-                Logits::Last(&mut self.logits),
-            ),
-            Want::All(out) => {
-                forward::forward(engine, cache, scratch, tokens, Logits::All(out));
+        let ok = self.kv.reserve(&mut self.pages, tokens.len());
+        assert!(ok, "a session's pages cover its whole context");
+        self.plan.clear();
+        self.plan.push(&self.kv.pages, self.kv.len, tokens, want);
+        let (c, w) = (&self.model.config, &self.model.weights);
+        match all {
+            Some(out) => {
+                forward::forward(c, w, &mut self.dev, &self.plan, out);
+                let vocab = c.vocab_size;
                 self.logits.copy_from_slice(&out[out.len() - vocab..]);
             }
+            None if want == Want::Last => {
+                forward::forward(c, w, &mut self.dev, &self.plan, &mut self.logits)
+            }
+            None => forward::forward(c, w, &mut self.dev, &self.plan, &mut []),
         }
+        self.kv.len += tokens.len();
         self.tokens.extend_from_slice(tokens);
         Ok(())
     }
-}
-
-/// Which logits a forward pass keeps.
-enum Want<'a> {
-    None,
-    Last,
-    All(&'a mut [f32]),
 }

@@ -16,13 +16,20 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tinyllm_core::convert::{Extras, Recipe, TokenizerData, convert as convert_model};
 use tinyllm_core::format::gguf::{self, Value as GgufValue};
 use tinyllm_core::format::tinyllm::TokenizerInfo;
-use tinyllm_core::generate::{GenerateConfig, Generation, Step};
+use tinyllm_core::generate::{GenerateConfig, Generation};
+use tinyllm_core::kv_cache::{KvType, PAGE};
 use tinyllm_core::pool::ThreadPool;
 use tinyllm_core::tokenizer::{Detokenize, PieceTable};
-use tinyllm_core::{Error, Model, SamplerConfig, Session, SessionOptions, Tokenizer};
+use tinyllm_core::{
+    BatchOptions, Engine as CoreEngine, Error, Job, Model, Request, SamplerConfig, SessionOptions,
+    Ticket, Tokenizer,
+};
 
 pyo3::create_exception!(
     tinyllm,
@@ -68,20 +75,27 @@ fn to_py_err(e: Error) -> PyErr {
     }
 }
 
-/// The engine behind `tinyllm.Model`: a model, a session, and the bytes of
-/// each token for streaming text (llama2.c's tokenizer, or a table that
-/// Python hands over for the other vocabularies).
-#[pyclass(module = "tinyllm._tinyllm")]
+/// The engine behind `tinyllm.Model`: a model shared by every thread that
+/// calls it, a scheduler that decodes their requests together, and the
+/// bytes of each token for streaming text (llama2.c's tokenizer, or a table
+/// that Python hands over for the other vocabularies).
+#[pyclass(module = "tinyllm._tinyllm", frozen)]
 struct Engine {
-    session: Session,
+    engine: CoreEngine,
     /// What streams text: llama2.c's tokenizer (`use_llama2c_tokenizer`) or
     /// the table given by `set_pieces`.
-    detok: Option<Arc<dyn Detokenize>>,
+    detok: Mutex<Option<Arc<dyn Detokenize>>>,
     /// None when the tokenizer came from the model file itself.
-    tokenizer_path: Option<PathBuf>,
-    /// Bumped by every call that changes the session, so a stale `Stream`
-    /// can tell it no longer owns the KV cache.
-    epoch: u64,
+    tokenizer_path: Mutex<Option<PathBuf>>,
+}
+
+/// How often a waiting call wakes to check for Ctrl-C.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl Engine {
+    fn model(&self) -> &Arc<Model> {
+        self.engine.model()
+    }
 }
 
 #[pymethods]
@@ -89,26 +103,32 @@ impl Engine {
     /// Opens a model (a file, or a Hugging Face directory). Text streams
     /// once a vocabulary is attached: `use_llama2c_tokenizer` or `set_pieces`.
     #[new]
-    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None))]
+    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None, max_sequences=None, kv_cache="f16"))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         n_threads: Option<usize>,
         context_length: Option<usize>,
         max_batch: Option<usize>,
+        max_sequences: Option<usize>,
+        kv_cache: &str,
     ) -> PyResult<Self> {
+        let kv_cache = KvType::from_name(kv_cache).map_err(to_py_err)?;
         let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
-        let options = SessionOptions {
-            n_threads,
-            context_length,
-            max_batch,
+        let options = BatchOptions {
+            session: SessionOptions {
+                n_threads,
+                context_length,
+                max_batch,
+                kv_cache,
+            },
+            max_sequences,
         };
-        let session = Session::new(Arc::new(model), &options).map_err(to_py_err)?;
+        let engine = CoreEngine::new(Arc::new(model), &options).map_err(to_py_err)?;
         Ok(Engine {
-            session,
-            detok: None,
-            tokenizer_path: None,
-            epoch: 0,
+            engine,
+            detok: Mutex::new(None),
+            tokenizer_path: Mutex::new(None),
         })
     }
 
@@ -117,17 +137,17 @@ impl Engine {
     /// the model. Returns it (shared) for encoding in Python.
     #[pyo3(signature = (path=None))]
     fn use_llama2c_tokenizer(
-        &mut self,
+        &self,
         py: Python<'_>,
         path: Option<PathBuf>,
     ) -> PyResult<Llama2cTokenizer> {
-        let model = self.session.model().clone();
+        let model = self.model().clone();
         let (tok, tok_path) = py
             .detach(|| model.open_tokenizer(path.as_deref()))
             .map_err(to_py_err)?;
         let tok = Arc::new(tok);
-        self.detok = Some(tok.clone());
-        self.tokenizer_path = tok_path;
+        *lock(&self.detok) = Some(tok.clone());
+        *lock(&self.tokenizer_path) = tok_path;
         Ok(Llama2cTokenizer { inner: tok })
     }
 
@@ -136,24 +156,24 @@ impl Engine {
     /// of a piece at the start of the text or right after `bos_id`.
     #[pyo3(signature = (pieces, strip_space_at_start, bos_id=None))]
     fn set_pieces(
-        &mut self,
+        &self,
         pieces: Vec<Vec<u8>>,
         strip_space_at_start: bool,
         bos_id: Option<u32>,
     ) -> PyResult<()> {
-        let vocab = self.session.model().config.vocab_size;
+        let vocab = self.model().config.vocab_size;
         if pieces.len() > vocab {
             return Err(ModelFormatError::new_err(format!(
                 "the tokenizer has {} tokens but the model {} has a vocabulary of {vocab}",
                 pieces.len(),
-                self.session.model().path.display()
+                self.model().path.display()
             )));
         }
         let mut pieces = pieces;
         // Models often pad the embedding past the vocabulary: those ids
         // add no text.
         pieces.resize(vocab, Vec::new());
-        self.detok = Some(Arc::new(PieceTable::new(
+        *lock(&self.detok) = Some(Arc::new(PieceTable::new(
             pieces,
             strip_space_at_start,
             bos_id,
@@ -165,7 +185,7 @@ impl Engine {
     /// (`type`, `bos_id`, `eos_id`, `add_bos`, `stop_ids`) as a JSON string;
     /// None if the file has no such tokenizer.
     fn embedded_tokenizer(&self) -> Option<(String, String)> {
-        let m = self.session.model();
+        let m = self.model();
         let h = m.header.as_ref()?;
         let info = h.tokenizer.as_ref().filter(|t| t.kind == "hf")?;
         let t = h.tensors.iter().find(|t| t.name == "tokenizer.json")?;
@@ -177,7 +197,7 @@ impl Engine {
 
     /// The model's dimensions, as a dict.
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.session.model().config;
+        let c = &self.model().config;
         let d = PyDict::new(py);
         d.set_item("dim", c.dim)?;
         d.set_item("hidden_dim", c.hidden_dim)?;
@@ -192,14 +212,13 @@ impl Engine {
         Ok(d)
     }
 
-    /// Facts about the loaded model and the running session, as a dict.
+    /// Facts about the loaded model and the engine running it, as a dict.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.session;
-        let m = s.model();
+        let e = &self.engine;
+        let m = self.model();
         let d = PyDict::new(py);
         d.set_item("path", m.path.display().to_string())?;
-        let tok_path = self
-            .tokenizer_path
+        let tok_path = lock(&self.tokenizer_path)
             .as_ref()
             .map(|p| p.display().to_string());
         d.set_item("tokenizer_path", tok_path)?;
@@ -211,41 +230,55 @@ impl Engine {
         )?;
         d.set_item("file_bytes", m.weights.file_size())?;
         d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
-        d.set_item("kv_cache_bytes", s.kv_cache_bytes())?;
-        d.set_item("buffer_bytes", s.buffer_bytes())?;
-        d.set_item("context_length", s.context_length())?;
-        d.set_item("n_threads", s.n_threads())?;
-        d.set_item("max_batch", s.max_batch())?;
-        d.set_item("isa", s.kernels().isa().name())?;
-        d.set_item("cached_tokens", s.tokens().len())?;
+        d.set_item("kv_cache", e.kv_type().name())?;
+        d.set_item("kv_cache_bytes", e.kv_bytes())?;
+        d.set_item("kv_bytes_per_token", e.page_bytes() / PAGE)?;
+        d.set_item("buffer_bytes", e.buffer_bytes())?;
+        d.set_item("context_length", e.context_length())?;
+        d.set_item("max_sequences", e.max_sequences())?;
+        d.set_item("active_sequences", e.active())?;
+        d.set_item("n_threads", e.n_threads())?;
+        d.set_item("max_batch", e.max_batch())?;
+        d.set_item("isa", e.isa())?;
         Ok(d)
     }
 
     /// Logits of every position of `ids`, `(len(ids), vocab_size)` float32,
     /// computed from an empty KV cache.
-    fn logits<'py>(&mut self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyAny>> {
-        self.epoch += 1;
-        let vocab = self.session.model().config.vocab_size;
-        self.session.reset();
-        self.session.check(&ids, 0).map_err(to_py_err)?;
-        let mut out = vec![0.0f32; ids.len() * vocab];
-        let batch = self.session.max_batch();
-        for (chunk, rows) in ids.chunks(batch).zip(out.chunks_mut(batch * vocab)) {
-            let session = &mut self.session;
-            py.detach(|| session.feed_all_logits(chunk, rows))
-                .map_err(to_py_err)?;
-            py.check_signals()?;
+    fn logits<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyAny>> {
+        let vocab = self.model().config.vocab_size;
+        let n = ids.len();
+        let ticket = self.engine.submit(Request::new(Job::Logits { ids }));
+        let mut guard = Cancel(Some(ticket.clone()));
+        loop {
+            let out = py.detach(|| {
+                let mut s = ticket.wait(SIGNAL_CHECK);
+                if !s.done {
+                    return None;
+                }
+                Some(match s.error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(std::mem::take(&mut s.logits)),
+                })
+            });
+            match out {
+                None => py.check_signals()?,
+                Some(r) => {
+                    guard.0 = None;
+                    let arr = PyArray1::from_vec(py, r.map_err(to_py_err)?);
+                    return Ok(arr.reshape([n, vocab])?.into_any());
+                }
+            }
         }
-        let arr = PyArray1::from_vec(py, out);
-        Ok(arr.reshape([ids.len(), vocab])?.into_any())
     }
 
     /// Starts generating after `prompt` (token ids); returns a `Stream` that
-    /// yields the text as it decodes.
+    /// yields the text as it decodes. `pin` keeps the finished sequence's
+    /// cache for the next call with the same pin (until `unpin`).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, stop_ids=None))]
+    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, stop_ids=None, pin=None))]
     fn generate(
-        slf: Bound<'_, Self>,
+        &self,
         prompt: Vec<u32>,
         max_tokens: usize,
         temperature: f32,
@@ -256,6 +289,7 @@ impl Engine {
         seed: u64,
         stop: Vec<String>,
         stop_ids: Option<Vec<u32>>,
+        pin: Option<u64>,
     ) -> PyResult<Stream> {
         let config = GenerateConfig {
             max_tokens,
@@ -271,37 +305,78 @@ impl Engine {
             stop,
             stop_ids: stop_ids.unwrap_or_else(|| GenerateConfig::LLAMA2C_STOP_IDS.to_vec()),
         };
-        let mut this = slf.borrow_mut();
-        if this.detok.is_none() {
-            return Err(PyRuntimeError::new_err(
+        let detok = lock(&self.detok).clone().ok_or_else(|| {
+            PyRuntimeError::new_err(
                 "the model has no tokenizer to stream text with (set_pieces was not called)",
-            ));
+            )
+        })?;
+        // Arguments are checked here, so a bad one raises at the call.
+        let vocab = self.model().config.vocab_size;
+        Generation::check(&prompt, vocab, &config).map_err(to_py_err)?;
+        if prompt.len() > self.engine.context_length() {
+            return Err(to_py_err(Error::ContextLength {
+                tokens: prompt.len(),
+                context: self.engine.context_length(),
+            }));
         }
-        this.epoch += 1;
-        let generation = Generation::new(&mut this.session, &prompt, &config).map_err(to_py_err)?;
+        let mut request = Request::new(Job::Generate {
+            prompt,
+            config,
+            detok,
+        });
+        request.pin = pin;
         Ok(Stream {
-            engine: slf.clone().unbind(),
-            epoch: this.epoch,
-            generation,
-            done: false,
+            ticket: self.engine.submit(request),
+            done: AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
         })
     }
 
-    /// Empties the KV cache.
-    fn reset(&mut self) {
-        self.epoch += 1;
-        self.session.reset();
+    /// Forgets the caches that finished sequences left for later prompts.
+    fn reset(&self) {
+        self.engine.clear_cache();
+    }
+
+    /// Lets the cache kept for `pin` go.
+    fn unpin(&self, pin: u64) {
+        self.engine.unpin(pin);
     }
 }
 
+/// Cancels a request if dropped while still set (the call was interrupted).
+struct Cancel(Option<Arc<Ticket>>);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.cancel();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Text pieces of a generation, as they decode. Iterate it; afterwards
-/// `finish_reason`, `stats` and `tokens` describe what happened.
-#[pyclass(module = "tinyllm._tinyllm")]
+/// `finish_reason`, `stats` and `tokens` describe what happened. Dropping
+/// it, `cancel()` or Ctrl-C while iterating stops the generation; other
+/// generations on the same model go on.
+#[pyclass(module = "tinyllm._tinyllm", frozen)]
 struct Stream {
-    engine: Py<Engine>,
-    epoch: u64,
-    generation: Generation,
-    done: bool,
+    ticket: Arc<Ticket>,
+    /// Set once the caller has read the end.
+    done: AtomicBool,
+    /// Set when the caller stopped the stream before its end.
+    cancelled: AtomicBool,
+}
+
+/// What one wait for a stream gave.
+enum Next {
+    Piece(String),
+    End,
+    Failed(Error),
+    Nothing,
 }
 
 #[pymethods]
@@ -310,61 +385,74 @@ impl Stream {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<String>> {
-        if self.done {
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        if self.done.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let mut engine = self.engine.bind(py).try_borrow_mut().map_err(|_| {
-            PyRuntimeError::new_err(
-                "the model is busy in another thread; a model runs one generation at a time",
-            )
-        })?;
-        if engine.epoch != self.epoch {
-            self.done = true;
-            return Err(PyRuntimeError::new_err(
-                "this stream was abandoned: a later call on the same model replaced its state",
-            ));
-        }
-        let Engine { session, detok, .. } = &mut *engine;
-        let detok = detok
-            .as_deref()
-            .expect("checked when the generation started");
         loop {
-            let generation = &mut self.generation;
-            let step = py.detach(|| generation.step(session, detok)).map_err(|e| {
-                self.done = true;
-                to_py_err(e)
-            })?;
-            py.check_signals()?;
-            match step {
-                Step::Prompt => {}
-                Step::Text(t) if t.is_empty() => {}
-                Step::Text(t) => return Ok(Some(t)),
-                Step::Done(t, _) => {
-                    self.done = true;
-                    return Ok(if t.is_empty() { None } else { Some(t) });
+            let ticket = &self.ticket;
+            let next = py.detach(|| {
+                let mut s = ticket.wait(SIGNAL_CHECK);
+                if let Some(p) = s.pieces.pop_front() {
+                    Next::Piece(p)
+                } else if let Some(e) = s.error.take() {
+                    Next::Failed(e)
+                } else if s.done {
+                    Next::End
+                } else {
+                    Next::Nothing
+                }
+            });
+            match next {
+                Next::Piece(p) => return Ok(Some(p)),
+                Next::End => {
+                    self.done.store(true, Ordering::SeqCst);
+                    return Ok(None);
+                }
+                Next::Failed(e) => {
+                    self.done.store(true, Ordering::SeqCst);
+                    return Err(to_py_err(e));
+                }
+                Next::Nothing => {
+                    if let Err(e) = py.check_signals() {
+                        self.cancel();
+                        return Err(e);
+                    }
                 }
             }
         }
     }
 
+    /// Stops the generation; the stream then ends, with no finish reason
+    /// (the tokens generated so far stay in `tokens`).
+    fn cancel(&self) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            self.cancelled.store(true, Ordering::SeqCst);
+        }
+        self.ticket.cancel();
+    }
+
     /// "stop" (end of text or a stop string), "length" (max_tokens or a full
-    /// context), or None while the stream is running.
+    /// context), or None before the stream has been read to its end (or if
+    /// it was cancelled).
     #[getter]
     fn finish_reason(&self) -> Option<&'static str> {
-        self.generation.finish_reason().map(|r| r.as_str())
+        if !self.done.load(Ordering::SeqCst) || self.cancelled.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.ticket.lock().finish_reason.map(|r| r.as_str())
     }
 
     /// The generated token ids so far.
     #[getter]
     fn tokens(&self) -> Vec<u32> {
-        self.generation.generated().to_vec()
+        self.ticket.lock().generated.clone()
     }
 
     /// Token counts and times of the prompt and of the generation, as a dict.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.generation.stats();
+        let s = self.ticket.lock().stats;
         let d = PyDict::new(py);
         d.set_item("prompt_tokens", s.prompt_tokens)?;
         d.set_item("reused_tokens", s.reused_tokens)?;
@@ -372,6 +460,13 @@ impl Stream {
         d.set_item("generated_tokens", s.generated_tokens)?;
         d.set_item("generate_seconds", s.generate_time.as_secs_f64())?;
         Ok(d)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // An abandoned stream frees its sequence for others.
+        self.ticket.cancel();
     }
 }
 
