@@ -484,9 +484,15 @@ def quantize(
 
 
 def bench(
-    gguf: Path, threads: int = 2, n_prompt: int = 512, n_gen: int = 128, reps: int = 5
+    gguf: Path,
+    threads: int = 2,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    reps: int = 5,
+    depth: int = 0,
 ) -> BenchResult:
-    """Time ``gguf`` with ``llama-bench``: prompt (pp``n_prompt``) and generation (tg``n_gen``).
+    """Time ``gguf`` with ``llama-bench``: prompt (pp``n_prompt``) and generation (tg``n_gen``),
+    each after ``depth`` tokens already in the KV cache.
 
     Speeds are llama-bench's mean over ``reps`` repetitions, in tokens/s, with
     their standard deviations.  A count of 0 skips that test.
@@ -499,6 +505,7 @@ def bench(
             "-p", str(n_prompt),
             "-n", str(n_gen),
             "-r", str(reps),
+            "-d", str(depth),
             "-o", "json",
         ]
     )  # fmt: skip
@@ -529,6 +536,45 @@ def bench(
             result["gen_tokens_per_s"] = float(record["avg_ts"])
             result["gen_stddev"] = float(record["stddev_ts"])
     return result
+
+
+def batched_bench(
+    gguf: Path, threads: int, n_prompt: int, n_gen: int, parallel: list[int]
+) -> dict[int, dict[str, float]]:
+    """Time ``gguf`` with ``llama-batched-bench``: for each count in
+    ``parallel``, that many sequences each process ``n_prompt`` tokens and
+    then generate ``n_gen`` together. Returns, per count, the aggregate
+    prompt and generation speeds (``pp_tokens_per_s``, ``tg_tokens_per_s``).
+    """
+    ctx = max(parallel) * (n_prompt + n_gen) + 16
+    out = _run(
+        [
+            program("llama-batched-bench"),
+            "-m", gguf,
+            "-t", str(threads),
+            "-c", str(ctx),
+            "-b", "2048",
+            "-ub", "512",
+            "-npp", str(n_prompt),
+            "-ntg", str(n_gen),
+            "-npl", ",".join(map(str, parallel)),
+            "--output-format", "jsonl",
+        ]
+    )  # fmt: skip
+    results: dict[int, dict[str, float]] = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        r = json.loads(line)
+        if "pl" in r and "speed_tg" in r:
+            results[int(r["pl"])] = {
+                "pp_tokens_per_s": float(r["speed_pp"]),
+                "tg_tokens_per_s": float(r["speed_tg"]),
+            }
+    if not results:
+        raise LlamaCppError(f"llama-batched-bench printed no results:\n{out[-2000:]}")
+    return results
 
 
 #: The last line each llama-perplexity run prints that we need.

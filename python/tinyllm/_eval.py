@@ -26,7 +26,8 @@ def eval(
     ctx: int = 128,
     max_chunks: int | None = None,
 ) -> dict[str, Any]:
-    """Compares ``model`` with ``reference`` (usually the f32 original) on
+    """Compares ``model`` with ``reference`` (usually the f32 original, which
+    a path opens with an f32 KV cache) on
     the same token sequences, the way llama.cpp's ``llama-perplexity
     --kl-divergence`` does.
 
@@ -48,7 +49,7 @@ def eval(
     """
     _int("ctx", ctx, minimum=4)
     test = model if isinstance(model, Model) else Model(model)
-    ref = reference if isinstance(reference, Model) else Model(reference)
+    ref = reference if isinstance(reference, Model) else Model(reference, kv_cache="f32")
     if test.config.vocab_size != ref.config.vocab_size:
         raise ValueError(
             f"the models' vocabularies differ ({test.config.vocab_size} and "

@@ -43,6 +43,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--context", type=int, default=None, help="context length (default: the model's)"
     )
+    p.add_argument(
+        "--kv-cache",
+        default="f16",
+        choices=["f16", "f32", "q8_0"],
+        help="how the KV cache stores keys and values (default f16)",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
@@ -87,11 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--ctx", type=int, default=128, help="tokens per chunk (default 128)")
     ev.add_argument("--chunks", type=int, default=None, help="score at most this many chunks")
     ev.add_argument("--tokenizer", "-z", help="tokenizer of the reference, if not beside it")
+    ev.add_argument(
+        "--kv-cache",
+        default="f16",
+        choices=["f16", "f32", "q8_0"],
+        help="the measured model's KV cache (default f16; the reference's is f32)",
+    )
     return parser
 
 
 def _open(args: argparse.Namespace) -> Model:
-    kw = {"n_threads": args.threads, "context_length": args.context}
+    kw = {"n_threads": args.threads, "context_length": args.context, "kv_cache": args.kv_cache}
     if args.hf is not None:
         if args.model is not None:
             raise SystemExit("tinyllm: give a model file or --hf, not both")
@@ -166,11 +178,13 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    ref = Model(args.reference, args.tokenizer)
-    test = Model(args.model, args.tokenizer if args.model.endswith(".bin") else None)
+    ref = Model(args.reference, args.tokenizer, kv_cache="f32")
+    tok = args.tokenizer if args.model.endswith(".bin") else None
+    test = Model(args.model, tok, kv_cache=args.kv_cache)
     r = evaluate(test, ref, args.text, ctx=args.ctx, max_chunks=args.chunks)
     print(
-        f"{args.model} against {args.reference}, {r['positions']} predictions:\n"
+        f"{args.model} (KV cache {args.kv_cache}) against {args.reference} (f32), "
+        f"{r['positions']} predictions:\n"
         f"  mean KL divergence {r['kl_mean']:.5f} (99th percentile {r['kl_p99']:.4f})\n"
         f"  same top token     {100 * r['top1']:.2f}%\n"
         f"  perplexity         {r['ppl']:.4f} (reference {r['ppl_reference']:.4f})"

@@ -14,8 +14,8 @@ use crate::kernels::{Kernels, padded_ld};
 use crate::kv_cache::{KvType, PAGE, PageLayout};
 use crate::model::Model;
 use crate::pool::{SyncPtr, ThreadPool};
-use crate::quant::{self, Block, BlockQ8_0, BlockQ8Act, QK, QK_K};
-use crate::weights::{DType, MatData, MatRef, MatrixDesc, VectorDesc, Weights, cast};
+use crate::quant::{self, Block, BlockQ8_0, BlockQ8Act, QK};
+use crate::weights::{Activations, DType, MatRef, MatrixDesc, VectorDesc, Weights, cast};
 use half::f16;
 use std::ops::Range;
 use std::sync::Arc;
@@ -54,13 +54,12 @@ pub struct CpuDevice {
     forms: InputForms,
     /// Per thread, for one block of attention rows (`ATT_TOKENS` tokens
     /// times the query heads of one KV head): `(rows, max_len)` scores, then
-    /// probabilities; `(rows, head_dim)` queries, outputs and one page's
-    /// partial outputs; `(PAGE, head_dim)` one page's values as f32;
+    /// probabilities; `(rows, head_dim)` queries and outputs; `(PAGE,
+    /// head_dim)` one page's values as f32 (a q8_0 cache);
     /// `(rows, head_dim / 32)` the queries quantized (a q8_0 cache)
     scores: Vec<f32>,
     att_q: Vec<f32>,
     att_o: Vec<f32>,
-    att_part: Vec<f32>,
     att_v: Vec<f32>,
     att_acts: Vec<BlockQ8Act>,
     /// `(head_dim / 2,)` rotary frequencies
@@ -145,7 +144,6 @@ impl CpuDevice {
             scores: vec![0.0; n_threads * att_rows * max_len],
             att_q: vec![0.0; n_threads * att_rows * hd],
             att_o: vec![0.0; n_threads * att_rows * hd],
-            att_part: vec![0.0; n_threads * att_rows * hd],
             att_v: vec![0.0; n_threads * PAGE * hd],
             att_acts: vec![
                 quant::quantize_act(&[0.0; QK]);
@@ -203,7 +201,6 @@ impl CpuDevice {
             &self.scores,
             &self.att_q,
             &self.att_o,
-            &self.att_part,
             &self.att_v,
             &f.xs,
             &f.padded,
@@ -614,14 +611,13 @@ fn attention(d: &mut CpuDevice, layer: usize) {
         SyncPtr(d.scores.as_mut_ptr()),
         SyncPtr(d.att_q.as_mut_ptr()),
         SyncPtr(d.att_o.as_mut_ptr()),
-        SyncPtr(d.att_part.as_mut_ptr()),
         SyncPtr(d.att_v.as_mut_ptr()),
     ];
     let acts = SyncPtr(d.att_acts.as_mut_ptr());
     let (entries, pages, blocks, kv) = (&d.entries, &d.pages, &d.blocks, &d.kv);
     d.pool.for_chunks(n_kv * blocks.len(), 1, |thread, range| {
         // SAFETY: each thread owns its slice of the per-thread scratch.
-        let (sc, qb, ob, part, vbuf, qacts) = unsafe {
+        let (sc, qb, ob, vbuf, qacts) = unsafe {
             let slice = |p: SyncPtr<f32>, len: usize| {
                 std::slice::from_raw_parts_mut(p.get().add(thread * len), len)
             };
@@ -629,8 +625,7 @@ fn attention(d: &mut CpuDevice, layer: usize) {
                 slice(ptrs[0], rows_max * max_len),
                 slice(ptrs[1], rows_max * hd),
                 slice(ptrs[2], rows_max * hd),
-                slice(ptrs[3], rows_max * hd),
-                slice(ptrs[4], PAGE * hd),
+                slice(ptrs[3], PAGE * hd),
                 if layout.dtype == KvType::Q8_0 {
                     let len = rows_max * hd / QK;
                     std::slice::from_raw_parts_mut(acts.get().add(thread * len), len)
@@ -712,26 +707,22 @@ fn attention(d: &mut CpuDevice, layer: usize) {
                 let npg = PAGE.min(n_pos - pg * PAGE);
                 let at = layout.offset(layer, true, kvh);
                 let bytes = &page_bytes(&kv[page as usize])[at..at + npg * layout.row_bytes];
-                let values: &[f32] = match layout.dtype {
-                    KvType::F32 => cast(bytes, npg * hd),
+                let p = &sc[pg * PAGE..];
+                let acc = pg > 0;
+                match layout.dtype {
+                    KvType::F32 => {
+                        let v = cast(bytes, npg * hd);
+                        kern.attn_pv(p, max_len, rows, npg, v, hd, hd, ob, acc)
+                    }
                     KvType::F16 => {
-                        let v: &[f16] = cast(bytes, npg * hd);
-                        vbuf.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32());
-                        &vbuf[..npg * hd]
+                        let v = cast(bytes, npg * hd);
+                        kern.attn_pv_f16(p, max_len, rows, npg, v, hd, hd, ob, acc)
                     }
                     KvType::Q8_0 => {
                         let v: &[BlockQ8_0] = cast(bytes, npg * hd / QK);
                         quant::dequantize_row(v, &mut vbuf[..npg * hd]);
-                        &vbuf[..npg * hd]
+                        kern.attn_pv(p, max_len, rows, npg, vbuf, hd, hd, ob, acc)
                     }
-                };
-                let dst = if pg == 0 { &mut *ob } else { &mut *part };
-                kern.attn_pv(&sc[pg * PAGE..], max_len, rows, npg, values, hd, hd, dst);
-                if pg > 0 {
-                    ob[..rows * hd]
-                        .iter_mut()
-                        .zip(&part[..rows * hd])
-                        .for_each(|(o, p)| *o += p);
                 }
             }
             for t in 0..tn {
@@ -866,7 +857,8 @@ impl<'a> Input<'a> {
     }
 }
 
-/// `out[t, r] = w[r] . input[t]` for the rows of `w`.
+/// `out[t, r] = w[r] . input[t]` for the rows of `w`, by the kernel of its
+/// type (see `weights::WeightType`).
 fn matmul_chunk(
     e: Engine<'_>,
     w: &MatRef<'_>,
@@ -875,33 +867,16 @@ fn matmul_chunk(
     out: *mut f32,
     ldo: usize,
 ) {
-    let (k, x, ldx, nb) = (input.k, input.x, input.ldx, w.cols / QK);
-    let kern = e.kernels;
-    // SAFETY: (all arms) the caller gives this chunk exclusive use of its
-    // output columns; the kernels check the input extents.
-    unsafe {
-        match w.data {
-            MatData::F32(wd) => kern.matmul_f32_into(wd, k, x, ldx, n, out, ldo),
-            MatData::F16(wd) => kern.matmul_f16_into(wd, k, x, ldx, n, out, ldo),
-            MatData::BF16(wd) => kern.matmul_bf16_into(wd, k, x, ldx, n, out, ldo),
-            MatData::Q8_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
-            MatData::Q4_0(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
-            MatData::Q4_1(wd) => kern.matmul_quant_into(wd, nb, input.acts, n, out, ldo),
-            MatData::Q8_0x4(wd) => kern.matmul_quant4_into(wd, nb, input.acts, n, out, ldo),
-            MatData::Q4_0x4(wd) => kern.matmul_quant4_into(wd, nb, input.acts, n, out, ldo),
-            MatData::Q4K(wd) => kern.matmul_kquant_into(wd, w.cols / QK_K, input.acts, n, out, ldo),
-            MatData::Q6K(wd) => kern.matmul_kquant_into(wd, w.cols / QK_K, input.acts, n, out, ldo),
-            MatData::Q8Group {
-                q: wq,
-                s: ws,
-                group_size,
-            } => {
-                let (q, s, gs) = input.q8g.expect("prepared for this matrix's dtype");
-                assert_eq!(group_size, gs);
-                kern.matmul_q8g_into(wq, ws, w.cols, gs, q, s, n, out, ldo)
-            }
-        }
-    }
+    assert_eq!(w.cols, input.k);
+    let x = Activations {
+        x: input.x,
+        ldx: input.ldx,
+        blocks: input.acts,
+        groups: input.q8g,
+    };
+    // SAFETY: the caller gives this chunk exclusive use of its output
+    // columns; the kernels check the input extents.
+    unsafe { w.matmul_into(e.kernels, &x, n, out, ldo) }
 }
 
 /// Rows per parallel chunk: enough chunks to balance the threads, few enough

@@ -5,9 +5,10 @@
 //! turns descriptors into borrowed views. Nothing is copied: the weights cost
 //! address space and page cache, not heap.
 
+use crate::kernels::Kernels;
 use crate::quant::{
-    Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
-    Interleaved, QK, QK_K, SuperBlock,
+    self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
+    BlockQ8Act, Interleaved, QK, QK_K,
 };
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -43,24 +44,262 @@ pub enum DType {
     Q8Group { group_size: usize },
 }
 
+// ---------------------------------------------------------------------------
+// The weight types: one entry each
+// ---------------------------------------------------------------------------
+
+/// The form of the activations a weight type's products take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActForm {
+    /// f32 values (the float types).
+    F32,
+    /// Blocks of [`QK`] quantized at run time ([`BlockQ8Act`]).
+    Q8Blocks,
+    /// llama2.c's int8 groups, of the weights' group size.
+    Q8Groups,
+}
+
+/// What tinyllm knows of a weight type besides its two operations (see
+/// `WeightType`): its entry in the table.
+#[derive(Debug)]
+pub struct TypeTraits {
+    /// The name used in tinyllm files, on the command line and in reports.
+    pub name: &'static str,
+    /// Consecutive values of a row that one block holds (1 for the floats).
+    pub block_cols: usize,
+    /// Rows one block spans: 4 for the interleaved types, else 1.
+    pub block_rows: usize,
+    /// Bytes of one block (values only: llama2.c's groups keep their
+    /// scales apart).
+    pub block_bytes: usize,
+    /// The alignment, in bytes, that a tensor of the type needs in memory.
+    pub align: usize,
+    /// The form of the activations its products take.
+    pub act: ActForm,
+}
+
+impl TypeTraits {
+    /// The entry of the storage unit `T`, a block of `block_rows` rows of
+    /// `block_cols` values.
+    const fn of<T>(name: &'static str, block_cols: usize, block_rows: usize, act: ActForm) -> Self {
+        TypeTraits {
+            name,
+            block_cols,
+            block_rows,
+            block_bytes: std::mem::size_of::<T>(),
+            align: std::mem::align_of::<T>(),
+            act,
+        }
+    }
+
+    /// Bytes of one row of blocks (`block_rows` rows of `cols` values).
+    fn row_bytes(&self, cols: usize) -> usize {
+        cols / self.block_cols * self.block_bytes
+    }
+}
+
+/// A weight type: the storage unit of its matrices (a float, a block or a
+/// super-block), with its [`TypeTraits`] and the two operations that depend
+/// on its layout. This, with `with_type!` which maps each [`DType`] to its
+/// unit, is the one place a weight type is described; [`DType`], [`MatRef`]
+/// and the CPU's products consult it instead of matching on the type.
+///
+/// To add a block type:
+/// 1. define its block in `quant`, `#[repr(C)]` with its size asserted, and
+///    mark it [`Pod`];
+/// 2. add its [`DType`] variant and its arm in `with_type!`;
+/// 3. add its entry to `weight_types!` below: its [`TypeTraits`], how to
+///    dequantize a row, and which kernel runs its product;
+/// 4. give it its kernel: a field of [`Kernels`] filled in by `tier!`, and
+///    its `kernel` accessor in `kernels` (a new family needs a `Kernels`
+///    method that checks the extents, as `matmul_quant_into` does);
+/// 5. map its name or type id to the [`DType`] in the loaders (`format`).
+pub(crate) trait WeightType: Pod {
+    /// The type's entry in the table.
+    const TRAITS: TypeTraits;
+
+    /// Writes row `r` of `m` (a matrix of this type) as floats into `out`
+    /// (`m.cols` long).
+    fn dequantize_row(m: &MatRef<'_>, r: usize, out: &mut [f32]);
+
+    /// `out[t * ldo + r] = m[r] . x[t]` for every row `r` of `m` (a matrix
+    /// of this type) and `t < n`: a direct call of the type's kernel.
+    ///
+    /// # Safety
+    ///
+    /// As for [`MatRef::matmul_into`].
+    unsafe fn matmul(
+        k: &Kernels,
+        m: &MatRef<'_>,
+        x: &Activations<'_>,
+        n: usize,
+        out: *mut f32,
+        ldo: usize,
+    );
+}
+
+/// Evaluates `$body` with `$T` the storage unit (the [`WeightType`]) of the
+/// dtype `$dtype`: a match of one arm per type, each calling its own
+/// monomorphised code.
+#[rustfmt::skip]
+macro_rules! with_type {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => { type $T = f32; $body }
+            DType::F16 => { type $T = f16; $body }
+            DType::BF16 => { type $T = bf16; $body }
+            DType::Q8_0 => { type $T = BlockQ8_0; $body }
+            DType::Q4_0 => { type $T = BlockQ4_0; $body }
+            DType::Q4_1 => { type $T = BlockQ4_1; $body }
+            DType::Q8_0x4 => { type $T = BlockQ8_0x4; $body }
+            DType::Q4_0x4 => { type $T = BlockQ4_0x4; $body }
+            DType::Q4K => { type $T = BlockQ4K; $body }
+            DType::Q6K => { type $T = BlockQ6K; $body }
+            DType::Q8Group { .. } => { type $T = i8; $body }
+        }
+    };
+}
+
+/// Implements [`WeightType`] for each storage unit from its entry: the
+/// [`TypeTraits`], then the bodies of the two operations over the named
+/// arguments (for `matmul`, in an `unsafe` block).
+macro_rules! weight_types {
+    ($(
+        $t:ty = $traits:expr;
+        fn dequantize_row($m:ident, $r:ident, $out:ident) $dequantize:block
+        fn matmul($k:ident, $w:ident, $x:ident, $n:ident, $o:ident, $ldo:ident) { $($matmul:tt)* }
+    )*) => {$(
+        impl WeightType for $t {
+            const TRAITS: TypeTraits = $traits;
+
+            fn dequantize_row($m: &MatRef<'_>, $r: usize, $out: &mut [f32]) $dequantize
+
+            unsafe fn matmul(
+                $k: &Kernels,
+                $w: &MatRef<'_>,
+                $x: &Activations<'_>,
+                $n: usize,
+                $o: *mut f32,
+                $ldo: usize,
+            ) {
+                // SAFETY: forwarded contract; the kernels check the extents.
+                unsafe { $($matmul)* }
+            }
+        }
+    )*};
+}
+
+weight_types! {
+    f32 = TypeTraits::of::<Self>("f32", 1, 1, ActForm::F32);
+    fn dequantize_row(m, r, out) { floats_into(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_f32_into(m.blocks(), m.cols, x.x, x.ldx, n, out, ldo)
+    }
+
+    f16 = TypeTraits::of::<Self>("f16", 1, 1, ActForm::F32);
+    fn dequantize_row(m, r, out) { floats_into(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_f16_into(m.blocks(), m.cols, x.x, x.ldx, n, out, ldo)
+    }
+
+    bf16 = TypeTraits::of::<Self>("bf16", 1, 1, ActForm::F32);
+    fn dequantize_row(m, r, out) { floats_into(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_bf16_into(m.blocks(), m.cols, x.x, x.ldx, n, out, ldo)
+    }
+
+    BlockQ8_0 = TypeTraits::of::<Self>("q8_0", QK, 1, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
+    BlockQ4_0 = TypeTraits::of::<Self>("q4_0", QK, 1, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
+    BlockQ4_1 = TypeTraits::of::<Self>("q4_1", QK, 1, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
+    // Blocks of four rows: a row of them holds four rows of the matrix.
+    BlockQ8_0x4 = TypeTraits::of::<Self>("q8_0x4", QK, 4, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { group_row_into(m.row_blocks::<Self>(r), r % 4, out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant4_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
+    BlockQ4_0x4 = TypeTraits::of::<Self>("q4_0x4", QK, 4, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { group_row_into(m.row_blocks::<Self>(r), r % 4, out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant4_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
+    // Super-blocks of 256 values, against activation blocks of 32.
+    BlockQ4K = TypeTraits::of::<Self>("q4_k", QK_K, 1, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_kquant_into::<Self>(m.blocks(), m.cols / QK_K, x.blocks, n, out, ldo)
+    }
+
+    BlockQ6K = TypeTraits::of::<Self>("q6_k", QK_K, 1, ActForm::Q8Blocks);
+    fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_kquant_into::<Self>(m.blocks(), m.cols / QK_K, x.blocks, n, out, ldo)
+    }
+
+    // llama2.c's groups: the values, a byte each, and one f32 scale per
+    // `group_size` values of a row, stored apart (the matrix's `scales`),
+    // whose alignment the type takes.
+    i8 = TypeTraits {
+        align: std::mem::align_of::<f32>(),
+        ..TypeTraits::of::<Self>("q8_group", 1, 1, ActForm::Q8Groups)
+    };
+    fn dequantize_row(m, r, out) {
+        let gs = m.dtype.group_size().expect("llama2.c groups");
+        let (q, s) = (m.row_blocks::<Self>(r), m.row_scales(r));
+        for (j, (o, &v)) in out.iter_mut().zip(q).enumerate() {
+            *o = v as f32 * s[j / gs];
+        }
+    }
+    fn matmul(k, m, x, n, out, ldo) {
+        let (q, s, gs) = x.groups.expect("prepared for this matrix's dtype");
+        assert_eq!(m.dtype.group_size(), Some(gs));
+        k.matmul_q8g_into(m.blocks(), m.scales, m.cols, gs, q, s, n, out, ldo)
+    }
+}
+
+/// Floats of any width as f32.
+fn floats_into<T: Copy + Into<f32>>(values: &[T], out: &mut [f32]) {
+    assert_eq!(values.len(), out.len());
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = v.into();
+    }
+}
+
+/// Row `sub` (0..4) of a row of interleaved groups, as floats.
+fn group_row_into<I: Interleaved>(groups: &[I], sub: usize, out: &mut [f32]) {
+    assert_eq!(groups.len() * QK, out.len());
+    for (g, o) in groups.iter().zip(out.chunks_exact_mut(QK)) {
+        o.copy_from_slice(&g.row(sub).dequantize());
+    }
+}
+
 impl DType {
+    /// The type's entry in the table of weight types (see `WeightType`).
+    pub fn traits(self) -> &'static TypeTraits {
+        with_type!(self, T => &T::TRAITS)
+    }
+
     /// The name used in tinyllm files, on the command line and in reports
     /// (`q4_k`, `q6_k` and `q8_group` only in reports: tinyllm files do not
     /// hold them, see [`DType::from_name`]).
     pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::Q8_0 => "q8_0",
-            DType::Q4_0 => "q4_0",
-            DType::Q4_1 => "q4_1",
-            DType::Q8_0x4 => "q8_0x4",
-            DType::Q4_0x4 => "q4_0x4",
-            DType::Q4K => "q4_k",
-            DType::Q6K => "q6_k",
-            DType::Q8Group { .. } => "q8_group",
-        }
+        self.traits().name
     }
 
     /// Parses a name of a dtype tinyllm files can hold.
@@ -82,77 +321,56 @@ impl DType {
     /// Whether the weights are floats (their products take f32
     /// activations).
     pub fn is_float(self) -> bool {
-        matches!(self, DType::F32 | DType::F16 | DType::BF16)
+        self.traits().act == ActForm::F32
     }
 
-    /// Whether rows are stored in blocks of [`QK`] values (or super-blocks
-    /// of [`QK_K`]), whose products take activations quantized in blocks of
-    /// [`QK`].
+    /// Whether the products take activations quantized in blocks of [`QK`]
+    /// (the types stored in blocks of [`QK`] values or super-blocks of
+    /// [`QK_K`]).
     pub fn is_blocked(self) -> bool {
-        matches!(
-            self,
-            DType::Q8_0
-                | DType::Q4_0
-                | DType::Q4_1
-                | DType::Q8_0x4
-                | DType::Q4_0x4
-                | DType::Q4K
-                | DType::Q6K
-        )
+        self.traits().act == ActForm::Q8Blocks
     }
 
     /// Whether rows are stored in interleaved groups of four.
     pub fn is_interleaved(self) -> bool {
-        matches!(self, DType::Q8_0x4 | DType::Q4_0x4)
+        self.traits().block_rows > 1
+    }
+
+    /// The group size of llama2.c's int8 groups, whose scales are stored
+    /// apart from the values (`None` for every other type).
+    pub fn group_size(self) -> Option<usize> {
+        match self {
+            DType::Q8Group { group_size } => Some(group_size),
+            _ => None,
+        }
     }
 
     /// Bytes of a `rows x cols` matrix of this type, values and scales
-    /// (`None` if `cols` does not fit the type's blocks or it overflows).
+    /// (`None` if the matrix does not fit the type's blocks or it overflows).
     pub fn matrix_bytes(self, rows: usize, cols: usize) -> Option<usize> {
+        let t = self.traits();
         let n = rows.checked_mul(cols)?;
-        let block = |bytes: usize| cols.is_multiple_of(QK).then(|| n / QK * bytes);
-        let super_block = |bytes: usize| cols.is_multiple_of(QK_K).then(|| n / QK_K * bytes);
-        match self {
-            DType::F32 => n.checked_mul(4),
-            DType::F16 | DType::BF16 => n.checked_mul(2),
-            DType::Q8_0 => block(BlockQ8_0::BYTES),
-            DType::Q4_0 => block(BlockQ4_0::BYTES),
-            DType::Q4_1 => block(BlockQ4_1::BYTES),
-            DType::Q8_0x4 if rows.is_multiple_of(4) => block(BlockQ8_0::BYTES),
-            DType::Q4_0x4 if rows.is_multiple_of(4) => block(BlockQ4_0::BYTES),
-            DType::Q8_0x4 | DType::Q4_0x4 => None,
-            DType::Q4K => super_block(BlockQ4K::BYTES),
-            DType::Q6K => super_block(BlockQ6K::BYTES),
-            DType::Q8Group { group_size } => cols
-                .is_multiple_of(group_size)
-                .then(|| n + n / group_size * 4),
+        if !cols.is_multiple_of(t.block_cols) || !rows.is_multiple_of(t.block_rows) {
+            return None;
         }
+        let values = (n / (t.block_cols * t.block_rows)).checked_mul(t.block_bytes)?;
+        let scales = match self.group_size() {
+            Some(gs) => cols.is_multiple_of(gs).then(|| n / gs * 4)?,
+            None => 0,
+        };
+        values.checked_add(scales)
     }
 
     /// The alignment, in bytes, that a tensor of this type needs in memory.
     pub fn alignment(self) -> usize {
-        use std::mem::align_of;
-        match self {
-            DType::F32 => align_of::<f32>(),
-            DType::F16 | DType::BF16 => align_of::<f16>(),
-            DType::Q8_0 => align_of::<BlockQ8_0>(),
-            DType::Q4_0 => align_of::<BlockQ4_0>(),
-            DType::Q4_1 => align_of::<BlockQ4_1>(),
-            DType::Q8_0x4 => align_of::<BlockQ8_0x4>(),
-            DType::Q4_0x4 => align_of::<BlockQ4_0x4>(),
-            DType::Q4K => align_of::<BlockQ4K>(),
-            DType::Q6K => align_of::<BlockQ6K>(),
-            DType::Q8Group { .. } => align_of::<f32>(),
-        }
+        self.traits().align
     }
 
     /// Bits per weight, scales included.
     pub fn bits_per_weight(self) -> f64 {
-        match self {
-            DType::Q8Group { group_size } => 8.0 + 32.0 / group_size as f64,
-            // Four rows of a super-block: a whole unit of every other type.
-            _ => self.matrix_bytes(4, QK_K).unwrap_or(0) as f64 * 8.0 / (4 * QK_K) as f64,
-        }
+        let t = self.traits();
+        let values = (8 * t.block_bytes) as f64 / (t.block_cols * t.block_rows) as f64;
+        values + self.group_size().map_or(0.0, |gs| 32.0 / gs as f64)
     }
 }
 
@@ -289,110 +507,91 @@ pub struct WeightsParts {
 pub struct MatRef<'a> {
     pub rows: usize,
     pub cols: usize,
-    pub data: MatData<'a>,
+    pub dtype: DType,
+    /// The blocks of the type, row-major: `rows / block_rows` rows of
+    /// `cols / block_cols` blocks (see [`TypeTraits`]).
+    bytes: &'a [u8],
+    /// `(rows, cols / group_size)` scales of llama2.c's groups; empty for
+    /// every other type.
+    scales: &'a [f32],
 }
 
-/// The elements of a [`MatRef`], row-major.
+/// The input of a product in the forms the weight types take (see
+/// [`ActForm`]); a form that no weight of the product takes may be empty.
 #[derive(Clone, Copy, Debug)]
-pub enum MatData<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-    BF16(&'a [bf16]),
-    /// `cols / 32` blocks per row.
-    Q8_0(&'a [BlockQ8_0]),
-    Q4_0(&'a [BlockQ4_0]),
-    Q4_1(&'a [BlockQ4_1]),
-    /// `rows / 4` rows of `cols / 32` groups.
-    Q8_0x4(&'a [BlockQ8_0x4]),
-    Q4_0x4(&'a [BlockQ4_0x4]),
-    /// `cols / 256` super-blocks per row.
-    Q4K(&'a [BlockQ4K]),
-    Q6K(&'a [BlockQ6K]),
-    /// `(rows, cols)` int8 values and `rows * cols / group_size` scales.
-    Q8Group {
-        q: &'a [i8],
-        s: &'a [f32],
-        group_size: usize,
-    },
+pub(crate) struct Activations<'a> {
+    /// `(T, k)` floats, rows `ldx` apart.
+    pub x: &'a [f32],
+    pub ldx: usize,
+    /// `(T, k / 32)` blocks.
+    pub blocks: &'a [BlockQ8Act],
+    /// `(T, k)` int8 values, `(T, k / group_size)` scales, and the group size.
+    pub groups: Option<(&'a [i8], &'a [f32], usize)>,
 }
 
 impl<'a> MatRef<'a> {
-    /// The rows `range` of the matrix.
+    /// The rows `range` of the matrix; for the interleaved types, its ends
+    /// must be multiples of 4 (or the last row).
     pub fn slice_rows(&self, range: Range<usize>) -> MatRef<'a> {
-        let (r0, r1, k) = (range.start, range.end, self.cols);
-        let (e0, e1) = (r0 * k, r1 * k);
-        let (b0, b1) = (e0 / QK, e1 / QK);
-        let (s0, s1) = (e0 / QK_K, e1 / QK_K);
-        let data = match self.data {
-            MatData::F32(w) => MatData::F32(&w[e0..e1]),
-            MatData::F16(w) => MatData::F16(&w[e0..e1]),
-            MatData::BF16(w) => MatData::BF16(&w[e0..e1]),
-            MatData::Q8_0(w) => MatData::Q8_0(&w[b0..b1]),
-            MatData::Q4_0(w) => MatData::Q4_0(&w[b0..b1]),
-            MatData::Q4_1(w) => MatData::Q4_1(&w[b0..b1]),
-            // A group holds 4 rows' blocks: whole groups only.
-            MatData::Q8_0x4(w) => MatData::Q8_0x4(&w[group_range(r0, r1, self.rows, k)]),
-            MatData::Q4_0x4(w) => MatData::Q4_0x4(&w[group_range(r0, r1, self.rows, k)]),
-            MatData::Q4K(w) => MatData::Q4K(&w[s0..s1]),
-            MatData::Q6K(w) => MatData::Q6K(&w[s0..s1]),
-            MatData::Q8Group { q, s, group_size } => MatData::Q8Group {
-                q: &q[e0..e1],
-                s: &s[e0 / group_size..e1 / group_size],
-                group_size,
-            },
-        };
+        let t = self.dtype.traits();
+        let (r0, r1, br) = (range.start, range.end, t.block_rows);
+        // A block of several rows belongs to one slice: whole blocks only.
+        assert!(r0.is_multiple_of(br) && (r1.is_multiple_of(br) || r1 == self.rows));
+        let row_bytes = t.row_bytes(self.cols);
+        let spr = self.scales_per_row();
         MatRef {
             rows: r1 - r0,
-            cols: k,
-            data,
+            bytes: &self.bytes[r0 / br * row_bytes..r1.div_ceil(br) * row_bytes],
+            scales: &self.scales[r0 * spr..r1 * spr],
+            ..*self
         }
     }
 
     /// Writes row `r` as floats into `out` (`cols` long).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        let k = self.cols;
-        let (e0, e1) = (r * k, (r + 1) * k);
-        match self.data {
-            MatData::F32(w) => out.copy_from_slice(&w[e0..e1]),
-            MatData::F16(w) => out
-                .iter_mut()
-                .zip(&w[e0..e1])
-                .for_each(|(o, v)| *o = v.to_f32()),
-            MatData::BF16(w) => out
-                .iter_mut()
-                .zip(&w[e0..e1])
-                .for_each(|(o, v)| *o = v.to_f32()),
-            MatData::Q8_0(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
-            MatData::Q4_0(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
-            MatData::Q4_1(w) => crate::quant::dequantize_row(&w[e0 / QK..e1 / QK], out),
-            MatData::Q8_0x4(w) => group_row_into(w, r, k, out),
-            MatData::Q4_0x4(w) => group_row_into(w, r, k, out),
-            MatData::Q4K(w) => crate::quant::dequantize_row_k(&w[e0 / QK_K..e1 / QK_K], out),
-            MatData::Q6K(w) => crate::quant::dequantize_row_k(&w[e0 / QK_K..e1 / QK_K], out),
-            MatData::Q8Group { q, s, group_size } => {
-                for (j, (o, &v)) in out.iter_mut().zip(&q[e0..e1]).enumerate() {
-                    *o = v as f32 * s[(e0 + j) / group_size];
-                }
-            }
-        }
+        with_type!(self.dtype, T => T::dequantize_row(self, r, out))
     }
-}
 
-/// The groups that hold rows `r0..r1` of an interleaved matrix of `rows`
-/// rows of `cols` values; `r0` and `r1` (unless it is `rows`) must be
-/// multiples of 4.
-fn group_range(r0: usize, r1: usize, rows: usize, cols: usize) -> Range<usize> {
-    assert!(r0.is_multiple_of(4) && (r1.is_multiple_of(4) || r1 == rows));
-    let nb = cols / QK;
-    (r0 / 4) * nb..r1.div_ceil(4) * nb
-}
+    /// `out[t * ldo + r] = self[r] . x[t]` for every row `r` and `t < n`,
+    /// by the kernel of the matrix's type in `k`.
+    ///
+    /// # Safety
+    ///
+    /// `out` must be valid for writes at every `t * ldo + r` above, and no
+    /// other thread may access those elements during the call.
+    pub(crate) unsafe fn matmul_into(
+        &self,
+        k: &Kernels,
+        x: &Activations<'_>,
+        n: usize,
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        with_type!(self.dtype, T => unsafe { T::matmul(k, self, x, n, out, ldo) })
+    }
 
-/// Row `r` of an interleaved matrix with rows of `cols` values, as floats.
-fn group_row_into<I: Interleaved>(groups: &[I], r: usize, cols: usize, out: &mut [f32]) {
-    let nb = cols / QK;
-    let row = &groups[(r / 4) * nb..(r / 4 + 1) * nb];
-    for (g, o) in row.iter().zip(out.chunks_exact_mut(QK)) {
-        o.copy_from_slice(&g.row(r % 4).dequantize());
+    /// The matrix's blocks, as `T` (its storage unit).
+    fn blocks<T: WeightType>(&self) -> &'a [T] {
+        cast(self.bytes, self.bytes.len() / std::mem::size_of::<T>())
+    }
+
+    /// The blocks that hold row `r`, as `T` (its storage unit): for the
+    /// interleaved types, those of its group of four rows.
+    fn row_blocks<T: WeightType>(&self, r: usize) -> &'a [T] {
+        let per_row = self.cols / T::TRAITS.block_cols;
+        let unit = r / T::TRAITS.block_rows;
+        &self.blocks::<T>()[unit * per_row..(unit + 1) * per_row]
+    }
+
+    /// The scales of row `r` of llama2.c's groups.
+    fn row_scales(&self, r: usize) -> &'a [f32] {
+        let spr = self.scales_per_row();
+        &self.scales[r * spr..(r + 1) * spr]
+    }
+
+    fn scales_per_row(&self) -> usize {
+        self.dtype.group_size().map_or(0, |gs| self.cols / gs)
     }
 }
 
@@ -423,29 +622,18 @@ impl Weights {
     /// A view of the matrix `d`.
     pub fn matrix(&self, d: &MatrixDesc) -> MatRef<'_> {
         let map = &self.maps[d.file];
-        let bytes = &map[d.offset..];
-        let n = d.rows * d.cols;
-        let data = match d.dtype {
-            DType::F32 => MatData::F32(cast(bytes, n)),
-            DType::F16 => MatData::F16(cast(bytes, n)),
-            DType::BF16 => MatData::BF16(cast(bytes, n)),
-            DType::Q8_0 => MatData::Q8_0(cast(bytes, n / QK)),
-            DType::Q4_0 => MatData::Q4_0(cast(bytes, n / QK)),
-            DType::Q4_1 => MatData::Q4_1(cast(bytes, n / QK)),
-            DType::Q8_0x4 => MatData::Q8_0x4(cast(bytes, n / QK / 4)),
-            DType::Q4_0x4 => MatData::Q4_0x4(cast(bytes, n / QK / 4)),
-            DType::Q4K => MatData::Q4K(cast(bytes, n / QK_K)),
-            DType::Q6K => MatData::Q6K(cast(bytes, n / QK_K)),
-            DType::Q8Group { group_size } => MatData::Q8Group {
-                q: cast(bytes, n),
-                s: cast(&map[d.scales_offset..], n / group_size),
-                group_size,
-            },
+        let t = d.dtype.traits();
+        let len = d.rows.div_ceil(t.block_rows) * t.row_bytes(d.cols);
+        let scales = match d.dtype.group_size() {
+            Some(gs) => cast(&map[d.scales_offset..], d.rows * d.cols / gs),
+            None => &[],
         };
         MatRef {
             rows: d.rows,
             cols: d.cols,
-            data,
+            dtype: d.dtype,
+            bytes: &map[d.offset..d.offset + len],
+            scales,
         }
     }
 
@@ -529,3 +717,72 @@ pub(crate) fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
 
 #[cfg(target_endian = "big")]
 compile_error!("tinyllm reads little-endian model files and supports little-endian CPUs only");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_each_type_its_layout() {
+        // (type, bytes of a 4 x 256 matrix, alignment): the layouts' sizes.
+        let gs = DType::Q8Group { group_size: 32 };
+        for (d, bytes, align) in [
+            (DType::F32, 4096, 4),
+            (DType::F16, 2048, 2),
+            (DType::BF16, 2048, 2),
+            (DType::Q8_0, 32 * 34, 2),
+            (DType::Q4_0, 32 * 18, 2),
+            (DType::Q4_1, 32 * 20, 2),
+            (DType::Q8_0x4, 8 * 136, 2),
+            (DType::Q4_0x4, 8 * 72, 2),
+            (DType::Q4K, 4 * 144, 2),
+            (DType::Q6K, 4 * 210, 2),
+            (gs, 1024 + 32 * 4, 4),
+        ] {
+            assert_eq!(d.matrix_bytes(4, QK_K), Some(bytes), "{}", d.name());
+            assert_eq!(d.alignment(), align, "{}", d.name());
+            assert_eq!(d.bits_per_weight(), bytes as f64 * 8.0 / 1024.0);
+            assert!(DType::from_name(d.name()).is_none_or(|f| f == d));
+        }
+        assert_eq!(DType::Q4_0x4.matrix_bytes(2, QK), None);
+        assert_eq!(DType::Q4K.matrix_bytes(1, QK), None);
+        assert_eq!(gs.matrix_bytes(1, 48), None);
+    }
+
+    #[test]
+    fn rows_of_llama2c_groups_and_interleaved_blocks() {
+        // A (6, 64) matrix of llama2.c groups of 32.
+        let q: Vec<i8> = (0..6 * 64).map(|i| (i % 251) as i8).collect();
+        let s: Vec<f32> = (0..6 * 2).map(|g| 0.5 + g as f32).collect();
+        let m = MatRef {
+            rows: 6,
+            cols: 64,
+            dtype: DType::Q8Group { group_size: 32 },
+            bytes: as_bytes(&q),
+            scales: &s,
+        };
+        let mut row = [0.0; 64];
+        m.slice_rows(2..5).row_into(1, &mut row);
+        for (j, &v) in row.iter().enumerate() {
+            assert_eq!(v, q[3 * 64 + j] as f32 * s[3 * 2 + j / 32]);
+        }
+        // Eight rows of q8_0 blocks, interleaved in fours.
+        let x: Vec<f32> = (0..8 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let plain: Vec<BlockQ8_0> = quant::quantize_row(&x);
+        let groups: Vec<BlockQ8_0x4> = plain
+            .chunks(4 * 2)
+            .flat_map(|four| quant::interleave(four, 2))
+            .collect();
+        let m = MatRef {
+            rows: 8,
+            cols: 64,
+            dtype: DType::Q8_0x4,
+            bytes: as_bytes(&groups),
+            scales: &[],
+        };
+        let mut want = [0.0; 64];
+        quant::dequantize_row(&plain[6 * 2..7 * 2], &mut want);
+        m.slice_rows(4..8).row_into(2, &mut row);
+        assert_eq!(row, want);
+    }
+}

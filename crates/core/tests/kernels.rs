@@ -492,8 +492,14 @@ fn attention(k: &Kernels, c: &mut Check, g: &mut Gen) {
             .collect();
         let v = g.vec(n_pos * ldv);
         let mut out = vec![f32::NAN; rows * hd];
-        k.attn_pv(&prob, n_pos, rows, n_pos, &v, ldv, hd, &mut out);
+        k.attn_pv(&prob, n_pos, rows, n_pos, &v, ldv, hd, &mut out, false);
         let want = reference::attn_pv(&prob, rows, n_pos, &v, ldv, hd);
+        // The f16 values (as the cache stores them), added to what `out` holds.
+        let v16: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let v16_as_f32: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
+        let mut acc = out.clone();
+        k.attn_pv_f16(&prob, n_pos, rows, n_pos, &v16, ldv, hd, &mut acc, true);
+        let want16 = reference::attn_pv(&prob, rows, n_pos, &v16_as_f32, ldv, hd);
         for (i, (&got, &w)) in out.iter().zip(&want).enumerate() {
             // Each output is a weighted sum of values in [-1, 1] with weights
             // summing to at most 1.
@@ -501,6 +507,13 @@ fn attention(k: &Kernels, c: &mut Check, g: &mut Gen) {
                 &format!("{isa:?} attn_pv {rows}x{n_pos}x{hd} [{i}]"),
                 got,
                 w,
+                1.0,
+                TOL_ELEMENTWISE,
+            );
+            c.close(
+                &format!("{isa:?} attn_pv_f16 {rows}x{n_pos}x{hd} [{i}]"),
+                acc[i],
+                want16[i] + w,
                 1.0,
                 TOL_ELEMENTWISE,
             );

@@ -191,30 +191,39 @@ pub(super) unsafe fn silu_mul<S: Simd>(a: *mut f32, b: *const f32, n: usize) {
 // Attention: the probabilities times the values
 // ---------------------------------------------------------------------------
 
-/// `out[r] = sum_p prob[r, p] * v[p]` for `R` rows, over `NV` vectors of
-/// columns from `c0`: each value vector is loaded once for all `R` rows.
+/// `out[r] = sum_p prob[r, p] * v[p]` (plus `out[r]` if `acc`) for `R`
+/// rows, over `NV` vectors of columns from `c0`: each value vector is loaded
+/// (and converted from `W`) once for all `R` rows.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pv_tile<S: Simd, const R: usize, const NV: usize>(
+unsafe fn pv_tile<S: Simd, W: FloatWeight, const R: usize, const NV: usize>(
     prob: *const f32,
     ldp: usize,
     n_pos: usize,
-    v: *const f32,
+    v: *const W,
     ldv: usize,
     c0: usize,
     out: *mut f32,
     ldo: usize,
+    acc_in: bool,
 ) {
     // SAFETY: `prob` has `R` rows of `n_pos` (`ldp` apart), `v` has `n_pos`
     // rows (`ldv` apart) reaching column `c0 + NV * LANES`, `out` has `R`
     // rows (`ldo` apart) as wide (caller).
     unsafe {
         let mut acc = [[S::zero(); NV]; R];
+        if acc_in {
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                for (k, a) in acc_r.iter_mut().enumerate() {
+                    *a = S::load(out.add(r * ldo + c0 + k * S::LANES));
+                }
+            }
+        }
         for pos in 0..n_pos {
             let row = v.add(pos * ldv + c0);
             let mut vv = [S::zero(); NV];
             for (k, x) in vv.iter_mut().enumerate() {
-                *x = S::load(row.add(k * S::LANES));
+                *x = W::load::<S>(row.add(k * S::LANES));
             }
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let pr = S::splat(*prob.add(r * ldp + pos));
@@ -231,20 +240,22 @@ unsafe fn pv_tile<S: Simd, const R: usize, const NV: usize>(
     }
 }
 
-/// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`: attention's
-/// weighted sum of values. `prob` rows are `ldp` apart, value rows `ldv`
-/// apart, output rows `hd` apart; rows come `R` at a time.
+/// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`, added to `out`
+/// if `acc`: attention's weighted sum of values (of type `W`). `prob` rows
+/// are `ldp` apart, value rows `ldv` apart, output rows `hd` apart; rows
+/// come `R` at a time.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) unsafe fn attn_pv<S: Simd, const R: usize>(
+pub(super) unsafe fn attn_pv<S: Simd, W: FloatWeight, const R: usize>(
     prob: *const f32,
     ldp: usize,
     rows: usize,
     n_pos: usize,
-    v: *const f32,
+    v: *const W,
     ldv: usize,
     hd: usize,
     out: *mut f32,
+    acc: bool,
 ) {
     // SAFETY: the extents are the caller's promise; every tile stays inside.
     unsafe {
@@ -257,20 +268,22 @@ pub(super) unsafe fn attn_pv<S: Simd, const R: usize>(
             while c0 < hv {
                 let wide = c0 + 4 * S::LANES <= hv;
                 match (tr == R, wide) {
-                    (true, true) => pv_tile::<S, R, 4>(pr, ldp, n_pos, v, ldv, c0, or, hd),
-                    (true, false) => pv_tile::<S, R, 1>(pr, ldp, n_pos, v, ldv, c0, or, hd),
-                    (false, true) => pv_tile::<S, 1, 4>(pr, ldp, n_pos, v, ldv, c0, or, hd),
-                    (false, false) => pv_tile::<S, 1, 1>(pr, ldp, n_pos, v, ldv, c0, or, hd),
+                    (true, true) => pv_tile::<S, W, R, 4>(pr, ldp, n_pos, v, ldv, c0, or, hd, acc),
+                    (true, false) => pv_tile::<S, W, R, 1>(pr, ldp, n_pos, v, ldv, c0, or, hd, acc),
+                    (false, true) => pv_tile::<S, W, 1, 4>(pr, ldp, n_pos, v, ldv, c0, or, hd, acc),
+                    (false, false) => {
+                        pv_tile::<S, W, 1, 1>(pr, ldp, n_pos, v, ldv, c0, or, hd, acc)
+                    }
                 }
                 c0 += if wide { 4 * S::LANES } else { S::LANES };
             }
             for rr in 0..tr {
                 for c in hv..hd {
-                    let mut acc = 0.0f32;
+                    let mut sum = if acc { *or.add(rr * hd + c) } else { 0.0 };
                     for pos in 0..n_pos {
-                        acc += *pr.add(rr * ldp + pos) * *v.add(pos * ldv + c);
+                        sum += *pr.add(rr * ldp + pos) * (*v.add(pos * ldv + c)).to_f32();
                     }
-                    *or.add(rr * hd + c) = acc;
+                    *or.add(rr * hd + c) = sum;
                 }
             }
             r += tr;

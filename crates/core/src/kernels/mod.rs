@@ -111,12 +111,14 @@ type MatmulQ8g = unsafe fn(
     usize,
 );
 type QuantizeQ8g = unsafe fn(*const f32, usize, usize, *mut i8, *mut f32);
-type AttnPv = unsafe fn(*const f32, usize, usize, usize, *const f32, usize, usize, *mut f32);
+type AttnPv<W> = unsafe fn(*const f32, usize, usize, usize, *const W, usize, usize, *mut f32, bool);
 type RmsNorm = unsafe fn(*const f32, *const f32, usize, f32, *mut f32);
 type SiluMul = unsafe fn(*mut f32, *const f32, usize);
 type Softmax = unsafe fn(*mut f32, usize);
 
-/// The kernels of one tier, as function pointers.
+/// The kernels of one tier, as function pointers: a product per weight
+/// type (which one a type takes is in `weights::WeightType`), the
+/// quantizers of the activations, and the element-wise steps.
 ///
 /// The safe methods check every extent before calling the kernel; the
 /// `_into` variants take a raw output pointer so that several threads can
@@ -137,7 +139,8 @@ pub struct Kernels {
     quantize_act: QuantizeAct,
     matmul_q8g: MatmulQ8g,
     quantize_q8g: QuantizeQ8g,
-    attn_pv: AttnPv,
+    attn_pv: AttnPv<f32>,
+    attn_pv_f16: AttnPv<f16>,
     rmsnorm: RmsNorm,
     silu_mul: SiluMul,
     softmax: Softmax,
@@ -215,12 +218,12 @@ macro_rules! tier {
                 unsafe { generic::quantize_q8g(x, n, gs, q, s) }
             }
             $(#[$attr])*
-            unsafe fn attn_pv(
-                prob: *const f32, ldp: usize, rows: usize, n_pos: usize, v: *const f32,
-                ldv: usize, hd: usize, out: *mut f32,
+            unsafe fn attn_pv<W: generic::FloatWeight>(
+                prob: *const f32, ldp: usize, rows: usize, n_pos: usize, v: *const W,
+                ldv: usize, hd: usize, out: *mut f32, acc: bool,
             ) {
                 // SAFETY: forwarded contract (see `generic::attn_pv`).
-                unsafe { generic::attn_pv::<$simd, $c>(prob, ldp, rows, n_pos, v, ldv, hd, out) }
+                unsafe { generic::attn_pv::<$simd, W, $c>(prob, ldp, rows, n_pos, v, ldv, hd, out, acc) }
             }
             $(#[$attr])*
             unsafe fn rmsnorm(x: *const f32, w: *const f32, n: usize, eps: f32, out: *mut f32) {
@@ -253,7 +256,8 @@ macro_rules! tier {
                 quantize_act,
                 matmul_q8g,
                 quantize_q8g,
-                attn_pv,
+                attn_pv: attn_pv::<f32>,
+                attn_pv_f16: attn_pv::<f16>,
                 rmsnorm,
                 silu_mul,
                 softmax,
@@ -554,9 +558,9 @@ impl Kernels {
         unsafe { (self.matmul_f32)(w.as_ptr(), ldw, rows, k, x.as_ptr(), ldx, n_tok, out, ldo) }
     }
 
-    /// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`, with `prob`
-    /// rows `ldp` apart and value rows `ldv` apart (one head of the cache):
-    /// attention's weighted sum of values.
+    /// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`, or `+=` if
+    /// `acc`, with `prob` rows `ldp` apart and value rows `ldv` apart (one
+    /// head of the cache): attention's weighted sum of values.
     #[allow(clippy::too_many_arguments)]
     pub fn attn_pv(
         &self,
@@ -568,10 +572,9 @@ impl Kernels {
         ldv: usize,
         hd: usize,
         out: &mut [f32],
+        acc: bool,
     ) {
-        assert!(ldp >= n_pos && ldv >= hd && out.len() >= rows * hd);
-        assert!(rows == 0 || prob.len() >= (rows - 1) * ldp + n_pos);
-        assert!(n_pos == 0 || v.len() >= (n_pos - 1) * ldv + hd);
+        check_pv(prob.len(), ldp, rows, n_pos, v.len(), ldv, hd, out.len());
         // SAFETY: extents checked above.
         unsafe {
             (self.attn_pv)(
@@ -583,6 +586,38 @@ impl Kernels {
                 ldv,
                 hd,
                 out.as_mut_ptr(),
+                acc,
+            )
+        }
+    }
+
+    /// Like [`Kernels::attn_pv`], for f16 values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_pv_f16(
+        &self,
+        prob: &[f32],
+        ldp: usize,
+        rows: usize,
+        n_pos: usize,
+        v: &[f16],
+        ldv: usize,
+        hd: usize,
+        out: &mut [f32],
+        acc: bool,
+    ) {
+        check_pv(prob.len(), ldp, rows, n_pos, v.len(), ldv, hd, out.len());
+        // SAFETY: extents checked above.
+        unsafe {
+            (self.attn_pv_f16)(
+                prob.as_ptr(),
+                ldp,
+                rows,
+                n_pos,
+                v.as_ptr(),
+                ldv,
+                hd,
+                out.as_mut_ptr(),
+                acc,
             )
         }
     }
@@ -623,6 +658,23 @@ pub fn padded_ld(n: usize) -> usize {
     }
 }
 
+/// Checks the extents of attention's weighted sum of values.
+#[allow(clippy::too_many_arguments)]
+fn check_pv(
+    prob_len: usize,
+    ldp: usize,
+    rows: usize,
+    n_pos: usize,
+    v_len: usize,
+    ldv: usize,
+    hd: usize,
+    out_len: usize,
+) {
+    assert!(ldp >= n_pos && ldv >= hd && out_len >= rows * hd);
+    assert!(rows == 0 || prob_len >= (rows - 1) * ldp + n_pos);
+    assert!(n_pos == 0 || v_len >= (n_pos - 1) * ldv + hd);
+}
+
 /// Checks the extents of a float product and returns its number of rows.
 fn check_float(
     w_len: usize,
@@ -644,40 +696,10 @@ pub trait QuantBlocks: crate::quant::Block {
     fn kernel(k: &Kernels) -> MatmulQuant<Self>;
 }
 
-impl QuantBlocks for BlockQ8_0 {
-    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
-        k.matmul_q8_0
-    }
-}
-
-impl QuantBlocks for BlockQ4_0 {
-    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
-        k.matmul_q4_0
-    }
-}
-
-impl QuantBlocks for BlockQ4_1 {
-    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
-        k.matmul_q4_1
-    }
-}
-
 /// The interleaved group types, each with its kernel in a table.
 pub trait QuantGroups: crate::quant::Interleaved {
     #[doc(hidden)]
     fn kernel(k: &Kernels) -> MatmulQuant4<Self>;
-}
-
-impl QuantGroups for BlockQ4_0x4 {
-    fn kernel(k: &Kernels) -> MatmulQuant4<Self> {
-        k.matmul_q4_0x4
-    }
-}
-
-impl QuantGroups for BlockQ8_0x4 {
-    fn kernel(k: &Kernels) -> MatmulQuant4<Self> {
-        k.matmul_q8_0x4
-    }
 }
 
 /// The k-quant super-block types, each with its kernel in a table.
@@ -686,14 +708,26 @@ pub trait KQuantBlocks: crate::quant::SuperBlock {
     fn kernel(k: &Kernels) -> MatmulQuant<Self>;
 }
 
-impl KQuantBlocks for BlockQ4K {
-    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
-        k.matmul_q4k
-    }
+/// Which field of a tier's table holds each block type's product (the rest
+/// of what describes a weight type is in `weights::WeightType`).
+macro_rules! kernel_of {
+    ($($family:ident for $t:ty => $field:ident,)*) => {
+        $(
+            impl $family for $t {
+                fn kernel(k: &Kernels) -> MatmulQuant<Self> {
+                    k.$field
+                }
+            }
+        )*
+    };
 }
 
-impl KQuantBlocks for BlockQ6K {
-    fn kernel(k: &Kernels) -> MatmulQuant<Self> {
-        k.matmul_q6k
-    }
+kernel_of! {
+    QuantBlocks for BlockQ8_0 => matmul_q8_0,
+    QuantBlocks for BlockQ4_0 => matmul_q4_0,
+    QuantBlocks for BlockQ4_1 => matmul_q4_1,
+    QuantGroups for BlockQ4_0x4 => matmul_q4_0x4,
+    QuantGroups for BlockQ8_0x4 => matmul_q8_0x4,
+    KQuantBlocks for BlockQ4K => matmul_q4k,
+    KQuantBlocks for BlockQ6K => matmul_q6k,
 }
