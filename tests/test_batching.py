@@ -356,3 +356,38 @@ def test_info_reports_the_kv_cache(stories_path: Path, tok512: Path) -> None:
     m.reset()
     m.generate("y", max_tokens=1)
     assert m.info["kv_cache_bytes"] <= 64 * info["kv_bytes_per_token"]
+
+
+def test_chat_completions_from_threads_equal_serial_ones(stories: tinyllm.Model) -> None:
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
+    options: dict[str, Any] = {"max_tokens": 24, "temperature": 0}
+    serial = []
+    for c in conversations:
+        stories.reset()
+        serial.append(stories.chat_completion(c, **options)["choices"][0]["message"]["content"])
+    stories.reset()
+    results: list[Any] = [None] * len(conversations)
+
+    def run(i: int) -> None:
+        r = stories.chat_completion(conversations[i], **options)
+        results[i] = r["choices"][0]["message"]["content"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(conversations))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == serial
+    assert any(serial)
+
+
+def test_chat_sessions_keep_their_own_sequences(stories: tinyllm.Model) -> None:
+    a = stories.chat_session(max_tokens=10, temperature=0)
+    b = stories.chat_session(max_tokens=10, temperature=0)
+    a.send("Tell me about a cat")
+    b.send("Tell me about a dog")
+    # Other requests in between do not take the sessions' caches away.
+    stories.generate(PROMPTS, max_tokens=5, temperature=0)
+    second = a.stream("And then?")
+    "".join(second)
+    assert second.stats["reused_tokens"] > 0
