@@ -124,15 +124,6 @@ impl Ticket {
             .0
     }
 
-    /// Waits until the request is done.
-    pub fn wait_done(&self) -> MutexGuard<'_, TicketState> {
-        let mut guard = self.lock();
-        while !guard.done {
-            guard = self.ready.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
-        guard
-    }
-
     fn update(&self, f: impl FnOnce(&mut TicketState)) {
         f(&mut self.lock());
         self.ready.notify_all();

@@ -29,6 +29,17 @@ struct Engine<'a> {
     pool: &'a ThreadPool,
 }
 
+impl<'a> Engine<'a> {
+    fn new(model: &'a Model, kernels: &'static Kernels, pool: &'a ThreadPool) -> Self {
+        Engine {
+            config: &model.config,
+            weights: &model.weights,
+            kernels,
+            pool,
+        }
+    }
+}
+
 /// The forward pass on the CPU.
 #[derive(Debug)]
 pub struct CpuDevice {
@@ -175,11 +186,6 @@ impl CpuDevice {
         self.kernels
     }
 
-    /// The thread pool (also for work outside the forward pass).
-    pub fn pool(&self) -> &ThreadPool {
-        &self.pool
-    }
-
     /// How the cache's pages are laid out.
     pub fn layout(&self) -> PageLayout {
         self.layout
@@ -244,17 +250,24 @@ fn page_bytes_mut(page: &mut [u32]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(page.as_mut_ptr().cast::<u8>(), size_of_val(page)) }
 }
 
-/// Takes the buffer of `b` out of the device and the rest mutably.
+/// The device's buffer of `b` (`&mut`, or shared with `buf!`), borrowing
+/// that field alone, so other fields stay usable beside it.
 macro_rules! buf_mut {
     ($dev:expr, $b:expr) => {
+        buf!($dev, $b, mut)
+    };
+}
+
+macro_rules! buf {
+    ($dev:expr, $b:expr $(, $m:tt)?) => {
         match $b {
-            Buf::X => &mut $dev.x,
-            Buf::Xb => &mut $dev.xb,
-            Buf::Q => &mut $dev.q,
-            Buf::K => &mut $dev.k,
-            Buf::V => &mut $dev.v,
-            Buf::Att => &mut $dev.att,
-            Buf::Hb => &mut $dev.hb,
+            Buf::X => &$($m)? $dev.x,
+            Buf::Xb => &$($m)? $dev.xb,
+            Buf::Q => &$($m)? $dev.q,
+            Buf::K => &$($m)? $dev.k,
+            Buf::V => &$($m)? $dev.v,
+            Buf::Att => &$($m)? $dev.att,
+            Buf::Hb => &$($m)? $dev.hb,
         }
     };
 }
@@ -327,12 +340,7 @@ impl Device for CpuDevice {
     fn matmul(&mut self, input: Buf, products: &[(&MatrixDesc, Buf)]) {
         let n = self.rows();
         let model = self.model.clone();
-        let e = Engine {
-            config: &model.config,
-            weights: &model.weights,
-            kernels: self.kernels,
-            pool: &self.pool,
-        };
+        let e = Engine::new(&model, self.kernels, &self.pool);
         let c = e.config;
         let k = input.width(c);
         let count = products.len();
@@ -347,15 +355,7 @@ impl Device for CpuDevice {
             assert!(*b != input && m.rows == b.width(c) && m.cols == k);
             *o = Out::new(&mut buf_mut!(self, *b)[..n * m.rows], m.rows);
         }
-        let x = match input {
-            Buf::X => &self.x,
-            Buf::Xb => &self.xb,
-            Buf::Q => &self.q,
-            Buf::K => &self.k,
-            Buf::V => &self.v,
-            Buf::Att => &self.att,
-            Buf::Hb => &self.hb,
-        };
+        let x = buf!(self, input);
         let input = Input::prepare(e, x, n, k, &dtypes[..count], &mut self.forms);
         par_matmul(e, &mats[..count], &outs[..count], &input, n, |_, _| {});
     }
@@ -363,13 +363,9 @@ impl Device for CpuDevice {
     fn matmul_add(&mut self, input: Buf, w: &MatrixDesc, acc: Buf) {
         let n = self.rows();
         let model = self.model.clone();
-        let e = Engine {
-            config: &model.config,
-            weights: &model.weights,
-            kernels: self.kernels,
-            pool: &self.pool,
-        };
+        let e = Engine::new(&model, self.kernels, &self.pool);
         assert!(acc == Buf::X && input != Buf::X && w.cols == input.width(e.config));
+        // (Not X itself, which the product adds to.)
         let x = match input {
             Buf::Xb => &self.xb,
             Buf::Q => &self.q,
@@ -392,12 +388,7 @@ impl Device for CpuDevice {
     fn swiglu(&mut self, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf) {
         let n = self.rows();
         let model = self.model.clone();
-        let e = Engine {
-            config: &model.config,
-            weights: &model.weights,
-            kernels: self.kernels,
-            pool: &self.pool,
-        };
+        let e = Engine::new(&model, self.kernels, &self.pool);
         assert!(input == Buf::Xb && out == Buf::Hb);
         let hid = gate.rows;
         let dtypes = [gate.dtype, up.dtype];
@@ -505,12 +496,7 @@ impl Device for CpuDevice {
             return;
         }
         let model = self.model.clone();
-        let e = Engine {
-            config: &model.config,
-            weights: &model.weights,
-            kernels: self.kernels,
-            pool: &self.pool,
-        };
+        let e = Engine::new(&model, self.kernels, &self.pool);
         let (dim, vocab) = (e.config.dim, e.config.vocab_size);
         assert_eq!(out.len(), rows * vocab);
         let w = e.weights.vector(norm);
@@ -652,20 +638,25 @@ fn attention(d: &mut CpuDevice, layer: usize) {
             if layout.dtype == KvType::Q8_0 {
                 kern.quantize_act(&qb[..rows * hd], &mut qacts[..rows * hd / QK]);
             }
-            // scores (rows, n_pos) = queries @ keys^T, a page at a time
-            for (pg, &page) in seq_pages.iter().enumerate().take(n_pos.div_ceil(PAGE)) {
+            // One head's keys (`values == false`) or values in page `pg` of
+            // the sequence: `(npg, hd)` rows as the cache stores them.
+            let rows_of = |pg: usize, values: bool| {
                 let npg = PAGE.min(n_pos - pg * PAGE);
-                let at = layout.offset(layer, false, kvh);
-                let keys = &page_bytes(&kv[page as usize])[at..at + npg * layout.row_bytes];
+                let at = layout.offset(layer, values, kvh);
+                let page = &kv[seq_pages[pg] as usize];
+                (npg, &page_bytes(page)[at..at + npg * layout.row_bytes])
+            };
+            let n_pages = n_pos.div_ceil(PAGE);
+            // scores (rows, n_pos) = queries @ keys^T, a page at a time
+            for pg in 0..n_pages {
+                let (npg, keys) = rows_of(pg, false);
                 // SAFETY: `sc` holds `rows` rows of `max_len >= n_pos`.
                 let out = unsafe { sc.as_mut_ptr().add(pg * PAGE) };
                 // SAFETY: (all arms) `out` has room for `rows` rows of these columns.
                 unsafe {
                     match layout.dtype {
-                        KvType::F32 => kern.matmul_f32_strided_into(
+                        KvType::F32 => kern.matmul_f32_into(
                             cast(keys, npg * hd),
-                            hd,
-                            npg,
                             hd,
                             qb,
                             hd,
@@ -703,25 +694,22 @@ fn attention(d: &mut CpuDevice, layer: usize) {
                 }
             }
             // outputs (rows, hd) = probabilities @ values, summed over pages
-            for (pg, &page) in seq_pages.iter().enumerate().take(n_pos.div_ceil(PAGE)) {
-                let npg = PAGE.min(n_pos - pg * PAGE);
-                let at = layout.offset(layer, true, kvh);
-                let bytes = &page_bytes(&kv[page as usize])[at..at + npg * layout.row_bytes];
-                let p = &sc[pg * PAGE..];
-                let acc = pg > 0;
+            for pg in 0..n_pages {
+                let (npg, bytes) = rows_of(pg, true);
+                let (p, acc) = (&sc[pg * PAGE..], pg > 0);
                 match layout.dtype {
                     KvType::F32 => {
-                        let v = cast(bytes, npg * hd);
+                        let v: &[f32] = cast(bytes, npg * hd);
                         kern.attn_pv(p, max_len, rows, npg, v, hd, hd, ob, acc)
                     }
                     KvType::F16 => {
-                        let v = cast(bytes, npg * hd);
-                        kern.attn_pv_f16(p, max_len, rows, npg, v, hd, hd, ob, acc)
+                        let v: &[f16] = cast(bytes, npg * hd);
+                        kern.attn_pv(p, max_len, rows, npg, v, hd, hd, ob, acc)
                     }
                     KvType::Q8_0 => {
                         let v: &[BlockQ8_0] = cast(bytes, npg * hd / QK);
                         quant::dequantize_row(v, &mut vbuf[..npg * hd]);
-                        kern.attn_pv(p, max_len, rows, npg, vbuf, hd, hd, ob, acc)
+                        kern.attn_pv(p, max_len, rows, npg, &vbuf[..], hd, hd, ob, acc)
                     }
                 }
             }

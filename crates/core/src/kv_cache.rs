@@ -171,11 +171,6 @@ impl PageAllocator {
         self.refs[id as usize]
     }
 
-    /// Pages that exist (in use or free for reuse).
-    pub fn allocated(&self) -> usize {
-        self.refs.len()
-    }
-
     /// Pages in use.
     pub fn in_use(&self) -> usize {
         self.refs.len() - self.free.len()

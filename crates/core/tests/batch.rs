@@ -8,20 +8,11 @@ use common::model_path;
 use std::sync::Arc;
 use tinyllm_core::batch::{BatchOptions, Batcher, Job, Request, Ticket};
 use tinyllm_core::kv_cache::{KvType, PAGE};
-use tinyllm_core::{
-    Error, GenerateConfig, Generation, Model, SamplerConfig, Session, SessionOptions, Tokenizer,
-};
+use tinyllm_core::{Error, GenerateConfig, Generation, Model, Session, SessionOptions, Tokenizer};
 
+/// Greedy decoding of exactly `max_tokens` (no stop token).
 fn greedy(max_tokens: usize) -> GenerateConfig {
-    GenerateConfig {
-        max_tokens,
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        stop: vec![],
-        stop_ids: vec![],
-    }
+    common::greedy(max_tokens, &[])
 }
 
 struct Fixture {
@@ -265,4 +256,41 @@ fn logits_jobs_mix_with_generation() {
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst <= 1e-4 * scale, "worst {worst}");
     assert_eq!(generated(&tg).len(), 40);
+}
+
+#[test]
+fn a_page_shared_with_a_running_sequence_is_copied_before_it_is_written() {
+    let f = fixture();
+    let base = f.prompt(STORY);
+    assert!(base.len() > 2 * PAGE + 4, "the prompt fills two pages");
+    let x = base.clone();
+    let mut y = base.clone();
+    y.extend(f.tok.encode(" and then", false));
+    // Z shares X's first page and part of its second, then differs.
+    let mut z = base[..PAGE + 36].to_vec();
+    z.extend(f.tok.encode(" The cat", false));
+    let (want_y, want_z) = (f.alone(&y, 40), f.alone(&z, 20));
+
+    let mut b = Batcher::new(f.model.clone(), &f.options(3)).unwrap();
+    let rx = f.request(&x, 2);
+    b.submit(rx);
+    for _ in 0..base.len().div_ceil(32) {
+        b.step(); // X's prompt
+    }
+    // Y shares X's two full pages while X runs; X then finishes.
+    let ry = f.request(&y, 40);
+    let ty = ry.ticket.clone();
+    b.submit(ry);
+    for _ in 0..3 {
+        b.step();
+    }
+    // Z takes over X's finished cache, cut inside the second page that Y
+    // still reads: that page must be copied before Z writes into it.
+    let rz = f.request(&z, 20);
+    let tz = rz.ticket.clone();
+    b.submit(rz);
+    b.run();
+    assert!(tz.lock().stats.reused_tokens >= PAGE + 36);
+    assert_eq!(generated(&tz), want_z);
+    assert_eq!(generated(&ty), want_y);
 }

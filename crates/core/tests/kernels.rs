@@ -498,7 +498,7 @@ fn attention(k: &Kernels, c: &mut Check, g: &mut Gen) {
         let v16: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
         let v16_as_f32: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
         let mut acc = out.clone();
-        k.attn_pv_f16(&prob, n_pos, rows, n_pos, &v16, ldv, hd, &mut acc, true);
+        k.attn_pv(&prob, n_pos, rows, n_pos, &v16, ldv, hd, &mut acc, true);
         let want16 = reference::attn_pv(&prob, rows, n_pos, &v16_as_f32, ldv, hd);
         for (i, (&got, &w)) in out.iter().zip(&want).enumerate() {
             // Each output is a weighted sum of values in [-1, 1] with weights

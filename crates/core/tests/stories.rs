@@ -4,20 +4,11 @@ mod common;
 
 use common::model_path;
 use std::sync::Arc;
-use tinyllm_core::{
-    GenerateConfig, Generation, Model, SamplerConfig, Session, SessionOptions, Tokenizer,
-};
+use tinyllm_core::{GenerateConfig, Generation, Model, Session, SessionOptions, Tokenizer};
 
+/// Greedy decoding that ends where run.c's does (BOS or EOS).
 fn greedy(max_tokens: usize) -> GenerateConfig {
-    GenerateConfig {
-        max_tokens,
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..Default::default()
-        },
-        stop: vec![],
-        stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
-    }
+    common::greedy(max_tokens, &GenerateConfig::LLAMA2C_STOP_IDS)
 }
 
 fn open(n_threads: usize, max_batch: usize) -> (Session, Tokenizer) {

@@ -560,55 +560,26 @@ impl Kernels {
 
     /// `out (rows, hd) = prob (rows, n_pos) @ v (n_pos, hd)`, or `+=` if
     /// `acc`, with `prob` rows `ldp` apart and value rows `ldv` apart (one
-    /// head of the cache): attention's weighted sum of values.
+    /// head of the cache, f32 or f16): attention's weighted sum of values.
     #[allow(clippy::too_many_arguments)]
-    pub fn attn_pv(
+    pub fn attn_pv<W: AttnValues>(
         &self,
         prob: &[f32],
         ldp: usize,
         rows: usize,
         n_pos: usize,
-        v: &[f32],
+        v: &[W],
         ldv: usize,
         hd: usize,
         out: &mut [f32],
         acc: bool,
     ) {
-        check_pv(prob.len(), ldp, rows, n_pos, v.len(), ldv, hd, out.len());
+        assert!(ldp >= n_pos && ldv >= hd && out.len() >= rows * hd);
+        assert!(rows == 0 || prob.len() >= (rows - 1) * ldp + n_pos);
+        assert!(n_pos == 0 || v.len() >= (n_pos - 1) * ldv + hd);
         // SAFETY: extents checked above.
         unsafe {
-            (self.attn_pv)(
-                prob.as_ptr(),
-                ldp,
-                rows,
-                n_pos,
-                v.as_ptr(),
-                ldv,
-                hd,
-                out.as_mut_ptr(),
-                acc,
-            )
-        }
-    }
-
-    /// Like [`Kernels::attn_pv`], for f16 values.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attn_pv_f16(
-        &self,
-        prob: &[f32],
-        ldp: usize,
-        rows: usize,
-        n_pos: usize,
-        v: &[f16],
-        ldv: usize,
-        hd: usize,
-        out: &mut [f32],
-        acc: bool,
-    ) {
-        check_pv(prob.len(), ldp, rows, n_pos, v.len(), ldv, hd, out.len());
-        // SAFETY: extents checked above.
-        unsafe {
-            (self.attn_pv_f16)(
+            (W::kernel(self))(
                 prob.as_ptr(),
                 ldp,
                 rows,
@@ -658,23 +629,6 @@ pub fn padded_ld(n: usize) -> usize {
     }
 }
 
-/// Checks the extents of attention's weighted sum of values.
-#[allow(clippy::too_many_arguments)]
-fn check_pv(
-    prob_len: usize,
-    ldp: usize,
-    rows: usize,
-    n_pos: usize,
-    v_len: usize,
-    ldv: usize,
-    hd: usize,
-    out_len: usize,
-) {
-    assert!(ldp >= n_pos && ldv >= hd && out_len >= rows * hd);
-    assert!(rows == 0 || prob_len >= (rows - 1) * ldp + n_pos);
-    assert!(n_pos == 0 || v_len >= (n_pos - 1) * ldv + hd);
-}
-
 /// Checks the extents of a float product and returns its number of rows.
 fn check_float(
     w_len: usize,
@@ -694,6 +648,25 @@ fn check_float(
 pub trait QuantBlocks: crate::quant::Block {
     #[doc(hidden)]
     fn kernel(k: &Kernels) -> MatmulQuant<Self>;
+}
+
+/// The value types of the KV cache that attention reads directly, each with
+/// its kernel in a table.
+pub trait AttnValues: Copy {
+    #[doc(hidden)]
+    fn kernel(k: &Kernels) -> AttnPv<Self>;
+}
+
+impl AttnValues for f32 {
+    fn kernel(k: &Kernels) -> AttnPv<Self> {
+        k.attn_pv
+    }
+}
+
+impl AttnValues for f16 {
+    fn kernel(k: &Kernels) -> AttnPv<Self> {
+        k.attn_pv_f16
+    }
 }
 
 /// The interleaved group types, each with its kernel in a table.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use tinyllm_core::{GenerateConfig, SamplerConfig};
 
 /// The shared test data: `$TINYLLM_SHARED_MODELS`, else `../shared/models`
 /// beside the checkout.
@@ -53,4 +54,17 @@ pub fn write_random_model(dir: &std::path::Path, dims: [usize; 7]) -> PathBuf {
     ));
     std::fs::write(&path, bytes).unwrap();
     path
+}
+
+/// Greedy decoding of up to `max_tokens`, ending at `stop_ids`.
+pub fn greedy(max_tokens: usize, stop_ids: &[u32]) -> GenerateConfig {
+    GenerateConfig {
+        max_tokens,
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop: vec![],
+        stop_ids: stop_ids.to_vec(),
+    }
 }
