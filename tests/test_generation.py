@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 import tinyllm
 
 
@@ -32,6 +35,45 @@ def test_repeat_penalty_changes_greedy_text(stories: tinyllm.Model) -> None:
     plain = stories.generate("", max_tokens=200, temperature=0)
     penalised = stories.generate("", max_tokens=200, temperature=0, repeat_penalty=1.3)
     assert penalised != plain
+
+
+def test_openai_penalties_and_biases(stories: tinyllm.Model) -> None:
+    plain = stories.generate("", max_tokens=120, temperature=0)
+    for kw in [{"presence_penalty": 1.5}, {"frequency_penalty": 0.8}]:
+        penalised = stories.generate("", max_tokens=120, temperature=0, **kw)
+        assert penalised != plain, kw
+        # Fewer repeated tokens: what the penalties are for.
+        ids, base = stories.tokenize(penalised), stories.tokenize(plain)
+        assert len(set(ids)) / len(ids) > len(set(base)) / len(base), kw
+    [the] = stories.tokenize("the", add_bos=False)
+    banned = stories.generate("", max_tokens=120, temperature=0, logit_bias={the: -100})
+    assert the in stories.tokenize(plain) and the not in stories.tokenize(banned)
+    with pytest.raises(ValueError, match=r"presence_penalty must be in \[-2, 2\], got 3"):
+        stories.generate("", presence_penalty=3)
+    with pytest.raises(ValueError, match="logit_bias names token 512, outside the vocabulary"):
+        stories.generate("", logit_bias={512: 1.0})
+    with pytest.raises(ValueError, match=r"logit_bias of token 3 must be in \[-100, 100\]"):
+        stories.generate("", logit_bias={3: 1000.0})
+    with pytest.raises(TypeError, match="logit_bias must map token ids"):
+        stories.generate("", logit_bias=[(3, 1.0)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_logprobs must be at most 20"):
+        stories.stream("", logprobs=21)
+
+
+def test_logprobs_records(stories: tinyllm.Model) -> None:
+    s = stories.stream("Tim", max_tokens=20, temperature=1.0, seed=4, logprobs=5)
+    text = "".join(s)
+    records = s.take_logprobs()
+    assert s.take_logprobs() == []  # taken once
+    assert [r[0] for r in records] == s.tokens and text
+    ids = stories.tokenize("Tim")
+    rows = stories.logits(ids + s.tokens)[len(ids) - 1 : -1].astype(np.float64)
+    rows -= rows.max(axis=1, keepdims=True)
+    rows -= np.log(np.exp(rows).sum(axis=1, keepdims=True))  # log-softmax
+    for (token, logprob, top), row in zip(records, rows, strict=True):
+        assert logprob == pytest.approx(row[token], abs=1e-3)
+        assert [t for t, _ in top] == list(np.argsort(-row, kind="stable")[:5])
+        assert [v for _, v in top] == pytest.approx(np.sort(row)[::-1][:5], abs=1e-3)
 
 
 def test_stream_pieces_add_up_to_generate(stories: tinyllm.Model, golden: str) -> None:

@@ -9,8 +9,9 @@ tinyllm files; its ``generate``, ``stream``, ``tokenize``, ``detokenize``,
 ``logits`` and ``chat`` do the rest. ``tinyllm.convert`` writes tinyllm files
 with 16-, 8- or 4-bit weights; ``tinyllm.info`` describes a model file;
 ``tinyllm.eval`` measures a quantized model against its original;
-``tinyllm.export`` writes your own PyTorch or NumPy model as a tinyllm file.
-The engine is written in Rust and runs with the GIL released.
+``tinyllm.export`` writes your own PyTorch or NumPy model as a tinyllm file;
+``tinyllm.serve`` serves a model over an OpenAI-compatible HTTP API. The
+engine is written in Rust and runs with the GIL released.
 """
 
 from tinyllm._convert import convert, info
@@ -20,6 +21,23 @@ from tinyllm._model import Model, ModelConfig, Stream
 from tinyllm._template import ChatTemplate, TemplateError
 from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
 from tinyllm._tokenizer import StreamDecoder, Tokenizer
+
+
+def serve(
+    model: Model,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    api_key: str | None = None,
+    name: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serves ``model`` over an OpenAI-compatible HTTP API until interrupted
+    (see :func:`tinyllm.server.serve`; needs ``pip install 'tinyllm[server]'``)."""
+    from tinyllm.server import serve as run
+
+    run(model, host, port, api_key=api_key, name=name, log_level=log_level)
+
 
 __all__ = [
     "ChatTemplate",
@@ -38,6 +56,7 @@ __all__ = [
     "export",
     "export_model",
     "info",
+    "serve",
 ]
 
 __version__ = "0.1.0"

@@ -245,6 +245,12 @@ class ChatReply:
         """Stops the reply where it is (``finish_reason`` stays None)."""
         self._stream.cancel()
 
+    def take_logprobs(self) -> list[tuple[int, float, list[tuple[int, float]]]]:
+        """The log-probability records of the tokens generated since the
+        last call, if the reply was started with ``logprobs`` (see
+        :meth:`Model.stream`)."""
+        return self._stream.take_logprobs()
+
     @property
     def tokens(self) -> list[int]:
         """The token ids generated so far (an end-of-turn token that ended

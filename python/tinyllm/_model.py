@@ -6,6 +6,7 @@ import json
 import operator
 import os
 import secrets
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from tinyllm import _tinyllm
+from tinyllm._grammar import grammar_spec
 from tinyllm._template import ChatTemplate
 from tinyllm._tinyllm import ModelFormatError
 from tinyllm._tokenizer import Tokenizer
@@ -111,6 +113,8 @@ class Model:
         self.config = ModelConfig(**self._engine.config())
         self._tokenizer = self._attach_tokenizer(path, tokenizer)
         self._chat_template: ChatTemplate | None = None
+        self._grammar_lock = threading.Lock()
+        self._grammars_ready = False
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -283,6 +287,13 @@ class Model:
         repeat_penalty: float = 1.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: Mapping[int, float] | None = None,
+        logprobs: int | None = None,
+        response_format: Mapping[str, Any] | type | None = None,
+        grammar: str | None = None,
+        regex: str | None = None,
         _pin: int | None = None,
     ) -> Stream:
         """Like :meth:`generate`, but returns an iterator over the new text
@@ -290,8 +301,17 @@ class Model:
         stream's ``finish_reason``, ``tokens`` and ``stats`` tell what
         happened. Ctrl-C raises ``KeyboardInterrupt`` between tokens and
         stops this generation (``cancel()`` or dropping the stream does the
-        same); the model and its other generations go on."""
+        same); the model and its other generations go on.
+
+        With ``logprobs=n`` (0 to 20), ``stream.take_logprobs()`` hands out
+        a record per generated token: ``(token, logprob, top)``, where
+        ``top`` lists the ``n`` most likely tokens with their logprobs. They
+        are the model's own log-probabilities (before ``logit_bias``,
+        penalties and temperature)."""
         ids = self.tokenize(prompt) if isinstance(prompt, str) else _ids("prompt", prompt)
+        spec = grammar_spec(response_format, grammar, regex)
+        if spec is not None:
+            self._enable_grammars()
         return self._engine.generate(
             ids,
             max_tokens=_int("max_tokens", max_tokens, minimum=0),
@@ -304,7 +324,26 @@ class Model:
             stop=_stops(stop),
             stop_ids=sorted(self.tokenizer.eos_ids),
             pin=_pin,
+            presence_penalty=_float("presence_penalty", presence_penalty),
+            frequency_penalty=_float("frequency_penalty", frequency_penalty),
+            logit_bias=_logit_bias(logit_bias),
+            logprobs=None if logprobs is None else _int("logprobs", logprobs, minimum=0),
+            grammar=spec,
         )
+
+    def _enable_grammars(self) -> None:
+        """Hands the vocabulary's token bytes to the engine, once, for
+        structured output."""
+        with self._grammar_lock:
+            if self._grammars_ready:
+                return
+            tok = self.tokenizer
+            ends = tok.eos_ids
+            special = tok.special_ids | ends
+            tokens = [b"" if i in special else tok.token_bytes(i) for i in range(tok.vocab_size)]
+            names = [(i, tok.id_to_token(i) or f"<special {i}>") for i in sorted(special)]
+            self._engine.enable_grammars(tokens, names, sorted(ends))
+            self._grammars_ready = True
 
     @overload
     def generate(
@@ -318,6 +357,12 @@ class Model:
         repeat_penalty: float = ...,
         seed: int | None = ...,
         stop: str | Sequence[str] | None = ...,
+        presence_penalty: float = ...,
+        frequency_penalty: float = ...,
+        logit_bias: Mapping[int, float] | None = ...,
+        response_format: Mapping[str, Any] | type | None = ...,
+        grammar: str | None = ...,
+        regex: str | None = ...,
     ) -> str: ...
 
     @overload
@@ -332,6 +377,12 @@ class Model:
         repeat_penalty: float = ...,
         seed: int | None = ...,
         stop: str | Sequence[str] | None = ...,
+        presence_penalty: float = ...,
+        frequency_penalty: float = ...,
+        logit_bias: Mapping[int, float] | None = ...,
+        response_format: Mapping[str, Any] | type | None = ...,
+        grammar: str | None = ...,
+        regex: str | None = ...,
     ) -> list[str]: ...
 
     def generate(
@@ -345,6 +396,12 @@ class Model:
         repeat_penalty: float = 1.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: Mapping[int, float] | None = None,
+        response_format: Mapping[str, Any] | type | None = None,
+        grammar: str | None = None,
+        regex: str | None = None,
     ) -> str | list[str]:
         """Continues ``prompt`` and returns the new text only.
 
@@ -363,6 +420,22 @@ class Model:
             repeat_penalty: values above 1 make recent tokens less likely.
             seed: the same seed and settings give the same text; None draws one.
             stop: generation ends before the first of these strings appears.
+            presence_penalty: subtracted (-2 to 2) from the logit of every
+                token already generated, as in OpenAI's API.
+            frequency_penalty: subtracted (-2 to 2) once per time a token
+                was already generated.
+            logit_bias: token id -> value (-100 to 100) added to its logit;
+                -100 in effect bans a token.
+            response_format: structured output, as OpenAI's API takes it:
+                ``{"type": "json_object"}``, ``{"type": "json_schema",
+                "json_schema": {"schema": {...}}}``, or a pydantic model
+                class. Tokens that would break the format are never drawn,
+                so a text that ends with finish reason "stop" parses and
+                validates (one cut off by ``max_tokens`` may not).
+            grammar: the same for a context-free grammar, in Lark
+                (llguidance's dialect) or GBNF (llama.cpp's, rules with
+                ``::=``, ``root`` first).
+            regex: the same for a regular expression the text must match.
 
         The model stops at the end of its text (the vocabulary's EOS and
         end-of-turn tokens, and for llama2.c vocabularies BOS, as run.c
@@ -379,6 +452,12 @@ class Model:
             "repeat_penalty": repeat_penalty,
             "seed": seed,
             "stop": stop,
+            "presence_penalty": presence_penalty,
+            "frequency_penalty": frequency_penalty,
+            "logit_bias": logit_bias,
+            "response_format": response_format,
+            "grammar": grammar,
+            "regex": regex,
         }
         if not _is_prompt_list(prompt):
             return "".join(self.stream(prompt, **options))  # type: ignore[arg-type]
@@ -530,6 +609,21 @@ def _ids(name: str, value: object) -> list[int]:
         if ids[-1] < 0:
             raise ValueError(f"{name} holds a negative token id {ids[-1]}")
     return ids
+
+
+def _logit_bias(bias: object) -> list[tuple[int, float]]:
+    if bias is None:
+        return []
+    if not isinstance(bias, Mapping):
+        raise TypeError(f"logit_bias must map token ids to numbers, got {type(bias).__name__}")
+    out = []
+    for k, v in bias.items():
+        token = int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k
+        token = _int("a logit_bias key", token, minimum=0)
+        if token >= 1 << 32:
+            raise ValueError(f"logit_bias names token {token}, outside any vocabulary")
+        out.append((token, _float(f"logit_bias[{k!r}]", v)))
+    return out
 
 
 def _stops(stop: object) -> list[str]:

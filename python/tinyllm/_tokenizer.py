@@ -494,6 +494,12 @@ class _Llama2cBackend:
             self._ids = ids
         return self._ids.get(token.encode("utf-8"))
 
+    def piece_bytes(self, token_id: int) -> bytes:
+        piece = bytes(self._impl.piece(token_id))
+        if _BYTE_TOKEN.fullmatch(piece.decode("latin-1")):
+            return bytes([int(piece[3:5], 16)])
+        return piece
+
     def id_to_token(self, token_id: int) -> str | None:
         if not 0 <= token_id < self._n:
             return None
@@ -549,6 +555,7 @@ class Tokenizer:
         self._prefix = list(prefix)
         self._suffix = list(suffix)
         self._chat_template = chat_template
+        self._bytes: list[bytes] | None = None
 
     # -- opening -------------------------------------------------------------
 
@@ -672,6 +679,21 @@ class Tokenizer:
     def is_llama2c(self) -> bool:
         """Whether this is a llama2.c vocabulary (run by the engine itself)."""
         return isinstance(self._backend, _Llama2cBackend)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token ``token_id`` adds to a text (``b" the"`` for
+        ``"▁the"`` or ``"Ġthe"``, one byte for ``"<0x0A>"``); for a special
+        token, its spelling. Empty for an id outside the vocabulary."""
+        if not 0 <= token_id < self._vocab_size:
+            return b""
+        if token_id in self.special_ids:
+            return (self.id_to_token(token_id) or "").encode("utf-8")
+        backend = self._backend
+        if isinstance(backend, _Llama2cBackend):
+            return backend.piece_bytes(token_id)
+        if self._bytes is None:
+            self._bytes = self.token_bytes_table()[0]
+        return self._bytes[token_id]
 
     def token_bytes_table(self) -> tuple[list[bytes], bool]:
         """The bytes each token adds to a text (empty for special tokens),

@@ -3,6 +3,7 @@
 ``tinyllm run`` streams a continuation to stdout (the prompt first, as
 llama2.c's ``run.c`` prints it) and its speed to stderr; ``tinyllm chat``
 opens an interactive chat. With no MODEL both use the built-in model.
+``tinyllm serve`` answers OpenAI-style HTTP requests.
 ``tinyllm convert`` writes a tinyllm file, quantized; ``tinyllm info``
 describes a model file; ``tinyllm eval`` measures a quantized model against
 its original.
@@ -41,7 +42,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", "-z", help="tokenizer file (default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument(
-        "--context", type=int, default=None, help="context length (default: the model's)"
+        "--context",
+        "--ctx",
+        type=int,
+        default=None,
+        help="context length per sequence (default: the model's)",
     )
     p.add_argument(
         "--kv-cache",
@@ -76,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     _model_args(chat)
     chat.add_argument("--system", default=None, help="system prompt")
     _sampling_args(chat, max_tokens=None)
+    srv = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    _model_args(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    srv.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer API_KEY' (default: none)"
+    )
+    srv.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests decoded at once; more wait (default: chosen from memory, up to 16)",
+    )
+    srv.add_argument("--name", default=None, help="the model id to report (default: file name)")
     conv = sub.add_parser("convert", help="write a model as a tinyllm file, quantized")
     conv.add_argument(
         "src", help="model file (tinyllm, GGUF, llama2.c) or Hugging Face model directory"
@@ -104,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _open(args: argparse.Namespace) -> Model:
     kw = {"n_threads": args.threads, "context_length": args.context, "kv_cache": args.kv_cache}
+    if getattr(args, "parallel", None) is not None:
+        kw["max_sequences"] = args.parallel
     if args.hf is not None:
         if args.model is not None:
             raise SystemExit("tinyllm: give a model file or --hf, not both")
@@ -163,6 +185,17 @@ def _chat(args: argparse.Namespace) -> None:
     model.chat(system=args.system, **_sampling(args))
 
 
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        from tinyllm.server import serve
+    except ImportError as e:
+        raise SystemExit(
+            f"tinyllm: serving needs the server extra ({e}): pip install 'tinyllm[server]'"
+        ) from None
+    model = _open(args)
+    serve(model, args.host, args.port, api_key=args.api_key, name=args.name)
+
+
 def _convert(args: argparse.Namespace) -> None:
     r = convert(args.src, args.output, args.quant, tokenizer=args.tokenizer, n_threads=args.threads)
     dtypes = ", ".join(f"{n} {t}" for t, n in r["dtypes"].items())
@@ -195,7 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "chat": _chat, "convert": _convert, "info": _info, "eval": _eval}
+        commands = {
+            "run": _run,
+            "chat": _chat,
+            "serve": _serve,
+            "convert": _convert,
+            "info": _info,
+            "eval": _eval,
+        }
         commands[args.command](args)
     except (OSError, ModelFormatError, ContextLengthError, ValueError, TypeError) as e:
         if isinstance(e, BrokenPipeError):

@@ -48,8 +48,10 @@ fn main() {
                             },
                             stop: vec![],
                             stop_ids: vec![],
+                            logprobs: None,
                         },
                         detok: detok.clone(),
+                        constraint: None,
                     });
                     let t = r.ticket.clone();
                     b.submit(r);

@@ -19,10 +19,11 @@
 //! [`Engine`] runs a batcher on a thread of its own; any number of threads
 //! submit to it at once.
 
+use crate::constrain::Constraint;
 use crate::cpu::CpuDevice;
 use crate::error::{Error, Result};
 use crate::forward::{self, Device, Plan, Want};
-use crate::generate::{FinishReason, GenerateConfig, Generation, Stats, Step};
+use crate::generate::{FinishReason, GenerateConfig, Generation, Stats, Step, TokenLogprob};
 use crate::kv_cache::{KvType, PAGE, PageAllocator, SeqKv};
 use crate::model::Model;
 use crate::session::SessionOptions;
@@ -44,6 +45,8 @@ pub enum Job {
         prompt: Vec<u32>,
         config: GenerateConfig,
         detok: Arc<dyn Detokenize>,
+        /// The grammar the text must follow (compiled by the caller).
+        constraint: Option<Box<Constraint>>,
     },
     /// The logits after every position of `ids`, `(len, vocab)`, from an
     /// empty cache.
@@ -92,6 +95,9 @@ pub struct TicketState {
     pub error: Option<Error>,
     /// The generated token ids.
     pub generated: Vec<u32>,
+    /// One record per generated token, if the request asked for them, not
+    /// yet taken by the caller.
+    pub logprobs: VecDeque<TokenLogprob>,
     pub stats: Stats,
     /// A logits job's result, `(len, vocab)`.
     pub logits: Vec<f32>,
@@ -369,9 +375,10 @@ impl Batcher {
                 prompt,
                 config,
                 detok,
+                constraint,
             } => {
                 Generation::check(&prompt, vocab, &config)?;
-                (prompt, Some((config, detok)))
+                (prompt, Some((config, detok, constraint)))
             }
             Job::Logits { ids } => {
                 if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
@@ -393,8 +400,8 @@ impl Batcher {
             None => (SeqKv::default(), 0),
         };
         let work = match work {
-            Some((config, detok)) => {
-                let generation = Generation::detached(&ids, keep, &config, vocab);
+            Some((config, detok, constraint)) => {
+                let generation = Generation::detached(&ids, keep, &config, vocab, constraint);
                 let generation = match generation {
                     Ok(g) => g,
                     Err(e) => {
@@ -647,14 +654,30 @@ impl Batcher {
                     }
                     let logits = &self.out[s.logit_row * vocab..(s.logit_row + 1) * vocab];
                     let full = s.tokens.len() >= context;
-                    let (step, next) = generation.accept(logits, detok.as_ref(), full);
+                    let (step, next) = match generation.accept(logits, detok.as_ref(), full) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            s.ticket.fail(e);
+                            finished.push(i);
+                            continue;
+                        }
+                    };
                     generation.stats_mut().generate_time =
                         Instant::now() - s.prompt_done.expect("set above");
+                    if let Some((time, n)) = generation.mask_stats() {
+                        let st = generation.stats_mut();
+                        (st.mask_time, st.masks) = (time, n);
+                    }
                     let stats = *generation.stats();
                     let generated = generation.generated();
+                    let logprobs = generation.logprobs();
                     s.ticket.update(|t| {
                         let seen = t.generated.len();
                         t.generated.extend_from_slice(&generated[seen..]);
+                        // One record per generated token, when asked for.
+                        if let Some(new) = logprobs.get(seen..) {
+                            t.logprobs.extend(new.iter().cloned());
+                        }
                         t.stats = stats;
                         match step {
                             Step::Text(piece) if !piece.is_empty() => t.pieces.push_back(piece),

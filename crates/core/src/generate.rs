@@ -5,6 +5,7 @@
 //! [`Generation::step`], so a caller (the Python bindings) can check for
 //! interrupts and hand text out between steps.
 
+use crate::constrain::Constraint;
 use crate::error::Result;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::session::Session;
@@ -22,11 +23,39 @@ pub struct GenerateConfig {
     pub stop: Vec<String>,
     /// Tokens that end the text (EOS, end-of-turn markers); they add no text.
     pub stop_ids: Vec<u32>,
+    /// Record each generated token's log-probability and this many most
+    /// likely alternatives (at most [`GenerateConfig::MAX_TOP_LOGPROBS`]);
+    /// None records nothing.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            stop: Vec::new(),
+            stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
+            logprobs: None,
+        }
+    }
+}
+
+/// A generated token with its log-probability under the model (the
+/// log-softmax of the logits, before biases, penalties and temperature), and
+/// the most likely tokens at that position, most likely first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 impl GenerateConfig {
     /// llama2.c's stop tokens: a generated BOS or EOS ends the text.
     pub const LLAMA2C_STOP_IDS: [u32; 2] = [BOS, EOS];
+    /// The most alternatives `logprobs` may ask for (OpenAI's limit).
+    pub const MAX_TOP_LOGPROBS: usize = 20;
 }
 
 /// Why a generation ended.
@@ -69,6 +98,9 @@ pub struct Stats {
     pub prompt_time: Duration,
     pub generated_tokens: usize,
     pub generate_time: Duration,
+    /// Time spent computing a grammar's token masks, and how many.
+    pub mask_time: Duration,
+    pub masks: usize,
 }
 
 /// One generation in progress on a [`Session`].
@@ -85,6 +117,12 @@ pub struct Generation {
     history: Vec<u32>,
     finished: Option<FinishReason>,
     stats: Stats,
+    /// How many alternatives to record per token, if any.
+    top_logprobs: Option<usize>,
+    /// One record per generated token when `top_logprobs` is set.
+    logprobs: Vec<TokenLogprob>,
+    /// The grammar the text must follow, if any.
+    constraint: Option<Box<Constraint>>,
 }
 
 impl Generation {
@@ -94,12 +132,21 @@ impl Generation {
         let vocab = session.model().config.vocab_size;
         Generation::check(prompt, vocab, config)?;
         let keep = session.prepare(prompt)?;
-        Generation::detached(prompt, keep, config, vocab)
+        Generation::detached(prompt, keep, config, vocab, None)
     }
 
     /// Checks a prompt and settings before any work starts.
     pub fn check(prompt: &[u32], vocab: usize, config: &GenerateConfig) -> Result<()> {
-        config.sampler.validate()?;
+        config.sampler.validate_for(vocab)?;
+        if let Some(n) = config
+            .logprobs
+            .filter(|&n| n > GenerateConfig::MAX_TOP_LOGPROBS)
+        {
+            return Err(crate::Error::InvalidArgument(format!(
+                "top_logprobs must be at most {}, got {n}",
+                GenerateConfig::MAX_TOP_LOGPROBS
+            )));
+        }
         if prompt.is_empty() {
             return Err(crate::Error::InvalidArgument(
                 "the prompt has no tokens; pass at least BOS".into(),
@@ -121,6 +168,7 @@ impl Generation {
         keep: usize,
         config: &GenerateConfig,
         vocab: usize,
+        constraint: Option<Box<Constraint>>,
     ) -> Result<Self> {
         let sampler = Sampler::new(config.sampler.clone(), vocab)?;
         Ok(Generation {
@@ -140,6 +188,9 @@ impl Generation {
                 reused_tokens: keep,
                 ..Stats::default()
             },
+            top_logprobs: config.logprobs,
+            logprobs: Vec::new(),
+            constraint,
         })
     }
 
@@ -160,30 +211,64 @@ impl Generation {
         self.finished
     }
 
+    /// One record per generated token, if the config asked for them.
+    pub fn logprobs(&self) -> &[TokenLogprob] {
+        &self.logprobs
+    }
+
+    /// The grammar's mask time and count, if the generation has one.
+    pub fn mask_stats(&self) -> Option<(Duration, usize)> {
+        self.constraint.as_ref().map(|c| c.mask_stats())
+    }
+
     /// Takes the logits that followed the last token fed: samples the next
     /// token and returns what it completed, with the token to feed next
     /// (None once the generation is done). `full` says the context has no
-    /// room for another token.
+    /// room for another token. Fails only if the grammar does.
     pub fn accept(
         &mut self,
         logits: &[f32],
         tok: &dyn Detokenize,
         full: bool,
-    ) -> (Step, Option<u32>) {
+    ) -> Result<(Step, Option<u32>)> {
         if let Some(reason) = self.finished {
-            return (Step::Done(self.text.finish(), reason), None);
+            return Ok((Step::Done(self.text.finish(), reason), None));
         }
-        let token = self.sampler.sample(logits, &self.history);
+        let token = match self.constraint.as_mut() {
+            Some(c) => {
+                let mask = c.mask()?;
+                self.sampler
+                    .sample_masked(logits, &self.history, Some(mask))
+            }
+            None => self.sampler.sample(logits, &self.history),
+        };
         if self.stop_ids.contains(&token) {
-            return (self.finish(FinishReason::Stop), None);
+            return Ok((self.finish(FinishReason::Stop), None));
+        }
+        // A complete grammar ends the text as an end token would.
+        let grammar_done = match self.constraint.as_mut() {
+            Some(c) => {
+                c.consume(token)?;
+                c.is_done()
+            }
+            None => false,
+        };
+        if let Some(n) = self.top_logprobs {
+            self.logprobs.push(token_logprob(logits, token, n));
         }
         let prev = self.history.last().copied();
         self.history.push(token);
         self.stats.generated_tokens += 1;
         let (piece, stopped) = self.text.push(tok.token_bytes(prev, token));
-        if stopped {
+        Ok(if stopped {
             self.finished = Some(FinishReason::Stop);
             (Step::Done(piece, FinishReason::Stop), None)
+        } else if grammar_done {
+            self.finished = Some(FinishReason::Stop);
+            (
+                Step::Done(piece + &self.text.finish(), FinishReason::Stop),
+                None,
+            )
         } else if self.stats.generated_tokens >= self.max_tokens || full {
             self.finished = Some(FinishReason::Length);
             (
@@ -192,7 +277,7 @@ impl Generation {
             )
         } else {
             (Step::Text(piece), Some(token))
-        }
+        })
     }
 
     /// Does the next piece of work: one batch of the prompt, or one token.
@@ -215,7 +300,7 @@ impl Generation {
         // The token just sampled has not been fed yet, so the cache holds
         // one position less than the text: full when that is the last one.
         let full = session.tokens().len() >= session.context_length();
-        let (step, next) = self.accept(session.logits(), tok, full);
+        let (step, next) = self.accept(session.logits(), tok, full)?;
         if let Some(token) = next {
             session.feed(&[token])?;
         }
@@ -241,6 +326,33 @@ impl Generation {
                 }
             }
         }
+    }
+}
+
+/// `token`'s log-probability under `logits`, with the `n` most likely
+/// tokens (ties in id order).
+fn token_logprob(logits: &[f32], token: u32, n: usize) -> TokenLogprob {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f64 = logits.iter().map(|&v| f64::from((v - max).exp())).sum();
+    let log_z = max + sum.ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n);
+    let better = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    for (id, &v) in (0u32..).zip(logits) {
+        if top.len() < n {
+            top.push((id, v));
+            top.sort_by(better);
+        } else if n > 0 && v > top[n - 1].1 {
+            top[n - 1] = (id, v);
+            top.sort_by(better);
+        }
+    }
+    for t in &mut top {
+        t.1 -= log_z;
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - log_z,
+        top,
     }
 }
 

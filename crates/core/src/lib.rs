@@ -17,7 +17,7 @@
 //!     max_tokens: 64,
 //!     sampler: SamplerConfig { temperature: 0.0, ..Default::default() },
 //!     stop: vec![],
-//!     stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
+//!     ..Default::default()
 //! };
 //! let prompt = tok.encode("Once upon a time", true);
 //! let text = Generation::new(&mut session, &prompt, &config)?.run(&mut session, &tok)?;
@@ -27,6 +27,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod constrain;
 pub mod convert;
 pub mod cpu;
 pub mod error;
@@ -48,7 +49,9 @@ pub mod weights;
 pub use batch::{BatchOptions, Batcher, Engine, Job, Request, Ticket};
 pub use config::Config;
 pub use error::{Error, Result};
-pub use generate::{FinishReason, GenerateConfig, Generation, Stats, Step, TextStream};
+pub use generate::{
+    FinishReason, GenerateConfig, Generation, Stats, Step, TextStream, TokenLogprob,
+};
 pub use kv_cache::KvType;
 pub use model::Model;
 pub use sampler::{Sampler, SamplerConfig};

@@ -1,11 +1,12 @@
 //! Choosing the next token from the logits.
 //!
-//! The order is: repetition penalty, then greedy (temperature 0) or
-//! temperature, softmax, top-k, top-p (nucleus), min-p, and a draw from what
-//! is left. The random numbers come from a seeded xorshift generator, so the
+//! The order is: logit biases, repetition penalty, presence and frequency
+//! penalties, then greedy (temperature 0) or temperature, softmax, top-k,
+//! top-p (nucleus), min-p, and a draw from what is left. The random numbers come from a seeded xorshift generator, so the
 //! same seed and settings give the same tokens.
 
 use crate::error::{Error, Result};
+use llguidance::toktrie::SimpleVob;
 
 /// How to sample.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +25,15 @@ pub struct SamplerConfig {
     pub repeat_penalty: f32,
     /// How far back the repetition penalty looks.
     pub repeat_last_n: usize,
+    /// Subtracted once from the logit of every token this sampler has
+    /// already drawn (OpenAI's `presence_penalty`, in `[-2, 2]`).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time this sampler has drawn
+    /// it (OpenAI's `frequency_penalty`, in `[-2, 2]`).
+    pub frequency_penalty: f32,
+    /// Added to the logits of the given tokens before anything else (each
+    /// in `[-100, 100]`; -100 in effect bans a token, 100 forces it).
+    pub logit_bias: Vec<(u32, f32)>,
     /// The seed of the random generator.
     pub seed: u64,
 }
@@ -37,6 +47,9 @@ impl Default for SamplerConfig {
             min_p: 0.0,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -61,6 +74,34 @@ impl SamplerConfig {
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return bad("repeat_penalty", self.repeat_penalty, "a finite number > 0");
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(name, v, "in [-2, 2]");
+            }
+        }
+        for &(token, bias) in &self.logit_bias {
+            if !(-100.0..=100.0).contains(&bias) {
+                return bad(
+                    &format!("logit_bias of token {token}"),
+                    bias,
+                    "in [-100, 100]",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Also checks that the biased tokens are in a vocabulary of `vocab`.
+    pub fn validate_for(&self, vocab: usize) -> Result<()> {
+        self.validate()?;
+        if let Some(&(token, _)) = self.logit_bias.iter().find(|b| b.0 as usize >= vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "logit_bias names token {token}, outside the vocabulary of {vocab}"
+            )));
         }
         Ok(())
     }
@@ -102,16 +143,20 @@ pub struct Sampler {
     probs: Vec<f32>,
     /// Surviving `(probability, token)` candidates.
     candidates: Vec<(f32, u32)>,
+    /// `(token, times drawn)` for the presence and frequency penalties.
+    drawn: Vec<(u32, u32)>,
 }
 
 impl Sampler {
     pub fn new(config: SamplerConfig, vocab_size: usize) -> Result<Self> {
-        config.validate()?;
+        config.validate_for(vocab_size)?;
+        let penalised = config.presence_penalty != 0.0 || config.frequency_penalty != 0.0;
         Ok(Sampler {
             rng: Rng::new(config.seed),
             config,
             probs: vec![0.0; vocab_size],
             candidates: Vec::with_capacity(vocab_size),
+            drawn: Vec::with_capacity(if penalised { 256 } else { 0 }),
         })
     }
 
@@ -120,11 +165,46 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits`; `history` is the sequence so far
-    /// (for the repetition penalty).
+    /// (for the repetition penalty). The presence and frequency penalties
+    /// count the tokens this sampler drew before.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.sample_masked(logits, history, None)
+    }
+
+    /// Like [`Sampler::sample`], drawing only among the tokens `allowed`
+    /// (a grammar's mask), which must allow at least one.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        allowed: Option<&SimpleVob>,
+    ) -> u32 {
+        let token = self.choose(logits, history, allowed);
+        let c = &self.config;
+        if c.presence_penalty != 0.0 || c.frequency_penalty != 0.0 {
+            match self.drawn.iter_mut().find(|d| d.0 == token) {
+                Some(d) => d.1 += 1,
+                None => self.drawn.push((token, 1)),
+            }
+        }
+        token
+    }
+
+    fn choose(&mut self, logits: &[f32], history: &[u32], allowed: Option<&SimpleVob>) -> u32 {
         let c = &self.config;
         let p = &mut self.probs;
         p.copy_from_slice(logits);
+        for &(token, bias) in &c.logit_bias {
+            p[token as usize] += bias;
+        }
+        if let Some(mask) = allowed {
+            let n = p.len();
+            mask.iter_unset_entries(|i| {
+                if i < n {
+                    p[i] = f32::NEG_INFINITY;
+                }
+            });
+        }
 
         if c.repeat_penalty != 1.0 {
             let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
@@ -139,6 +219,10 @@ impl Sampler {
                     };
                 }
             }
+        }
+
+        for &(token, n) in &self.drawn {
+            p[token as usize] -= c.presence_penalty + c.frequency_penalty * n as f32;
         }
 
         if c.temperature == 0.0 {
@@ -217,13 +301,15 @@ fn draw(items: impl Iterator<Item = (f32, u32)>, total: f32, u: f32) -> u32 {
     let mut cum = 0.0f32;
     let mut last = 0;
     for (p, tok) in items {
-        cum += p;
-        last = tok;
-        if target < cum {
-            return tok;
+        if p > 0.0 {
+            cum += p;
+            last = tok;
+            if target < cum {
+                return tok;
+            }
         }
     }
-    last // rounding left `target` a hair above the sum
+    last // rounding left `target` a hair above the sum: the last possible token
 }
 
 #[cfg(test)]
@@ -255,6 +341,55 @@ mod tests {
         assert_eq!(s.sample(&[0.0, 4.0, 3.0, 0.0, 0.0], &[1, 1, 1]), 2);
         // a negative logit gets more negative
         assert_eq!(s.sample(&[-1.0, -1.5, -3.0, -4.0, -5.0], &[0]), 1);
+    }
+
+    #[test]
+    fn logit_bias_moves_the_choice() {
+        let logits = [1.0, 3.0, 2.0, 0.0, -1.0];
+        let mut s = sampler(SamplerConfig {
+            temperature: 0.0,
+            logit_bias: vec![(1, -100.0), (4, 2.5)],
+            ..Default::default()
+        });
+        // 3.0 - 100 drops token 1; -1 + 2.5 = 1.5 is still below token 2's 2.0
+        assert_eq!(s.sample(&logits, &[]), 2);
+        let mut s = sampler(SamplerConfig {
+            temperature: 0.0,
+            logit_bias: vec![(4, 4.5)],
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits, &[]), 4);
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_the_drawn_tokens() {
+        // The same logits each step; greedy. With presence 1.5, token 0
+        // (3.0) is drawn, then 1 (2.0 > 3.0 - 1.5), then 2 (1.6 > 1.5, 0.5).
+        let logits = [3.0, 2.0, 1.6, 0.0, 0.0];
+        let mut s = sampler(SamplerConfig {
+            temperature: 0.0,
+            presence_penalty: 1.5,
+            ..Default::default()
+        });
+        let got: Vec<u32> = (0..3).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(got, [0, 1, 2]);
+        // Frequency 0.6: 0 (3.0), 0 (2.4 > 2.0), 1 (2.0 > 1.8), 0 (1.8 > 1.6, 1.4).
+        let mut s = sampler(SamplerConfig {
+            temperature: 0.0,
+            frequency_penalty: 0.6,
+            ..Default::default()
+        });
+        let got: Vec<u32> = (0..4).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(got, [0, 0, 1, 0]);
+        // A negative presence penalty keeps repeating.
+        let mut s = sampler(SamplerConfig {
+            temperature: 0.0,
+            presence_penalty: -2.0,
+            ..Default::default()
+        });
+        let flat = [1.0, 1.1, 0.0, 0.0, 0.0];
+        let got: Vec<u32> = (0..3).map(|_| s.sample(&flat, &[])).collect();
+        assert_eq!(got, [1, 1, 1]);
     }
 
     #[test]
@@ -342,6 +477,22 @@ mod tests {
             },
             SamplerConfig {
                 temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplerConfig {
+                presence_penalty: 2.5,
+                ..Default::default()
+            },
+            SamplerConfig {
+                frequency_penalty: f32::NAN,
+                ..Default::default()
+            },
+            SamplerConfig {
+                logit_bias: vec![(0, 101.0)],
+                ..Default::default()
+            },
+            SamplerConfig {
+                logit_bias: vec![(4, 1.0)],
                 ..Default::default()
             },
         ] {

@@ -45,6 +45,7 @@ impl Fixture {
             prompt: prompt.to_vec(),
             config: greedy(max_tokens),
             detok: self.tok.clone(),
+            constraint: None,
         })
     }
 

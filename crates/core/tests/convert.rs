@@ -110,7 +110,7 @@ fn an_f32_tinyllm_file_tells_the_reference_story() {
             ..Default::default()
         },
         stop: vec![],
-        stop_ids: GenerateConfig::LLAMA2C_STOP_IDS.to_vec(),
+        ..Default::default()
     };
     let got = Generation::new(&mut s, &[1], &config)
         .unwrap()

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tinyllm_core::constrain::{Grammar, Grammars};
 use tinyllm_core::convert::{Extras, Recipe, TokenizerData, convert as convert_model};
 use tinyllm_core::format::gguf::{self, Value as GgufValue};
 use tinyllm_core::format::tinyllm::TokenizerInfo;
@@ -87,6 +88,8 @@ struct Engine {
     detok: Mutex<Option<Arc<dyn Detokenize>>>,
     /// None when the tokenizer came from the model file itself.
     tokenizer_path: Mutex<Option<PathBuf>>,
+    /// The vocabulary indexed for grammars (`enable_grammars`), once built.
+    grammars: Mutex<Option<Arc<Grammars>>>,
 }
 
 /// How often a waiting call wakes to check for Ctrl-C.
@@ -129,6 +132,7 @@ impl Engine {
             engine,
             detok: Mutex::new(None),
             tokenizer_path: Mutex::new(None),
+            grammars: Mutex::new(None),
         })
     }
 
@@ -276,9 +280,10 @@ impl Engine {
     /// yields the text as it decodes. `pin` keeps the finished sequence's
     /// cache for the next call with the same pin (until `unpin`).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, stop_ids=None, pin=None))]
+    #[pyo3(signature = (prompt, *, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, stop_ids=None, pin=None, presence_penalty=0.0, frequency_penalty=0.0, logit_bias=Vec::new(), logprobs=None, grammar=None))]
     fn generate(
         &self,
+        py: Python<'_>,
         prompt: Vec<u32>,
         max_tokens: usize,
         temperature: f32,
@@ -290,6 +295,11 @@ impl Engine {
         stop: Vec<String>,
         stop_ids: Option<Vec<u32>>,
         pin: Option<u64>,
+        presence_penalty: f32,
+        frequency_penalty: f32,
+        logit_bias: Vec<(u32, f32)>,
+        logprobs: Option<usize>,
+        grammar: Option<(String, String)>,
     ) -> PyResult<Stream> {
         let config = GenerateConfig {
             max_tokens,
@@ -299,11 +309,15 @@ impl Engine {
                 top_p,
                 min_p,
                 repeat_penalty,
+                presence_penalty,
+                frequency_penalty,
+                logit_bias,
                 seed,
                 ..SamplerConfig::default()
             },
             stop,
             stop_ids: stop_ids.unwrap_or_else(|| GenerateConfig::LLAMA2C_STOP_IDS.to_vec()),
+            logprobs,
         };
         let detok = lock(&self.detok).clone().ok_or_else(|| {
             PyRuntimeError::new_err(
@@ -319,10 +333,34 @@ impl Engine {
                 context: self.engine.context_length(),
             }));
         }
+        let constraint = match grammar {
+            None => None,
+            Some((kind, text)) => {
+                let grammar = match kind.as_str() {
+                    "json_schema" => Grammar::JsonSchema(text),
+                    "json_object" => Grammar::JsonObject,
+                    "regex" => Grammar::Regex(text),
+                    "lark" => Grammar::Lark(text),
+                    _ => {
+                        return Err(PyValueError::new_err(format!(
+                            "unknown grammar kind {kind:?}: json_schema, json_object, regex or lark"
+                        )));
+                    }
+                };
+                let grammars = lock(&self.grammars).clone().ok_or_else(|| {
+                    PyRuntimeError::new_err("grammars need enable_grammars() first")
+                })?;
+                let c = py
+                    .detach(|| grammars.constraint(&grammar))
+                    .map_err(to_py_err)?;
+                Some(Box::new(c))
+            }
+        };
         let mut request = Request::new(Job::Generate {
             prompt,
             config,
             detok,
+            constraint,
         });
         request.pin = pin;
         Ok(Stream {
@@ -330,6 +368,27 @@ impl Engine {
             done: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
         })
+    }
+
+    /// Indexes the vocabulary for structured output: `tokens[i]` is the text
+    /// of token `i`, `specials` the control tokens with their names, `ends`
+    /// the tokens that end a generation. Done once; later calls do nothing.
+    fn enable_grammars(
+        &self,
+        py: Python<'_>,
+        tokens: Vec<Vec<u8>>,
+        specials: Vec<(u32, String)>,
+        ends: Vec<u32>,
+    ) -> PyResult<()> {
+        if lock(&self.grammars).is_some() {
+            return Ok(());
+        }
+        let vocab = self.model().config.vocab_size;
+        let built = py
+            .detach(|| Grammars::new(vocab, &tokens, &specials, &ends))
+            .map_err(to_py_err)?;
+        lock(&self.grammars).get_or_insert(Arc::new(built));
+        Ok(())
     }
 
     /// Forgets the caches that finished sequences left for later prompts.
@@ -357,6 +416,9 @@ impl Drop for Cancel {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `(token, logprob, [(token, logprob), ...])`, as Python sees a record.
+type LogprobRecord = (u32, f32, Vec<(u32, f32)>);
 
 /// Text pieces of a generation, as they decode. Iterate it; afterwards
 /// `finish_reason`, `stats` and `tokens` describe what happened. Dropping
@@ -443,6 +505,17 @@ impl Stream {
         self.ticket.lock().finish_reason.map(|r| r.as_str())
     }
 
+    /// The log-probability records that arrived since the last call, one per
+    /// generated token: `(token, logprob, [(token, logprob), ...])` with the
+    /// most likely tokens first (empty unless the call asked for logprobs).
+    fn take_logprobs(&self) -> Vec<LogprobRecord> {
+        let mut s = self.ticket.lock();
+        s.logprobs
+            .drain(..)
+            .map(|r| (r.token, r.logprob, r.top))
+            .collect()
+    }
+
     /// The generated token ids so far.
     #[getter]
     fn tokens(&self) -> Vec<u32> {
@@ -459,6 +532,10 @@ impl Stream {
         d.set_item("prompt_seconds", s.prompt_time.as_secs_f64())?;
         d.set_item("generated_tokens", s.generated_tokens)?;
         d.set_item("generate_seconds", s.generate_time.as_secs_f64())?;
+        if s.masks > 0 {
+            d.set_item("grammar_masks", s.masks)?;
+            d.set_item("grammar_mask_seconds", s.mask_time.as_secs_f64())?;
+        }
         Ok(d)
     }
 }

@@ -66,5 +66,6 @@ pub fn greedy(max_tokens: usize, stop_ids: &[u32]) -> GenerateConfig {
         },
         stop: vec![],
         stop_ids: stop_ids.to_vec(),
+        logprobs: None,
     }
 }

@@ -1,0 +1,497 @@
+"""The HTTP application: OpenAI's chat and text completion endpoints over
+one :class:`tinyllm.Model`.
+
+Each request starts its generations on the model and reads them in worker
+threads, so requests that overlap are decoded together by the engine's
+scheduler, not queued one behind another. A streaming response whose client
+goes away cancels its generations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tinyllm._chat import ChatReply, _reply, encode_chat
+from tinyllm._model import Model
+from tinyllm._template import TemplateError
+from tinyllm._tinyllm import ContextLengthError
+from tinyllm._tokenizer import Tokenizer
+from tinyllm.server._protocol import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("tinyllm.server")
+
+Records = list[tuple[int, float, list[tuple[int, float]]]]
+
+
+class ApiError(Exception):
+    """An error to send as OpenAI sends them: ``{"error": {...}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"message": message, "type": kind, "param": param, "code": code}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.body}, status_code=self.status)
+
+
+@dataclass
+class _Usage:
+    """What a request cost, for its response and its log line."""
+
+    prompt: int = 0
+    completion: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+        }
+
+    def log(self, path: str, status: int) -> None:
+        seconds = time.perf_counter() - self.started
+        rate = self.completion / seconds if seconds > 0 else 0.0
+        log.info(
+            "POST %s %d | prompt %d tokens, completion %d tokens, %.2f s, %.1f tokens/s",
+            path,
+            status,
+            self.prompt,
+            self.completion,
+            seconds,
+            rate,
+        )
+
+
+def _seed(given: int | None, i: int) -> int:
+    """Choice ``i``'s seed: the request's (plus ``i``, so choices differ), or
+    a random one."""
+    if given is None:
+        return secrets.randbits(64)
+    return (given + i) % (1 << 64)
+
+
+def _token(tok: Tokenizer, token_id: int) -> tuple[str, list[int]]:
+    raw = tok.token_bytes(token_id)
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+def _chat_logprobs(tok: Tokenizer, records: Records) -> list[dict[str, Any]]:
+    out = []
+    for token_id, logprob, top in records:
+        text, raw = _token(tok, token_id)
+        alternatives = []
+        for alt_id, alt_logprob in top:
+            alt_text, alt_raw = _token(tok, alt_id)
+            alternatives.append({"token": alt_text, "logprob": alt_logprob, "bytes": alt_raw})
+        out.append({"token": text, "logprob": logprob, "bytes": raw, "top_logprobs": alternatives})
+    return out
+
+
+def _completion_logprobs(tok: Tokenizer, records: Records, offset: int) -> dict[str, Any]:
+    tokens, logprobs, tops, offsets = [], [], [], []
+    for token_id, logprob, top in records:
+        text = _token(tok, token_id)[0]
+        tokens.append(text)
+        logprobs.append(logprob)
+        tops.append({_token(tok, t)[0]: lp for t, lp in top})
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _next(it: Any) -> str | None:
+    return next(it, None)
+
+
+class Api:
+    """The endpoints over one model."""
+
+    def __init__(self, model: Model, name: str | None = None, api_key: str | None = None) -> None:
+        self.model = model
+        self.name = name or os.path.basename(str(model.info.get("path", ""))) or "tinyllm"
+        self.api_key = api_key
+        self.created = int(time.time())
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+            raise ApiError(
+                401,
+                "a valid API key is needed: send the header 'Authorization: Bearer KEY'",
+                code="invalid_api_key",
+            )
+
+    def endpoint(
+        self, handler: Callable[[Request], Awaitable[Response]], *, open_: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Wraps a handler: the API key, and errors in OpenAI's shape."""
+
+        async def run(request: Request) -> Response:
+            try:
+                if not open_:
+                    self._authorize(request)
+                return await handler(request)
+            except ApiError as e:
+                log.info("%s %s %d | %s", request.method, request.url.path, e.status, e)
+                return e.response()
+            except ValidationError as e:
+                err = _validation_error(e)
+                log.info("%s %s 400 | %s", request.method, request.url.path, err)
+                return err.response()
+            except ContextLengthError as e:
+                log.info("%s %s 400 | %s", request.method, request.url.path, e)
+                return ApiError(400, str(e), code="context_length_exceeded").response()
+            except (TemplateError, ValueError, TypeError) as e:
+                log.info("%s %s 400 | %s", request.method, request.url.path, e)
+                return ApiError(400, str(e)).response()
+
+        return run
+
+    async def _body(self, request: Request) -> Any:
+        raw = await request.body()
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+    # -- endpoints -------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def models(self, request: Request) -> Response:
+        info = self.model.info
+        entry = {
+            "id": self.name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "tinyllm",
+            "context_length": self.model.context_length,
+            "max_sequences": info.get("max_sequences"),
+        }
+        return JSONResponse({"object": "list", "data": [entry]})
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = ChatCompletionRequest.model_validate(await self._body(request))
+        if req.tools:
+            raise ApiError(400, "tools are not supported by this server yet", param="tools")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
+        ids = encode_chat(self.model, [m.as_dict() for m in req.messages])
+        options = req.sampling()
+        options["max_tokens"] = req.limit()
+        if req.logprobs:
+            options["logprobs"] = req.top_logprobs or 0
+        replies: list[ChatReply] = []
+        try:
+            for i in range(req.n):
+                replies.append(_reply(self.model, ids, {**options, "seed": _seed(req.seed, i)}))
+        except BaseException:
+            for r in replies:
+                r.cancel()
+            raise
+        usage = _Usage(prompt=len(ids))
+        head = {
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "created": int(time.time()),
+            "model": self.name,
+            "system_fingerprint": "tinyllm",
+        }
+        tok = self.model.tokenizer
+        if req.stream:
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
+            return _streaming(
+                self._chat_events(replies, head, usage, include_usage, req.logprobs, tok),
+                replies,
+            )
+
+        def collect() -> list[dict[str, Any]]:
+            choices = []
+            for i, r in enumerate(replies):
+                content = "".join(r)
+                logprobs = (
+                    {"content": _chat_logprobs(tok, r.take_logprobs()), "refusal": None}
+                    if req.logprobs
+                    else None
+                )
+                choices.append(
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "logprobs": logprobs,
+                        "finish_reason": r.finish_reason,
+                    }
+                )
+                usage.completion += r.completion_tokens
+            return choices
+
+        try:
+            choices = await to_thread.run_sync(collect)
+        finally:
+            for r in replies:
+                r.cancel()
+        usage.log(request.url.path, 200)
+        body = {**head, "object": "chat.completion", "choices": choices, "usage": usage.as_dict()}
+        return JSONResponse(body)
+
+    async def _chat_events(
+        self,
+        replies: Sequence[ChatReply],
+        head: dict[str, Any],
+        usage: _Usage,
+        include_usage: bool,
+        logprobs: bool,
+        tok: Tokenizer,
+    ) -> AsyncIterator[str]:
+        def chunk(i: int, delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
+            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
+            choice.update(extra)
+            body = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+            if include_usage:
+                body["usage"] = None
+            return body
+
+        for i in range(len(replies)):
+            yield _sse(chunk(i, {"role": "assistant", "content": ""}))
+        for i, r in enumerate(replies):
+            while (piece := await to_thread.run_sync(_next, r)) is not None:
+                extra: dict[str, Any] = {}
+                if logprobs:
+                    extra["logprobs"] = {
+                        "content": _chat_logprobs(tok, r.take_logprobs()),
+                        "refusal": None,
+                    }
+                yield _sse(chunk(i, {"content": piece}, **extra))
+            extra = {"finish_reason": r.finish_reason}  # and the records still held back
+            if logprobs:
+                rest = r.take_logprobs()
+                if rest:
+                    extra["logprobs"] = {"content": _chat_logprobs(tok, rest), "refusal": None}
+            yield _sse(chunk(i, {}, **extra))
+            usage.completion += r.completion_tokens
+        if include_usage:
+            yield _sse(
+                {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage.as_dict()}
+            )
+        yield "data: [DONE]\n\n"
+        usage.log("/v1/chat/completions", 200)
+
+    async def completions(self, request: Request) -> Response:
+        req = CompletionRequest.model_validate(await self._body(request))
+        if req.suffix:
+            raise ApiError(400, "suffix (insertion) is not supported", param="suffix")
+        if req.best_of is not None and req.best_of != req.n:
+            raise ApiError(400, "best_of other than n is not supported", param="best_of")
+        prompts = _prompts(self.model, req.prompt)
+        options = req.sampling()
+        options["max_tokens"] = (
+            self.model.context_length if req.max_tokens is None else req.max_tokens
+        )
+        if req.logprobs is not None:
+            options["logprobs"] = req.logprobs
+        usage = _Usage(prompt=sum(len(ids) for ids, _ in prompts))
+        streams: list[tuple[Any, str]] = []
+        try:
+            for ids, text in prompts:
+                for j in range(req.n):
+                    seed = _seed(req.seed, j)
+                    streams.append((self.model.stream(ids, **options, seed=seed), text))
+        except BaseException:
+            for s, _ in streams:
+                s.cancel()
+            raise
+        head = {
+            "id": "cmpl-" + secrets.token_hex(12),
+            "created": int(time.time()),
+            "model": self.name,
+            "system_fingerprint": "tinyllm",
+        }
+        tok = self.model.tokenizer
+        wants_logprobs = req.logprobs is not None
+        if req.stream:
+            include_usage = req.stream_options is not None and req.stream_options.include_usage
+            events = self._completion_events(
+                streams, head, usage, include_usage, wants_logprobs, req.echo, tok
+            )
+            return _streaming(events, [s for s, _ in streams])
+
+        def collect() -> list[dict[str, Any]]:
+            choices = []
+            for i, (s, prompt_text) in enumerate(streams):
+                start = prompt_text if req.echo else ""
+                text = start + "".join(s)
+                logprobs = (
+                    _completion_logprobs(tok, s.take_logprobs(), len(start))
+                    if wants_logprobs
+                    else None
+                )
+                choices.append(
+                    {
+                        "index": i,
+                        "text": text,
+                        "logprobs": logprobs,
+                        "finish_reason": s.finish_reason,
+                    }
+                )
+                usage.completion += len(s.tokens)
+            return choices
+
+        try:
+            choices = await to_thread.run_sync(collect)
+        finally:
+            for s, _ in streams:
+                s.cancel()
+        usage.log(request.url.path, 200)
+        body = {**head, "object": "text_completion", "choices": choices, "usage": usage.as_dict()}
+        return JSONResponse(body)
+
+    async def _completion_events(
+        self,
+        streams: Sequence[tuple[Any, str]],
+        head: dict[str, Any],
+        usage: _Usage,
+        include_usage: bool,
+        logprobs: bool,
+        echo: bool,
+        tok: Tokenizer,
+    ) -> AsyncIterator[str]:
+        def chunk(
+            i: int, text: str, finish: str | None, lp: dict[str, Any] | None
+        ) -> dict[str, Any]:
+            choice = {"index": i, "text": text, "logprobs": lp, "finish_reason": finish}
+            body = {**head, "object": "text_completion", "choices": [choice]}
+            if include_usage:
+                body["usage"] = None
+            return body
+
+        for i, (s, prompt_text) in enumerate(streams):
+            offset = 0
+            if echo and prompt_text:
+                yield _sse(chunk(i, prompt_text, None, None))
+                offset = len(prompt_text)
+            while (piece := await to_thread.run_sync(_next, s)) is not None:
+                lp = _completion_logprobs(tok, s.take_logprobs(), offset) if logprobs else None
+                offset += len(piece)
+                yield _sse(chunk(i, piece, None, lp))
+            rest = _completion_logprobs(tok, s.take_logprobs(), offset) if logprobs else None
+            yield _sse(chunk(i, "", s.finish_reason, rest))
+            usage.completion += len(s.tokens)
+        if include_usage:
+            yield _sse(
+                {**head, "object": "text_completion", "choices": [], "usage": usage.as_dict()}
+            )
+        yield "data: [DONE]\n\n"
+        usage.log("/v1/completions", 200)
+
+
+def _prompts(model: Model, prompt: Any) -> list[tuple[list[int], str]]:
+    """``(token ids, text)`` of each prompt of a completion request."""
+    if isinstance(prompt, str):
+        return [(model.tokenize(prompt), prompt)]
+    if not prompt:
+        raise ApiError(400, "prompt must not be an empty list", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [(list(prompt), model.detokenize(prompt))]
+    if all(isinstance(p, str) for p in prompt):
+        return [(model.tokenize(p), p) for p in prompt]
+    if all(isinstance(p, list) for p in prompt):
+        return [(list(p), model.detokenize(p)) for p in prompt]
+    raise ApiError(400, "prompt must be a string, a list of strings, or token ids", param="prompt")
+
+
+def _streaming(events: AsyncIterator[str], streams: Sequence[Any]) -> StreamingResponse:
+    """Server-sent events; the generations are cancelled if the client goes
+    away (or anything else ends the response early)."""
+
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        except Exception as e:  # after the headers went out: report in-band
+            log.exception("a streaming response failed")
+            yield _sse(
+                {"error": {"message": str(e), "type": "server_error", "param": None, "code": None}}
+            )
+        finally:
+            for s in streams:
+                s.cancel()
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(guarded(), media_type="text/event-stream", headers=headers)
+
+
+def _validation_error(e: ValidationError) -> ApiError:
+    problems = []
+    param = None
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        param = param or (str(err["loc"][0]) if err["loc"] else None)
+        problems.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return ApiError(400, "invalid request: " + "; ".join(problems[:5]), param=param)
+
+
+def create_app(model: Model, *, name: str | None = None, api_key: str | None = None) -> Starlette:
+    """The ASGI application serving ``model`` (run it with any ASGI server;
+    :func:`tinyllm.serve` runs it with uvicorn)."""
+    api = Api(model, name=name, api_key=api_key)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {404: "no such endpoint", 405: "method not allowed"}.get(status, str(exc))
+        return ApiError(status, f"{message}: {request.method} {request.url.path}").response()
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("request failed: %s %s", request.method, request.url.path)
+        return ApiError(500, f"internal error: {exc}", kind="server_error").response()
+
+    routes = [
+        Route("/health", api.endpoint(api.health, open_=True), methods=["GET"]),
+        Route("/v1/models", api.endpoint(api.models), methods=["GET"]),
+        Route("/v1/chat/completions", api.endpoint(api.chat_completions), methods=["POST"]),
+        Route("/v1/completions", api.endpoint(api.completions), methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: not_found, 405: not_found, Exception: internal},
+    )
+    app.state.api = api
+    return app
