@@ -307,6 +307,65 @@ def test_structured_output_parses_with_the_openai_client(client: openai.OpenAI) 
     assert re.fullmatch(r" [1-9](,[1-9]){2,4}\.", r3.choices[0].text), r3.choices[0].text
 
 
+ADD_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "a": {"type": "integer", "minimum": 0, "maximum": 99},
+                "b": {"type": "integer", "minimum": 0, "maximum": 99},
+            },
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+def test_tool_calls_through_the_openai_client(client: openai.OpenAI) -> None:
+    hi: Any = [{"role": "user", "content": "Hi"}]
+    kw: Any = {"tools": [ADD_TOOL], "tool_choice": "required", "parallel_tool_calls": False}
+    for seed in range(6):
+        r = client.chat.completions.create(model="stories", messages=hi, seed=seed, **kw)
+        choice = r.choices[0]
+        if choice.finish_reason != "tool_calls":
+            continue
+        assert choice.message.content is None and choice.message.tool_calls
+        [call] = choice.message.tool_calls
+        assert call.type == "function" and call.function.name == "add"  # type: ignore[union-attr]
+        args = json.loads(call.function.arguments)  # type: ignore[union-attr]
+        assert set(args) == {"a", "b"} and all(0 <= v <= 99 for v in args.values())
+        # Streamed, the client puts the same call together from the deltas.
+        names, arguments = {}, {}
+        finish = None
+        for chunk in client.chat.completions.create(
+            model="stories", messages=hi, seed=seed, stream=True, **kw
+        ):
+            delta = chunk.choices[0].delta
+            assert not delta.content
+            for tc in delta.tool_calls or []:
+                names[tc.index] = (names.get(tc.index) or "") + (tc.function.name or "")  # type: ignore[union-attr]
+                arguments[tc.index] = (arguments.get(tc.index) or "") + (
+                    tc.function.arguments or ""
+                )  # type: ignore[union-attr]
+            finish = chunk.choices[0].finish_reason or finish
+        assert names == {0: "add"} and json.loads(arguments[0]) == args
+        assert finish == "tool_calls"
+        # The conversation goes on with the tool's result.
+        history: Any = [
+            *hi,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": str(args["a"] + args["b"])},
+        ]
+        r2 = client.chat.completions.create(
+            model="stories", messages=history, tools=[ADD_TOOL], tool_choice="none", max_tokens=8
+        )
+        assert r2.choices[0].message.content and not r2.choices[0].message.tool_calls
+        return
+    pytest.fail("no seed made a call")
+
+
 def test_overlapping_requests_decode_together(
     server: Server, client: openai.OpenAI, model: tinyllm.Model
 ) -> None:
@@ -413,7 +472,9 @@ IMAGE = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url":
         (CHAT, {"messages": HI, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         (CHAT, {"messages": HI, "logit_bias": {"5": 500}}, "logit_bias"),
         (CHAT, {"messages": HI, "logit_bias": {"99999": 1}}, "99999"),
-        (CHAT, {"messages": HI, "tools": [TOOL]}, "tools"),
+        (CHAT, {"messages": HI, "tools": [{"type": "function", "function": {}}]}, "name"),
+        (CHAT, {"messages": HI, "tools": [TOOL], "tool_choice": "always"}, "tool_choice"),
+        (CHAT, {"messages": HI, "tools": [TOOL], "regex": "a"}, "cannot be combined"),
         (CHAT, {"messages": HI, "response_format": {"type": "json_schema"}}, "json_schema"),
         (CHAT, {"messages": HI, "response_format": {"type": "yaml"}}, "response_format"),
         (CHAT, {"messages": HI, "regex": "(a"}, "regular expression does not compile"),

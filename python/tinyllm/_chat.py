@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
+from tinyllm import _tools
 from tinyllm._template import ChatTemplate, TemplateError
 from tinyllm._tinyllm import ContextLengthError, Stream
 from tinyllm._tokenizer import Tokenizer
@@ -112,7 +113,10 @@ def _specials(tok: Tokenizer) -> tuple[re.Pattern[str] | None, dict[str, int]]:
 
 
 def encode_chat(
-    model: Model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    add_generation_prompt: bool = True,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[int]:
     """The token ids of ``messages`` as the chat path feeds them to ``model``.
 
@@ -121,7 +125,7 @@ def encode_chat(
     everywhere else they are plain text. BOS comes first when the vocabulary
     asks for it, unless the template already wrote it there.
     """
-    segments = model.chat_template.render_segments(messages, add_generation_prompt)
+    segments = model.chat_template.render_segments(messages, add_generation_prompt, tools=tools)
     return encode_segments(model.tokenizer, segments)
 
 
@@ -311,29 +315,89 @@ def _stops(template: ChatTemplate, extra: object) -> list[str]:
     return list(dict.fromkeys([*template.stop_strings, *given]))
 
 
+class ToolPlan:
+    """How one reply deals with ``tools``: what the template is given, the
+    grammar the reply follows, and how calls are read back out of it (see
+    :mod:`tinyllm._tools`)."""
+
+    def __init__(
+        self,
+        model: Model,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[Mapping[str, Any]],
+        tool_choice: object = None,
+        parallel_tool_calls: bool = True,
+    ) -> None:
+        fns = _tools.functions(tools)
+        self.format, renders = _tools.detect(model.chat_template.source)
+        self.allowed, required = _tools.chosen(fns, tool_choice)
+        self.messages = _tools.prepare_messages(messages, tools, self.allowed, renders)
+        self.template_tools = list(tools) if renders else None
+        self.grammar = _tools.grammar(self.format, self.allowed, required, parallel_tool_calls)
+
+    def options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The generation options with the tools' grammar."""
+        opts = dict(options)
+        if self.grammar is not None:
+            taken = [k for k in ("response_format", "grammar", "regex") if opts.get(k) is not None]
+            if taken:
+                raise ValueError(f"tools cannot be combined with {', '.join(taken)}")
+            opts["grammar"] = self.grammar
+        return opts
+
+    def splitter(self) -> _tools.CallSplitter | None:
+        return _tools.CallSplitter(self.format) if self.allowed else None
+
+    def message(self, text: str, finish_reason: str | None) -> tuple[dict[str, Any], str | None]:
+        """The assistant message of a whole reply, and its finish reason
+        (``"tool_calls"`` when it made calls)."""
+        content, calls = _tools.parse(self.format, text) if self.allowed else (text, [])
+        if not calls:
+            return {"role": "assistant", "content": text}, finish_reason
+        # Cut off by max_tokens, the complete calls still count (and "length"
+        # tells the client a further one may be missing).
+        msg = {"role": "assistant", "content": content, "tool_calls": calls}
+        return msg, "tool_calls" if finish_reason == "stop" else finish_reason
+
+
 def chat_completion(
     model: Model,
     messages: Sequence[Mapping[str, Any]],
     *,
     stream: bool = False,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    tool_choice: object = None,
+    parallel_tool_calls: bool = True,
     **options: Any,
 ) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """The model's reply to ``messages``, shaped as OpenAI's chat completions
     API shapes it.
 
     ``options`` go to :meth:`Model.stream` (``max_tokens``, default: until the
-    context is full; ``temperature``, ``seed``, ``stop``, ...). The reply ends
-    at an end-of-turn token, at one of the template's end-of-turn strings or
-    ``stop``, or after ``max_tokens``. With ``stream=True`` the result is an
-    iterator of ``chat.completion.chunk`` dicts: the first delta has the
-    role, the next ones the text, the last one ``finish_reason`` (and
-    ``usage``).
+    context is full; ``temperature``, ``seed``, ``stop``, ``response_format``,
+    ...). The reply ends at an end-of-turn token, at one of the template's
+    end-of-turn strings or ``stop``, or after ``max_tokens``. With
+    ``stream=True`` the result is an iterator of ``chat.completion.chunk``
+    dicts: the first delta has the role, the next ones the text, the last one
+    ``finish_reason`` (and ``usage``).
+
+    ``tools`` (OpenAI's ``[{"type": "function", "function": {"name",
+    "description", "parameters"}}]``) are shown to the model through its
+    template, and its reply is held to text or well-formed calls of them
+    (``tool_choice``: ``"auto"``, ``"required"``, ``"none"`` or one function);
+    calls come back as ``message["tool_calls"]`` with finish reason
+    ``"tool_calls"``.
 
     Raises:
         ContextLengthError: the conversation leaves no room in the context.
         TemplateError: the chat template refused the conversation.
     """
-    ids = encode_chat(model, messages)
+    plan = ToolPlan(model, messages, tools, tool_choice, parallel_tool_calls) if tools else None
+    if plan is None:
+        ids = encode_chat(model, messages)
+    else:
+        ids = encode_chat(model, plan.messages, tools=plan.template_tools)
+        options = plan.options(options)
     reply = _reply(model, ids, options)
     head = {
         "id": "chatcmpl-" + secrets.token_hex(12),
@@ -341,33 +405,50 @@ def chat_completion(
         "model": os.path.basename(str(model.info.get("path", ""))),
     }
     if stream:
-        return _chunks(reply, head)
-    content = "".join(reply)
+        return _chunks(reply, head, plan)
+    text = "".join(reply)
+    message, finish_reason = (
+        plan.message(text, reply.finish_reason)
+        if plan is not None
+        else ({"role": "assistant", "content": text}, reply.finish_reason)
+    )
     return {
         "id": head["id"],
         "object": "chat.completion",
         "created": head["created"],
         "model": head["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": reply.finish_reason,
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
         "usage": reply.usage(),
     }
 
 
-def _chunks(reply: ChatReply, head: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
+def tool_call_deltas(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``tool_calls`` entries of a streamed delta, one per call."""
+    return [{"index": i, **c} for i, c in enumerate(calls)]
+
+
+def _chunks(
+    reply: ChatReply, head: dict[str, Any], plan: ToolPlan | None = None
+) -> Iterator[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
+    splitter = plan.splitter() if plan is not None else None
     yield chunk({"role": "assistant", "content": ""})
     for piece in reply:
-        yield chunk({"content": piece})
-    last = chunk({}, reply.finish_reason)
+        text = splitter.push(piece) if splitter is not None else piece
+        if text:
+            yield chunk({"content": text})
+    finish_reason = reply.finish_reason
+    if splitter is not None:
+        rest, calls = splitter.finish()
+        if rest:
+            yield chunk({"content": rest})
+        if calls:
+            yield chunk({"tool_calls": tool_call_deltas(calls)})
+            finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+    last = chunk({}, finish_reason)
     last["usage"] = reply.usage()
     yield last
 

@@ -490,14 +490,18 @@ class Model:
         self._chat_template = template
 
     def encode_chat(
-        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """The token ids the chat path feeds the model for ``messages``
         (``[{"role": ..., "content": ...}, ...]``): the template's own markers
-        as special tokens, the text of the messages as plain text only."""
+        as special tokens, the text of the messages as plain text only.
+        ``tools`` go to the template as they are."""
         from tinyllm._chat import encode_chat
 
-        return encode_chat(self, messages, add_generation_prompt=add_generation_prompt)
+        return encode_chat(self, messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
     def chat_completion(
         self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, **options: Any
@@ -506,7 +510,8 @@ class Model:
         dict with ``choices[0]["message"]["content"]``, ``finish_reason`` and
         ``usage``, or with ``stream=True`` an iterator of chunk dicts.
         ``options`` are those of :meth:`stream` (``max_tokens``,
-        ``temperature``, ...)."""
+        ``temperature``, ``response_format``, ...), and ``tools``,
+        ``tool_choice`` and ``parallel_tool_calls`` as OpenAI takes them."""
         from tinyllm._chat import chat_completion
 
         return chat_completion(self, messages, stream=stream, **options)

@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tinyllm._chat import ChatReply, _reply, encode_chat
+from tinyllm._chat import ChatReply, ToolPlan, _reply, encode_chat, tool_call_deltas
 from tinyllm._model import Model
 from tinyllm._template import TemplateError
 from tinyllm._tinyllm import ContextLengthError
@@ -212,13 +212,19 @@ class Api:
 
     async def chat_completions(self, request: Request) -> Response:
         req = ChatCompletionRequest.model_validate(await self._body(request))
-        if req.tools:
-            raise ApiError(400, "tools are not supported by this server yet", param="tools")
         if req.top_logprobs is not None and not req.logprobs:
             raise ApiError(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
-        ids = encode_chat(self.model, [m.as_dict() for m in req.messages])
+        messages = [m.as_dict() for m in req.messages]
         options = req.sampling()
         options["max_tokens"] = req.limit()
+        plan = None
+        if req.tools:
+            parallel = req.parallel_tool_calls is not False
+            plan = ToolPlan(self.model, messages, req.tools, req.tool_choice, parallel)
+            ids = encode_chat(self.model, plan.messages, tools=plan.template_tools)
+            options = plan.options(options)
+        else:
+            ids = encode_chat(self.model, messages)
         if req.logprobs:
             options["logprobs"] = req.top_logprobs or 0
         replies: list[ChatReply] = []
@@ -240,14 +246,18 @@ class Api:
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
             return _streaming(
-                self._chat_events(replies, head, usage, include_usage, req.logprobs, tok),
+                self._chat_events(replies, head, usage, include_usage, req.logprobs, tok, plan),
                 replies,
             )
 
         def collect() -> list[dict[str, Any]]:
             choices = []
             for i, r in enumerate(replies):
-                content = "".join(r)
+                text = "".join(r)
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                finish_reason = r.finish_reason
+                if plan is not None:
+                    message, finish_reason = plan.message(text, finish_reason)
                 logprobs = (
                     {"content": _chat_logprobs(tok, r.take_logprobs()), "refusal": None}
                     if req.logprobs
@@ -256,9 +266,9 @@ class Api:
                 choices.append(
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "message": {**message, "refusal": None},
                         "logprobs": logprobs,
-                        "finish_reason": r.finish_reason,
+                        "finish_reason": finish_reason,
                     }
                 )
                 usage.completion += r.completion_tokens
@@ -281,6 +291,7 @@ class Api:
         include_usage: bool,
         logprobs: bool,
         tok: Tokenizer,
+        plan: ToolPlan | None,
     ) -> AsyncIterator[str]:
         def chunk(i: int, delta: dict[str, Any], **extra: Any) -> dict[str, Any]:
             choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
@@ -293,15 +304,26 @@ class Api:
         for i in range(len(replies)):
             yield _sse(chunk(i, {"role": "assistant", "content": ""}))
         for i, r in enumerate(replies):
+            splitter = plan.splitter() if plan is not None else None
             while (piece := await to_thread.run_sync(_next, r)) is not None:
+                text = splitter.push(piece) if splitter is not None else piece
                 extra: dict[str, Any] = {}
                 if logprobs:
                     extra["logprobs"] = {
                         "content": _chat_logprobs(tok, r.take_logprobs()),
                         "refusal": None,
                     }
-                yield _sse(chunk(i, {"content": piece}, **extra))
-            extra = {"finish_reason": r.finish_reason}  # and the records still held back
+                if text or logprobs:
+                    yield _sse(chunk(i, {"content": text}, **extra))
+            finish_reason = r.finish_reason
+            if splitter is not None:
+                held, calls = splitter.finish()
+                if held:
+                    yield _sse(chunk(i, {"content": held}))
+                if calls:
+                    yield _sse(chunk(i, {"tool_calls": tool_call_deltas(calls)}))
+                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            extra = {"finish_reason": finish_reason}  # and the records still held back
             if logprobs:
                 rest = r.take_logprobs()
                 if rest:
