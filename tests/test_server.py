@@ -366,6 +366,26 @@ def test_tool_calls_through_the_openai_client(client: openai.OpenAI) -> None:
     pytest.fail("no seed made a call")
 
 
+def test_embeddings_through_the_openai_client(client: openai.OpenAI, model: tinyllm.Model) -> None:
+    texts = ["Once upon a time", "The cat sat.", "Lily"]
+    want = model.embed(texts)
+    r = client.embeddings.create(model="stories", input=texts)  # the client asks for base64
+    got = np.array([d.embedding for d in r.data])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert [d.index for d in r.data] == [0, 1, 2]
+    assert r.usage.prompt_tokens == sum(len(model.tokenize(t)) for t in texts)
+    r = client.embeddings.create(model="stories", input="Lily", encoding_format="float")
+    np.testing.assert_allclose(r.data[0].embedding, want[2], atol=1e-6)
+    # dimensions: the leading ones, scaled back to length 1
+    r = client.embeddings.create(model="stories", input="Lily", dimensions=16)
+    short = np.array(r.data[0].embedding)
+    np.testing.assert_allclose(short, want[2][:16] / np.linalg.norm(want[2][:16]), atol=1e-6)
+    with pytest.raises(openai.BadRequestError, match="dimensions"):
+        client.embeddings.create(model="stories", input="Lily", dimensions=100)
+    with pytest.raises(openai.BadRequestError, match="input"):
+        client.embeddings.create(model="stories", input=[])
+
+
 def test_overlapping_requests_decode_together(
     server: Server, client: openai.OpenAI, model: tinyllm.Model
 ) -> None:

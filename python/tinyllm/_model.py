@@ -8,19 +8,19 @@ import os
 import secrets
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
+
+import numpy as np
 
 from tinyllm import _tinyllm
 from tinyllm._grammar import grammar_spec
 from tinyllm._template import ChatTemplate
 from tinyllm._tinyllm import ModelFormatError
 from tinyllm._tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    import numpy as np
 
 PathLike = str | os.PathLike[str]
 Prompt = str | Sequence[int]
@@ -115,6 +115,7 @@ class Model:
         self._chat_template: ChatTemplate | None = None
         self._grammar_lock = threading.Lock()
         self._grammars_ready = False
+        self._pooling: str | None = None
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -273,6 +274,63 @@ class Model:
         array of shape ``(len(ids), vocab_size)``, computed from an empty KV
         cache."""
         return self._engine.logits(_ids("ids", ids))
+
+    # -- embeddings ----------------------------------------------------------
+
+    @property
+    def pooling(self) -> str:
+        """How :meth:`embed` pools a text's hidden states by default: what the
+        model's files ask for (``"last"`` for decoder embedding models such
+        as Qwen3-Embedding, from a GGUF's ``pooling_type`` or a Hugging Face
+        directory's ``1_Pooling/config.json``), else ``"mean"``."""
+        if self._pooling is None:
+            self._pooling = _pooling_of(str(self.info["path"]))
+        return self._pooling
+
+    def embed(
+        self,
+        input: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]],
+        *,
+        pooling: str | None = None,
+        normalize: bool = True,
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Embeddings of ``input``: a text, token ids, or a list of either,
+        ``(n, dim)`` float32, one row per input in order.
+
+        Each input is run through the model on its own (several inputs are
+        decoded together) and its final hidden states (after the last norm)
+        are pooled: ``"mean"`` over the tokens, ``"last"`` token, or
+        ``"cls"`` (the first); default :attr:`pooling`. Rows are scaled to
+        length 1 unless ``normalize=False``.
+        """
+        how = self.pooling if pooling is None else pooling
+        if how not in ("mean", "last", "cls"):
+            raise ValueError(f"pooling must be 'mean', 'last' or 'cls', got {how!r}")
+        single = isinstance(input, str) or (
+            isinstance(input, Sequence) and len(input) > 0 and isinstance(input[0], int)
+        )
+        items = [input] if single else list(input)
+        if not items:
+            raise ValueError("input must not be empty")
+        ids = [
+            self.tokenize(x) if isinstance(x, str) else _ids(f"input[{i}]", x)
+            for i, x in enumerate(items)
+        ]
+        for i, row in enumerate(ids):
+            if not row:
+                raise ValueError(f"input[{i}] has no tokens")
+        if len(ids) == 1:
+            states = [self._engine.hidden(ids[0])]
+        else:  # from threads, so the engine runs them together
+            with ThreadPoolExecutor(max_workers=min(len(ids), 16)) as pool:
+                states = list(pool.map(self._engine.hidden, ids))
+        out = np.empty((len(ids), self.config.dim), dtype=np.float32)
+        for i, h in enumerate(states):
+            v = h.mean(axis=0) if how == "mean" else h[-1] if how == "last" else h[0]
+            if normalize:
+                v = v / max(float(np.linalg.norm(v)), 1e-12)
+            out[i] = v
+        return out
 
     # -- generation ----------------------------------------------------------
 
@@ -550,6 +608,37 @@ def _cache_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tinyllm"
+
+
+#: llama.cpp's pooling types (GGUF ``{arch}.pooling_type``).
+_GGUF_POOLING = {1: "mean", 2: "cls", 3: "last"}
+
+
+def _pooling_of(path: str) -> str:
+    """The pooling a model's files ask for (``"mean"`` when they do not say)."""
+    p = Path(path)
+    if p.is_dir():
+        conf = p / "1_Pooling" / "config.json"
+        if conf.is_file():
+            try:
+                modes = json.loads(conf.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ModelFormatError(f"{conf}: not a readable JSON file: {e}") from None
+            for key, how in [
+                ("pooling_mode_lasttoken", "last"),
+                ("pooling_mode_cls_token", "cls"),
+                ("pooling_mode_mean_tokens", "mean"),
+            ]:
+                if isinstance(modes, dict) and modes.get(key) is True:
+                    return how
+        return "mean"
+    if p.suffix.lower() == ".gguf":
+        meta = _tinyllm.gguf_metadata(path)
+        arch = meta.get("general.architecture")
+        kind = meta.get(f"{arch}.pooling_type")
+        if isinstance(kind, int):
+            return _GGUF_POOLING.get(kind, "mean")
+    return "mean"
 
 
 def _is_prompt_list(prompt: object) -> bool:

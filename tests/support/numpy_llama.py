@@ -92,8 +92,10 @@ def forward(
     *,
     q8_group_size: int | None = None,
     weights_q8: dict | None = None,
+    hidden: bool = False,
 ) -> np.ndarray:
-    """Logits (T, V) float64 for every position 0..T-1 of `tokens`.
+    """Logits (T, V) float64 for every position 0..T-1 of `tokens` (with
+    `hidden`, the final hidden states after the last norm instead, (T, D)).
 
     `weights` uses the names tok_embeddings, layers.{i}.attention_norm,
     layers.{i}.attention.{wq,wk,wv,wo}, layers.{i}.ffn_norm,
@@ -161,4 +163,6 @@ def forward(
         x = x + linear(hb, p + "feed_forward.w2")  # (T, D) residual
 
     x = _rmsnorm(x, weights["norm"], eps)  # (T, D)
+    if hidden:
+        return x
     return linear(x, "output")  # (T, V)

@@ -51,6 +51,9 @@ pub enum Job {
     /// The logits after every position of `ids`, `(len, vocab)`, from an
     /// empty cache.
     Logits { ids: Vec<u32> },
+    /// The final hidden states (after the last norm) at every position of
+    /// `ids`, `(len, dim)`, from an empty cache: what embeddings pool.
+    Hidden { ids: Vec<u32> },
 }
 
 /// A job with its ticket.
@@ -99,7 +102,7 @@ pub struct TicketState {
     /// yet taken by the caller.
     pub logprobs: VecDeque<TokenLogprob>,
     pub stats: Stats,
-    /// A logits job's result, `(len, vocab)`.
+    /// A logits job's result, `(len, vocab)`, or a hidden job's, `(len, dim)`.
     pub logits: Vec<f32>,
 }
 
@@ -166,7 +169,8 @@ struct Seq {
     pending: Vec<u32>,
     /// Tokens of `pending` in the current pass.
     chunk: usize,
-    /// The first row of the pass's logits that is this sequence's.
+    /// The first row of the pass's logits (or hidden states) that is this
+    /// sequence's.
     logit_row: usize,
     work: Work,
     started: Instant,
@@ -180,6 +184,7 @@ enum Work {
         detok: Arc<dyn Detokenize>,
     },
     Logits,
+    Hidden,
 }
 
 /// A finished sequence's cache, kept for the prefixes of later requests.
@@ -206,6 +211,8 @@ pub struct Batcher {
     plan: Plan,
     /// `(rows, V)` the logits of the last pass
     out: Vec<f32>,
+    /// `(rows, D)` the hidden states the last pass was asked for
+    hidden: Vec<f32>,
 }
 
 impl Batcher {
@@ -239,6 +246,7 @@ impl Batcher {
             cached: Vec::new(),
             plan: Plan::default(),
             out: vec![0.0; max_sequences * model.config.vocab_size],
+            hidden: Vec::new(),
             dev,
             model,
         })
@@ -313,6 +321,10 @@ impl Batcher {
         if self.out.len() < rows * vocab {
             self.out.resize(rows * vocab, 0.0);
         }
+        let hidden = self.plan.hidden_rows.len() * self.model.config.dim;
+        if self.hidden.len() < hidden {
+            self.hidden.resize(hidden, 0.0);
+        }
         let (c, w) = (&self.model.config, &self.model.weights);
         forward::forward(
             c,
@@ -320,6 +332,7 @@ impl Batcher {
             &mut self.dev,
             &self.plan,
             &mut self.out[..rows * vocab],
+            &mut self.hidden[..hidden],
         );
         self.after_pass();
         true
@@ -370,6 +383,7 @@ impl Batcher {
     /// cached prefix of its prompt.
     fn start(&mut self, r: Request) -> Result<Seq> {
         let vocab = self.model.config.vocab_size;
+        let mut hidden = false;
         let (ids, work) = match r.job {
             Job::Generate {
                 prompt,
@@ -380,13 +394,10 @@ impl Batcher {
                 Generation::check(&prompt, vocab, &config)?;
                 (prompt, Some((config, detok, constraint)))
             }
-            Job::Logits { ids } => {
-                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                    return Err(Error::InvalidArgument(format!(
-                        "token id {bad} is out of range for a vocabulary of {vocab}"
-                    )));
-                }
-                (ids, None)
+            Job::Logits { ids } => (check_ids(ids, vocab)?, None),
+            Job::Hidden { ids } => {
+                hidden = true;
+                (check_ids(ids, vocab)?, None)
             }
         };
         if ids.len() > self.context {
@@ -414,6 +425,11 @@ impl Batcher {
                     generation: Box::new(generation),
                     detok,
                 }
+            }
+            None if hidden => {
+                let dim = self.model.config.dim;
+                r.ticket.update(|s| s.logits = vec![0.0; ids.len() * dim]);
+                Work::Hidden
             }
             None => {
                 r.ticket.update(|s| s.logits = vec![0.0; ids.len() * vocab]);
@@ -563,7 +579,7 @@ impl Batcher {
     fn plan_pass(&mut self) {
         self.plan.clear();
         let budget = self.dev.max_batch();
-        let mut rows = 0;
+        let (mut rows, mut hidden_rows) = (0, 0);
         let mut stalled = Vec::new();
         for s in &mut self.active {
             s.chunk = 0;
@@ -588,16 +604,22 @@ impl Batcher {
                 let s = &mut self.active[i];
                 let want = match s.work {
                     Work::Logits => Want::All,
+                    Work::Hidden => Want::Hidden,
                     Work::Generate { .. } if n == s.pending.len() => Want::Last,
                     Work::Generate { .. } => Want::None,
                 };
                 s.chunk = n;
-                s.logit_row = rows;
-                rows += match want {
-                    Want::All => n,
-                    Want::Last => 1,
-                    Want::None => 0,
+                s.logit_row = if want == Want::Hidden {
+                    hidden_rows
+                } else {
+                    rows
                 };
+                match want {
+                    Want::All => rows += n,
+                    Want::Last => rows += 1,
+                    Want::Hidden => hidden_rows += n,
+                    Want::None => {}
+                }
                 self.plan.push(&s.kv.pages, s.kv.len, &s.pending[..n], want);
             }
         }
@@ -631,11 +653,15 @@ impl Batcher {
             s.pending.drain(..n);
             s.chunk = 0;
             match &mut s.work {
-                Work::Logits => {
+                Work::Logits | Work::Hidden => {
+                    let (src, width) = match s.work {
+                        Work::Logits => (&self.out, vocab),
+                        _ => (&self.hidden, self.model.config.dim),
+                    };
                     let done = s.tokens.len();
-                    let rows = &self.out[s.logit_row * vocab..(s.logit_row + n) * vocab];
+                    let rows = &src[s.logit_row * width..(s.logit_row + n) * width];
                     s.ticket.update(|t| {
-                        t.logits[(done - n) * vocab..done * vocab].copy_from_slice(rows)
+                        t.logits[(done - n) * width..done * width].copy_from_slice(rows)
                     });
                     if s.pending.is_empty() {
                         finished.push(i);
@@ -722,6 +748,16 @@ impl Batcher {
             self.unpin(p);
         }
         self.cached.push(Cached { kv, tokens, pin });
+    }
+}
+
+/// `ids`, if every one is in a vocabulary of `vocab`.
+fn check_ids(ids: Vec<u32>, vocab: usize) -> Result<Vec<u32>> {
+    match ids.iter().find(|&&t| t as usize >= vocab) {
+        Some(&bad) => Err(Error::InvalidArgument(format!(
+            "token id {bad} is out of range for a vocabulary of {vocab}"
+        ))),
+        None => Ok(ids),
     }
 }
 

@@ -88,6 +88,7 @@ pub struct CpuDevice {
     pages: Vec<u32>,
     row_entry: Vec<usize>,
     logit_rows: Vec<usize>,
+    hidden_rows: Vec<usize>,
     blocks: Vec<(usize, usize, usize)>,
     /// The KV cache's pages, `(page_bytes,)` each, 4-byte aligned
     layout: PageLayout,
@@ -169,6 +170,7 @@ impl CpuDevice {
             pages: Vec::new(),
             row_entry: vec![0; max_batch],
             logit_rows: Vec::with_capacity(max_batch),
+            hidden_rows: Vec::with_capacity(max_batch),
             blocks: Vec::with_capacity(max_batch),
             layout,
             kv: Vec::new(),
@@ -282,6 +284,7 @@ impl Device for CpuDevice {
         self.entries.clone_from(&plan.entries);
         self.pages.clone_from(&plan.pages);
         self.logit_rows.clone_from(&plan.logit_rows);
+        self.hidden_rows.clone_from(&plan.hidden_rows);
         self.row_entry.clear();
         self.blocks.clear();
         if let Some(id) = plan.pages.iter().copied().max() {
@@ -518,6 +521,19 @@ impl Device for CpuDevice {
             rows,
             |_, _| {},
         );
+    }
+
+    fn hidden(&mut self, norm: &VectorDesc, out: &mut [f32]) {
+        let model = self.model.clone();
+        let e = Engine::new(&model, self.kernels, &self.pool);
+        let dim = e.config.dim;
+        assert_eq!(out.len(), self.hidden_rows.len() * dim);
+        let w = e.weights.vector(norm);
+        for (i, &r) in self.hidden_rows.iter().enumerate() {
+            let row = &mut out[i * dim..(i + 1) * dim];
+            e.kernels
+                .rmsnorm(&self.x[r * dim..(r + 1) * dim], w, e.config.norm_eps, row);
+        }
     }
 
     fn copy_rows(&mut self, src: u32, dst: u32, rows: usize) {

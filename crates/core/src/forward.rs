@@ -42,6 +42,9 @@ pub struct Plan {
     pub entries: Vec<Entry>,
     /// The rows of the batch whose next-token logits are wanted, ascending
     pub logit_rows: Vec<usize>,
+    /// The rows whose final hidden states (after the last norm) are wanted
+    /// instead, ascending (embeddings)
+    pub hidden_rows: Vec<usize>,
 }
 
 impl Plan {
@@ -51,6 +54,7 @@ impl Plan {
         self.pages.clear();
         self.entries.clear();
         self.logit_rows.clear();
+        self.hidden_rows.clear();
     }
 
     /// Adds an entry: `tokens` of a sequence whose cache holds `start`
@@ -70,6 +74,7 @@ impl Plan {
             Want::None => {}
             Want::Last => self.logit_rows.push(self.tokens.len() - 1),
             Want::All => self.logit_rows.extend(row..self.tokens.len()),
+            Want::Hidden => self.hidden_rows.extend(row..self.tokens.len()),
         }
     }
 
@@ -92,6 +97,8 @@ pub enum Want {
     Last,
     /// Every token's.
     All,
+    /// No logits, but every token's final hidden state (embeddings).
+    Hidden,
 }
 
 /// The activations of a pass, by name. A device keeps one buffer of each,
@@ -163,6 +170,9 @@ pub trait Device {
     /// The logits of the plan's `logit_rows`: `out (rows, V) =
     /// rmsnorm(X[rows], norm) @ classifier^T`. Returns when they are written.
     fn logits(&mut self, norm: &VectorDesc, classifier: &MatrixDesc, out: &mut [f32]);
+    /// The final hidden states of the plan's `hidden_rows`: `out (rows, D) =
+    /// rmsnorm(X[rows], norm)`. Returns when they are written.
+    fn hidden(&mut self, norm: &VectorDesc, out: &mut [f32]);
     /// Copies the first `rows` positions of page `src` into page `dst`
     /// (a sequence taking over part of another's page).
     fn copy_rows(&mut self, src: u32, dst: u32, rows: usize);
@@ -172,16 +182,19 @@ pub trait Device {
 
 /// Runs `plan` through the model on `dev`: appends each entry's keys and
 /// values to its pages and writes the logits of `plan.logit_rows` into
-/// `out`, `(rows, V)`.
+/// `out`, `(rows, V)`, and the final hidden states of `plan.hidden_rows`
+/// into `hidden`, `(rows, D)`.
 pub fn forward<D: Device + ?Sized>(
     c: &Config,
     w: &Weights,
     dev: &mut D,
     plan: &Plan,
     out: &mut [f32],
+    hidden: &mut [f32],
 ) {
     assert!(!plan.is_empty() && plan.len() <= dev.max_batch());
     assert_eq!(out.len(), plan.logit_rows.len() * c.vocab_size);
+    assert_eq!(hidden.len(), plan.hidden_rows.len() * c.dim);
     dev.begin(plan);
 
     // x[t] = embedding[tokens[t]]                                     (T, D)
@@ -227,6 +240,10 @@ pub fn forward<D: Device + ?Sized>(
         dev.matmul_add(Buf::Hb, &lw.w2, Buf::X);
     }
 
+    // ---- hidden states: rmsnorm(x[rows])                            (rows, D)
+    if !plan.hidden_rows.is_empty() {
+        dev.hidden(&w.final_norm, hidden);
+    }
     // ---- classifier: logits = rmsnorm(x[rows]) @ classifier^T      (rows, V)
     dev.logits(&w.final_norm, &w.classifier, out);
 }

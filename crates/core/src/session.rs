@@ -246,14 +246,14 @@ impl Session {
         let (c, w) = (&self.model.config, &self.model.weights);
         match all {
             Some(out) => {
-                forward::forward(c, w, &mut self.dev, &self.plan, out);
+                forward::forward(c, w, &mut self.dev, &self.plan, out, &mut []);
                 let vocab = c.vocab_size;
                 self.logits.copy_from_slice(&out[out.len() - vocab..]);
             }
             None if want == Want::Last => {
-                forward::forward(c, w, &mut self.dev, &self.plan, &mut self.logits)
+                forward::forward(c, w, &mut self.dev, &self.plan, &mut self.logits, &mut [])
             }
-            None => forward::forward(c, w, &mut self.dev, &self.plan, &mut []),
+            None => forward::forward(c, w, &mut self.dev, &self.plan, &mut [], &mut []),
         }
         self.kv.len += tokens.len();
         self.tokens.extend_from_slice(tokens);

@@ -295,3 +295,50 @@ fn a_page_shared_with_a_running_sequence_is_copied_before_it_is_written() {
     assert_eq!(generated(&tz), want_z);
     assert_eq!(generated(&ty), want_y);
 }
+
+#[test]
+fn hidden_states_decode_alongside_generations() {
+    let f = fixture();
+    let ids = f.prompt(STORY); // longer than one batch of 32: chunked
+    // An f32 cache: with f16 the chunking's last-bit differences in the keys
+    // can round to the other side (1e-3 here), which hides nothing of
+    // interest but would need a loose bound.
+    let mut options = f.options(4);
+    options.session.kv_cache = KvType::F32;
+    let mut alone = Batcher::new(f.model.clone(), &options).unwrap();
+    let r = Request::new(Job::Hidden { ids: ids.clone() });
+    let t = r.ticket.clone();
+    alone.submit(r);
+    alone.run();
+    let want = t.lock().logits.clone();
+    assert_eq!(want.len(), ids.len() * f.model.config.dim);
+    assert!(want.iter().all(|v| v.is_finite()) && want.iter().any(|&v| v.abs() > 1.0));
+
+    let gen_prompt = f.prompt("Lily went");
+    let mut solo = Batcher::new(f.model.clone(), &options).unwrap();
+    let g = f.request(&gen_prompt, 30);
+    let tg = g.ticket.clone();
+    solo.submit(g);
+    solo.run();
+    let want_tokens = generated(&tg);
+    let mut b = Batcher::new(f.model.clone(), &options).unwrap();
+    let g = f.request(&gen_prompt, 30);
+    let tg = g.ticket.clone();
+    b.submit(g);
+    b.step();
+    let r = Request::new(Job::Hidden { ids });
+    let th = r.ticket.clone();
+    b.submit(r);
+    b.run();
+    assert_eq!(generated(&tg), want_tokens);
+    let got = th.lock().logits.clone();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "hidden states moved by {worst} in a mixed batch"
+    );
+}

@@ -119,7 +119,14 @@ fn main() {
                     assert!(s.reserve(&mut pages, tokens.len()));
                     plan.push(&s.pages, s.len, tokens, Want::Last);
                 }
-                forward::forward(&model.config, &model.weights, &mut dev, &plan, &mut out);
+                forward::forward(
+                    &model.config,
+                    &model.weights,
+                    &mut dev,
+                    &plan,
+                    &mut out,
+                    &mut [],
+                );
                 for (i, ((s, h), e)) in seqs
                     .iter_mut()
                     .zip(&mut histories)

@@ -99,6 +99,34 @@ impl Engine {
     fn model(&self) -> &Arc<Model> {
         self.engine.model()
     }
+
+    /// Runs a job that returns one row of `width` floats per token.
+    fn rows<'py>(&self, py: Python<'py>, job: Job, width: usize) -> PyResult<Bound<'py, PyAny>> {
+        let ticket = self.engine.submit(Request::new(job));
+        let mut guard = Cancel(Some(ticket.clone()));
+        loop {
+            let out = py.detach(|| {
+                let mut s = ticket.wait(SIGNAL_CHECK);
+                if !s.done {
+                    return None;
+                }
+                Some(match s.error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(std::mem::take(&mut s.logits)),
+                })
+            });
+            match out {
+                None => py.check_signals()?,
+                Some(r) => {
+                    guard.0 = None;
+                    let rows = r.map_err(to_py_err)?;
+                    let n = rows.len() / width;
+                    let arr = PyArray1::from_vec(py, rows);
+                    return Ok(arr.reshape([n, width])?.into_any());
+                }
+            }
+        }
+    }
 }
 
 #[pymethods]
@@ -251,29 +279,14 @@ impl Engine {
     /// computed from an empty KV cache.
     fn logits<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyAny>> {
         let vocab = self.model().config.vocab_size;
-        let n = ids.len();
-        let ticket = self.engine.submit(Request::new(Job::Logits { ids }));
-        let mut guard = Cancel(Some(ticket.clone()));
-        loop {
-            let out = py.detach(|| {
-                let mut s = ticket.wait(SIGNAL_CHECK);
-                if !s.done {
-                    return None;
-                }
-                Some(match s.error.take() {
-                    Some(e) => Err(e),
-                    None => Ok(std::mem::take(&mut s.logits)),
-                })
-            });
-            match out {
-                None => py.check_signals()?,
-                Some(r) => {
-                    guard.0 = None;
-                    let arr = PyArray1::from_vec(py, r.map_err(to_py_err)?);
-                    return Ok(arr.reshape([n, vocab])?.into_any());
-                }
-            }
-        }
+        self.rows(py, Job::Logits { ids }, vocab)
+    }
+
+    /// The final hidden states (after the last norm) at every position of
+    /// `ids`, `(len(ids), dim)` float32, from an empty KV cache.
+    fn hidden<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyAny>> {
+        let dim = self.model().config.dim;
+        self.rows(py, Job::Hidden { ids }, dim)
     }
 
     /// Starts generating after `prompt` (token ids); returns a `Stream` that

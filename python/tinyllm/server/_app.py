@@ -9,6 +9,7 @@ goes away cancels its generations.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from anyio import to_thread
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -31,7 +33,7 @@ from tinyllm._model import Model
 from tinyllm._template import TemplateError
 from tinyllm._tinyllm import ContextLengthError
 from tinyllm._tokenizer import Tokenizer
-from tinyllm.server._protocol import ChatCompletionRequest, CompletionRequest
+from tinyllm.server._protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("tinyllm.server")
 
@@ -337,6 +339,41 @@ class Api:
         yield "data: [DONE]\n\n"
         usage.log("/v1/chat/completions", 200)
 
+    async def embeddings(self, request: Request) -> Response:
+        req = EmbeddingRequest.model_validate(await self._body(request))
+        if isinstance(req.input, list) and not req.input:
+            raise ApiError(400, "input must not be empty", param="input")
+        dim = self.model.config.dim
+        if req.dimensions is not None and req.dimensions > dim:
+            raise ApiError(
+                400,
+                f"dimensions is {req.dimensions}, more than the model's {dim}",
+                param="dimensions",
+            )
+        usage = _Usage()
+        vectors = await to_thread.run_sync(self.model.embed, req.input)
+        usage.prompt = await to_thread.run_sync(_prompt_count, self.model, req.input)
+        if req.dimensions is not None and req.dimensions < dim:
+            # Matryoshka-style: the leading dimensions, scaled to length 1 again.
+            vectors = vectors[:, : req.dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        data = []
+        for i, v in enumerate(vectors):
+            value: Any = (
+                base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+                if req.encoding_format == "base64"
+                else [float(x) for x in v]
+            )
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        usage.log(request.url.path, 200)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": self.name,
+            "usage": {"prompt_tokens": usage.prompt, "total_tokens": usage.prompt},
+        }
+        return JSONResponse(body)
+
     async def completions(self, request: Request) -> Response:
         req = CompletionRequest.model_validate(await self._body(request))
         if req.suffix:
@@ -445,6 +482,13 @@ class Api:
         usage.log("/v1/completions", 200)
 
 
+def _prompt_count(model: Model, inputs: Any) -> int:
+    items = (
+        [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs
+    )
+    return sum(len(model.tokenize(x)) if isinstance(x, str) else len(x) for x in items)
+
+
 def _prompts(model: Model, prompt: Any) -> list[tuple[list[int], str]]:
     """``(token ids, text)`` of each prompt of a completion request."""
     if isinstance(prompt, str):
@@ -510,6 +554,7 @@ def create_app(model: Model, *, name: str | None = None, api_key: str | None = N
         Route("/v1/models", api.endpoint(api.models), methods=["GET"]),
         Route("/v1/chat/completions", api.endpoint(api.chat_completions), methods=["POST"]),
         Route("/v1/completions", api.endpoint(api.completions), methods=["POST"]),
+        Route("/v1/embeddings", api.endpoint(api.embeddings), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,
