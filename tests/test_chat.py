@@ -622,23 +622,45 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(stories_path: Path, tok512: P
     assert second.finish_reason is not None
 
 
-def test_chat_starts_over_when_the_context_is_full(stories_path: Path, tok512: Path) -> None:
-    model = tinyllm.Model(stories_path, tok512, n_threads=1, context_length=40)
+def test_chat_drops_the_oldest_turns_when_the_context_is_full(
+    stories_path: Path, tok512: Path
+) -> None:
+    model = tinyllm.Model(stories_path, tok512, n_threads=1, context_length=60)
     first = [{"role": "user", "content": "Tell me a story about a dog"}]
     second = [{"role": "user", "content": "Tell me a story about a cat"}]
-    assert len(model.encode_chat(first)) + 20 + len(model.encode_chat(second)) > 40
+    assert len(model.encode_chat(first)) + 20 + len(model.encode_chat(second)) > 60 - 20
     out, err = io.StringIO(), io.StringIO()
     lines: list[str | BaseException] = [
         first[0]["content"],
-        second[0]["content"],  # no room for both: the second starts over
+        second[0]["content"],  # no room for both: the first exchange goes
         "Once upon a time " * 20,  # no room for it at all
         "/quit",
     ]
     chat(model, read=scripted(lines), out=out, err=err, max_tokens=20, temperature=0)
     notes = err.getvalue()
-    assert notes.count("filled the context; starting over") == 1
+    assert notes.count("outgrew the context: the oldest 2 messages dropped") == 1
     assert notes.count("too long for the context") == 1
     assert out.getvalue().count("Assistant: ") == 2
+
+
+def test_a_session_outlives_a_reply_that_filled_the_context(
+    stories_path: Path, tok512: Path
+) -> None:
+    # The first reply runs until the context is full; the next turns drop
+    # the oldest exchanges, keep the system prompt, and reuse its cache.
+    model = tinyllm.Model(stories_path, tok512, n_threads=1, context_length=160)
+    session = model.chat_session(system="Be kind.", temperature=0)
+    first = session.stream("Tell me a long story")
+    "".join(first)
+    assert first.finish_reason == "length"
+    for turn in ["And then?", "What happened next?", "The end?"]:
+        reply = session.stream(turn)
+        text = "".join(reply)
+        assert text and session.dropped >= 2
+        assert session.messages[0] == {"role": "system", "content": "Be kind."}
+        assert session.messages[-2] == {"role": "user", "content": turn}
+        assert reply.stats["reused_tokens"] > 0  # the system prompt's cache
+        assert len(model.encode_chat(session.messages[:-1])) < 160
 
 
 def test_chat_reports_a_template_that_refuses(stories_path: Path, tok512: Path) -> None:

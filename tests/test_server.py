@@ -21,6 +21,7 @@ import numpy as np
 import openai
 import pydantic
 import pytest
+import starlette.testclient
 import uvicorn
 
 import tinyllm
@@ -389,15 +390,23 @@ def test_embeddings_through_the_openai_client(client: openai.OpenAI, model: tiny
 def test_overlapping_requests_decode_together(
     server: Server, client: openai.OpenAI, model: tinyllm.Model
 ) -> None:
+    # 8 streaming clients at once get what each gets alone (greedy).
     prompts = [
-        f"Once upon a time, there was a {w}" for w in ["cat", "dog", "bird", "frog", "fish", "king"]
+        f"Once upon a time, there was a {w}"
+        for w in ["cat", "dog", "bird", "frog", "fish", "king", "girl", "boat"]
     ]
-    serial = [
-        client.completions.create(model="stories", prompt=p, max_tokens=120, temperature=0)
-        .choices[0]
-        .text
-        for p in prompts
-    ]
+
+    def streamed(c: openai.OpenAI, prompt: str) -> str:
+        chunks = c.chat.completions.create(
+            model="stories",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=100,
+            temperature=0,
+            stream=True,
+        )
+        return "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+
+    serial = [streamed(client, p) for p in prompts]
     seen = []
     stop = threading.Event()
 
@@ -411,10 +420,7 @@ def test_overlapping_requests_decode_together(
     results: list[str | None] = [None] * len(prompts)
 
     def run(i: int) -> None:
-        r = server.client().completions.create(
-            model="stories", prompt=prompts[i], max_tokens=120, temperature=0
-        )
-        results[i] = r.choices[0].text
+        results[i] = streamed(server.client(), prompts[i])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -426,6 +432,50 @@ def test_overlapping_requests_decode_together(
     assert results == serial
     assert max(seen) >= 2  # they shared steps (at most max_sequences=4 at once)
     assert max(seen) <= 4
+
+
+def test_a_bounded_load(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    # 200 requests from 16 clients, a mix of streaming chat and completions;
+    # no errors. The latencies are reported, not asserted.
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client_loop(k: int) -> None:
+        c = server.client()
+        for j in range(200 // 16 + (k < 200 % 16)):
+            start = time.perf_counter()
+            try:
+                if (k + j) % 2:
+                    r = c.completions.create(
+                        model="stories", prompt=f"Tim {k} {j}", max_tokens=16, seed=j
+                    )
+                    assert r.choices[0].finish_reason == "length"
+                else:
+                    chunks = c.chat.completions.create(
+                        model="stories",
+                        messages=[{"role": "user", "content": f"Hi {k} {j}"}],
+                        max_tokens=16,
+                        stream=True,
+                        seed=j,
+                    )
+                    assert [ch for ch in chunks if ch.choices][-1].choices[0].finish_reason
+            except BaseException as e:  # collected and reported below
+                with lock:
+                    errors.append(e)
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors[:3]
+    assert len(latencies) == 200
+    p50, p99 = np.percentile(latencies, [50, 99])
+    with capsys.disabled():
+        print(f"\n200 requests from 16 clients: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
 
 
 def test_a_client_that_goes_away_cancels_its_generation(
@@ -441,7 +491,7 @@ def test_a_client_that_goes_away_cancels_its_generation(
         return started[-1]
 
     monkeypatch.setattr(model, "stream", recording)
-    body = {"model": "stories", "prompt": "Once", "max_tokens": 100000, "temperature": 1.0}
+    body = {"model": "stories", "prompt": "Once", "max_tokens": None, "temperature": 1.0}
     headers = {"Authorization": f"Bearer {KEY}"}
     with httpx.stream(
         "POST", server.url + "/v1/completions", json={**body, "stream": True}, headers=headers
@@ -518,6 +568,15 @@ def test_malformed_requests_get_a_clear_400(
     assert ok.choices[0].finish_reason == "length"
 
 
+def test_an_oversized_body_gets_413(model: tinyllm.Model) -> None:
+    app = create_app(model, name="stories", max_body_bytes=1024)
+    with starlette.testclient.TestClient(app) as tc:
+        r = tc.post("/v1/completions", json={"prompt": "x" * 2000})
+        assert r.status_code == 413 and "larger than 1024 bytes" in r.json()["error"]["message"]
+        r = tc.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+        assert r.status_code == 200
+
+
 def test_too_long_a_prompt_is_a_context_length_error(
     client: openai.OpenAI, model: tinyllm.Model
 ) -> None:
@@ -530,6 +589,15 @@ def test_too_long_a_prompt_is_a_context_length_error(
             model="stories", messages=[{"role": "user", "content": long_prompt}]
         )
     assert e.value.code == "context_length_exceeded"
+    # A short prompt, but more tokens asked for than the context has room for.
+    with pytest.raises(openai.BadRequestError, match="context is 512 tokens") as e:
+        client.completions.create(model="stories", prompt="Hi", max_tokens=600)
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="stories", messages=[{"role": "user", "content": "Hi"}], max_tokens=600
+        )
+    assert e.value.code == "context_length_exceeded" and e.value.param == "max_tokens"
 
 
 def test_unknown_routes_and_methods(server: Server) -> None:

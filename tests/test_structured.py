@@ -11,11 +11,14 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
+import jsonschema
 import pydantic
 import pytest
 
 import tinyllm
 from tinyllm._grammar import GbnfError, gbnf_to_lark
+
+from conftest import write_random_model
 
 
 class Pet(pydantic.BaseModel):
@@ -243,3 +246,49 @@ def test_bad_constraints_are_clear_errors(
     with pytest.raises(error, match=re.escape(needle)):
         model.generate("Tim", max_tokens=5, **kw)
     assert model.generate("Tim", max_tokens=5, temperature=0)  # and the model goes on
+
+
+NESTED = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "maxItems": 3},
+        "pos": {
+            "type": "object",
+            "properties": {
+                "x": {"type": "integer", "minimum": -5, "maximum": 5},
+                "ok": {"type": "boolean"},
+            },
+            "required": ["x", "ok"],
+            "additionalProperties": False,
+        },
+        "note": {"type": ["string", "null"], "maxLength": 6},
+    },
+    "required": ["name", "pos", "tags"],
+    "additionalProperties": False,
+}
+
+
+def test_a_random_model_writes_valid_json_only_when_held_to_it(
+    tmp_path: Path, tok512: Path
+) -> None:
+    # Random weights: left alone, the text is never JSON.
+    path = tmp_path / "random.bin"
+    write_random_model(path, seq_len=512, seed=11)
+    m = tinyllm.Model(path, tok512, n_threads=2)
+    rf = {"type": "json_schema", "json_schema": {"name": "nested", "schema": NESTED}}
+    stopped = 0
+    for temperature in (0.5, 1.0, 1.5):
+        for seed in range(6):
+            s = m.stream("", temperature=temperature, seed=seed, max_tokens=300, response_format=rf)
+            text = "".join(s)
+            if s.finish_reason == "stop":
+                jsonschema.validate(json.loads(text), NESTED)
+                stopped += 1
+            else:
+                assert s.finish_reason == "length" and text.lstrip().startswith("{")
+    assert stopped >= 12, stopped
+    for seed in range(3):
+        text = m.generate("", temperature=1.0, seed=seed, max_tokens=100)
+        with pytest.raises((ValueError, jsonschema.ValidationError)):
+            jsonschema.validate(json.loads(text), NESTED)

@@ -468,6 +468,12 @@ class ChatSession:
     the engine reuses the KV cache of the tokens it shares with the turn
     before, so a turn mostly processes only its own new tokens.
 
+    When the history no longer leaves room for a reply (``max_tokens``, or a
+    quarter of the context up to 512 tokens), the oldest exchanges are
+    dropped, the system prompt kept; ``dropped`` counts the messages the last
+    turn dropped. The cache of what stays in front (the system prompt) is
+    still reused.
+
     Args:
         model: the model.
         system: a system prompt (the first message of the history).
@@ -483,6 +489,8 @@ class ChatSession:
         self.system = system
         self.options = options
         self.messages: list[Message] = []
+        #: How many of the oldest messages the last turn dropped to fit.
+        self.dropped = 0
         # The engine keeps this conversation's KV cache for its next turn.
         self._pin = next(_PINS)
         self._engine = model._engine
@@ -503,20 +511,37 @@ class ChatSession:
         grows (a reply cut short stays as far as it went).
 
         Raises:
-            ContextLengthError: the conversation no longer fits the context
-                (the history is left as it was).
+            ContextLengthError: the message does not fit the context even
+                with only the system prompt before it (the history is left
+                as it was).
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, not {type(text).__name__}")
         user: Message = {"role": "user", "content": text}
-        ids = encode_chat(self.model, [*self.messages, user])
+        n = self.model.context_length
+        limit = self.options.get("max_tokens")
+        room = min(limit if isinstance(limit, int) and limit > 0 else min(n // 4, 512), n // 2)
+        history = list(self.messages)
+        keep = 1 if history and history[0].get("role") == "system" else 0
+        dropped = 0
+        while True:
+            ids = encode_chat(self.model, [*history, user])
+            if len(ids) + room <= n or len(history) == keep:
+                break
+            # The oldest exchange: a user message and all that answered it.
+            end = keep + 1
+            while end < len(history) and history[end].get("role") != "user":
+                end += 1
+            dropped += end - keep
+            del history[keep:end]
         answer: Message = {"role": "assistant", "content": ""}
 
         def grow(content: str) -> None:
             answer["content"] = content
 
         reply = _reply(self.model, ids, self.options, grow, pin=self._pin)
-        self.messages += [user, answer]
+        self.messages = [*history, user, answer]
+        self.dropped = dropped
         return reply
 
     def send(self, text: str) -> str:
@@ -586,24 +611,19 @@ def chat(
 
 
 def _start_turn(session: ChatSession, text: str, err: TextIO) -> ChatReply | None:
-    """The reply to ``text``. When the conversation has outgrown the context,
-    it starts over from the system prompt and ``text``. None (with a note on
-    ``err``) if there is no reply."""
+    """The reply to ``text`` (the session drops the oldest turns that no
+    longer fit, and this says so on ``err``). None (with a note on ``err``)
+    if there is no reply."""
     try:
-        try:
-            return session.stream(text)
-        except ContextLengthError:
-            earlier = session.messages
-            session.reset()
-            if len(earlier) == len(session.messages):
-                raise  # there was nothing to forget
-            try:
-                reply = session.stream(text)
-            except ContextLengthError:
-                session.messages = earlier
-                raise
-            print("(the conversation filled the context; starting over)", file=err)
-            return reply
+        reply = session.stream(text)
+        if session.dropped:
+            n = session.dropped
+            print(
+                f"(the conversation outgrew the context: the oldest {n} message"
+                f"{'s' if n > 1 else ''} dropped)",
+                file=err,
+            )
+        return reply
     except ContextLengthError:
         print("(that message is too long for the context)", file=err)
     except TemplateError as exc:

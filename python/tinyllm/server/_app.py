@@ -142,8 +142,15 @@ def _next(it: Any) -> str | None:
 class Api:
     """The endpoints over one model."""
 
-    def __init__(self, model: Model, name: str | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        name: str | None = None,
+        api_key: str | None = None,
+        max_body_bytes: int = 16 << 20,
+    ) -> None:
         self.model = model
+        self.max_body_bytes = max_body_bytes
         self.name = name or os.path.basename(str(model.info.get("path", ""))) or "tinyllm"
         self.api_key = api_key
         self.created = int(time.time())
@@ -189,11 +196,36 @@ class Api:
         return run
 
     async def _body(self, request: Request) -> Any:
-        raw = await request.body()
+        limit = self.max_body_bytes
+        too_big = ApiError(413, f"the request body is larger than {limit} bytes")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+
+    def _check_room(self, prompt: int, max_tokens: int | None) -> None:
+        """OpenAI's rule: the prompt and the tokens asked for must fit."""
+        n = self.model.context_length
+        if prompt + (max_tokens or 0) > n:
+            asked = f"{prompt} in the prompt" + (
+                f" and {max_tokens} for the completion" if max_tokens else ""
+            )
+            raise ApiError(
+                400,
+                f"the model's context is {n} tokens, but {asked} were requested",
+                param="max_tokens" if max_tokens and prompt <= n else "messages",
+                code="context_length_exceeded",
+            )
 
     # -- endpoints -------------------------------------------------------------
 
@@ -229,6 +261,7 @@ class Api:
             ids = encode_chat(self.model, messages)
         if req.logprobs:
             options["logprobs"] = req.top_logprobs or 0
+        self._check_room(len(ids), req.limit())
         replies: list[ChatReply] = []
         try:
             for i in range(req.n):
@@ -387,6 +420,8 @@ class Api:
         )
         if req.logprobs is not None:
             options["logprobs"] = req.logprobs
+        for ids, _ in prompts:
+            self._check_room(len(ids), req.max_tokens)
         usage = _Usage(prompt=sum(len(ids) for ids, _ in prompts))
         streams: list[tuple[Any, str]] = []
         try:
@@ -535,10 +570,17 @@ def _validation_error(e: ValidationError) -> ApiError:
     return ApiError(400, "invalid request: " + "; ".join(problems[:5]), param=param)
 
 
-def create_app(model: Model, *, name: str | None = None, api_key: str | None = None) -> Starlette:
+def create_app(
+    model: Model,
+    *,
+    name: str | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = 16 << 20,
+) -> Starlette:
     """The ASGI application serving ``model`` (run it with any ASGI server;
-    :func:`tinyllm.serve` runs it with uvicorn)."""
-    api = Api(model, name=name, api_key=api_key)
+    :func:`tinyllm.serve` runs it with uvicorn). Request bodies over
+    ``max_body_bytes`` get a 413."""
+    api = Api(model, name=name, api_key=api_key, max_body_bytes=max_body_bytes)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
