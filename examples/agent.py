@@ -97,7 +97,8 @@ def run_python(code: str, timeout: float = 5.0) -> str:
     def limits() -> None:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_CPU, (int(timeout), int(timeout)))
+        cpu = max(1, int(timeout))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
@@ -115,6 +116,8 @@ def run_python(code: str, timeout: float = 5.0) -> str:
         except subprocess.TimeoutExpired:
             return f"error: timed out after {timeout} s"
     out = (done.stdout + done.stderr)[-2000:]
+    if done.returncode < 0:
+        return f"error: stopped by signal {-done.returncode} (a time or memory limit)"
     return out if done.returncode == 0 else f"error (exit {done.returncode}): {out}"
 
 

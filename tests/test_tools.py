@@ -136,7 +136,12 @@ def test_calls_are_parsed_into_openai_shape(
     got_content, got = _tools.parse(fmt, text)
     assert got_content == content
     assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in got] == calls
-    assert all(c["type"] == "function" and c["id"].startswith("call_") for c in got)
+    assert all(c["type"] == "function" for c in got)
+    assert (
+        all(len(c["id"]) == 9 and c["id"].isalnum() for c in got)
+        if fmt == "mistral"
+        else all(c["id"].startswith("call_") for c in got)
+    )
     assert len({c["id"] for c in got}) == len(got)
 
 
@@ -268,3 +273,55 @@ def test_a_template_that_renders_tools(qwen: tinyllm.Model) -> None:
     prompt = qwen.detokenize(qwen.encode_chat(plan.messages, tools=plan.template_tools))
     assert '{"name": "add", "arguments": {"a": 1, "b": 2}}' in prompt
     assert "<tool_response>\n3\n</tool_response>" in prompt
+
+
+FAMILY_MODELS = {
+    "llama3": (
+        "llama3",
+        "llama-bpe",
+        "meta-llama-Llama-3.1-8B-Instruct.jinja",
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+    ),
+    "mistral": (
+        "mistral",
+        "llama-spm",
+        "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+        {"bos_token": "<s>", "eos_token": "</s>"},
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FAMILY_MODELS))
+def test_each_family_calls_in_its_own_format(fmt: str, tmp_path: Path) -> None:
+    spec, vocab, name, special = FAMILY_MODELS[fmt]
+    config = {**special, "chat_template": template(name)}
+    m = tinyllm.Model(write_hf_model(tmp_path / fmt, spec, vocab, config), n_threads=2)
+    plan = ToolPlan(m, HI, [ADD], "required")
+    assert plan.format == fmt and plan.template_tools == [ADD]
+    made = 0
+    for seed in range(3):
+        r = m.chat_completion(
+            HI,
+            tools=[ADD],
+            tool_choice="required",
+            seed=seed,
+            max_tokens=120,
+            parallel_tool_calls=False,
+        )
+        choice = r["choices"][0]
+        if "tool_calls" not in choice["message"]:
+            continue
+        [call] = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "add"
+        AddArgs.model_validate_json(call["function"]["arguments"])
+        made += 1
+        # The call and its result go back through the template.
+        history = [
+            *HI,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "5"},
+        ]
+        again = ToolPlan(m, history, [ADD])
+        prompt = m.detokenize(m.encode_chat(again.messages, tools=again.template_tools))
+        assert '"a": ' in prompt and "5" in prompt
+    assert made >= 2

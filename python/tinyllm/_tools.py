@@ -23,6 +23,7 @@ import contextlib
 import json
 import re
 import secrets
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,11 +114,14 @@ def _call_schema(fns: list[Function], args_key: str) -> dict[str, Any]:
         }
         for f in fns
     ]
-    schema: dict[str, Any] = options[0] if len(options) == 1 else {"anyOf": options}
-    return {
-        **schema,
-        "x-guidance": {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "},
-    }
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def _json(schema: Mapping[str, Any]) -> str:
+    """An inline JSON schema of a Lark grammar, written compactly (``", "``
+    and ``": "`` between items, no other whitespace), as models write calls."""
+    compact = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+    return "%json " + json.dumps({**schema, "x-guidance": compact})
 
 
 def grammar(fmt: str, fns: list[Function], required: bool, parallel: bool) -> str | None:
@@ -126,14 +130,14 @@ def grammar(fmt: str, fns: list[Function], required: bool, parallel: bool) -> st
     if not fns:
         return None
     if fmt == "llama3":
-        call = "%json " + json.dumps(_call_schema(fns, "parameters"))
+        call = _json(_call_schema(fns, "parameters"))
         return (
             f"start: call\ncall: {call}\n"
             if required
             else (f"start: TEXT | call\nTEXT: /[^{{](.|\\n)*/\ncall: {call}\n")
         )
     if fmt == "mistral":
-        body = "%json " + json.dumps(
+        body = _json(
             {
                 "type": "array",
                 "items": _call_schema(fns, "arguments"),
@@ -148,7 +152,7 @@ def grammar(fmt: str, fns: list[Function], required: bool, parallel: bool) -> st
             else (f"start: TEXT | calls\nTEXT: /[^\\[](.|\\n)*/\ncalls: {calls}\n")
         )
     # hermes
-    call_json = "%json " + json.dumps(_call_schema(fns, "arguments"))
+    call_json = _json(_call_schema(fns, "arguments"))
     many = "+" if parallel else ""
     if required:
         return f'start: call{many}\ncall: /\\s{{0,3}}/ "{OPEN}\\n" {call_json} "\\n{CLOSE}"\n'
@@ -223,6 +227,14 @@ def _call_for_template(call: Mapping[str, Any]) -> dict[str, Any]:
     return {**call, "function": fn}
 
 
+def _call_id(fmt: str) -> str:
+    """A fresh call id (Mistral's template takes only 9 letters and digits)."""
+    if fmt == "mistral":
+        alphabet = string.ascii_letters + string.digits
+        return "".join(secrets.choice(alphabet) for _ in range(9))
+    return "call_" + secrets.token_hex(12)
+
+
 _HERMES = re.compile(re.escape(OPEN) + r"\s*(.*?)\s*" + re.escape(CLOSE), re.DOTALL)
 
 
@@ -265,7 +277,7 @@ def parse(fmt: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
         args = r.get("arguments", r.get("parameters", {}))
         calls.append(
             {
-                "id": "call_" + secrets.token_hex(12),
+                "id": _call_id(fmt),
                 "type": "function",
                 "function": {"name": r["name"], "arguments": json.dumps(args, ensure_ascii=False)},
             }
