@@ -42,6 +42,23 @@ SHAPES = {
 PEER_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4": "Q4_0"}
 
 
+def cpu_name() -> str:
+    """The CPU this run is on (its model name and family, as the kernel
+    reports them), for every result printed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+    fields = dict(
+        line.split(":", 1) for line in info.splitlines() if ":" in line and line[0] != " "
+    )
+    name = fields.get("model name\t", fields.get("model name", "?")).strip()
+    fam, model = fields.get("cpu family\t", "").strip(), fields.get("model\t\t", "").strip()
+    return f"{name} (family {fam} model {model})" if fam else name
+
+
 def selected_shapes() -> list[str]:
     names = os.environ.get("TINYLLM_BENCH_SHAPES", "stories260K,15M,110M").split(",")
     return [n.strip() for n in names if n.strip()]
@@ -117,7 +134,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     tr = terminalreporter
     bw = max(BANDWIDTH) if BANDWIDTH else None
-    title = "tokens/s and GB/s of weights streamed, one run"
+    title = f"tokens/s and GB/s of weights streamed, one run on {cpu_name()}"
     if bw:
         title += f" (measured read bandwidth {bw / 1e9:.1f} GB/s)"
     tr.section(title)

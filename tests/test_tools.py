@@ -325,3 +325,45 @@ def test_each_family_calls_in_its_own_format(fmt: str, tmp_path: Path) -> None:
         prompt = m.detokenize(m.encode_chat(again.messages, tools=again.template_tools))
         assert '"a": ' in prompt and "5" in prompt
     assert made >= 2
+
+
+def test_a_control_token_that_opens_calls(tmp_path: Path) -> None:
+    # Mistral's own vocabulary has [TOOL_CALLS] as a control token: the
+    # grammar asks for that token (it adds no text) before the list.
+    spec, vocab, name, special = FAMILY_MODELS["mistral"]
+    config = {**special, "chat_template": template(name)}
+    d = write_hf_model(tmp_path / "m", spec, vocab, config)
+    tj = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    tj["added_tokens"].append(
+        {
+            "id": 32000,
+            "content": "[TOOL_CALLS]",
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+    )
+    (d / "tokenizer.json").write_text(json.dumps(tj), encoding="utf-8")
+    m = tinyllm.Model(d, n_threads=2)
+    plan = ToolPlan(m, HI, [ADD], "required", parallel_tool_calls=False)
+    assert plan.format == "mistral-token" and "<[32000]>" in (plan.grammar or "")
+    made = 0
+    for seed in range(3):
+        s = m.stream(
+            m.encode_chat(plan.messages, tools=plan.template_tools),
+            grammar=plan.grammar,
+            seed=seed,
+            max_tokens=120,
+        )
+        text = "".join(s)
+        if s.finish_reason != "stop":
+            continue
+        assert s.tokens[0] == 32000 and text.lstrip().startswith("[")
+        _, calls = _tools.parse(plan.format, text)
+        assert calls
+        for call in calls:
+            AddArgs.model_validate_json(call["function"]["arguments"])
+        made += 1
+    assert made >= 2

@@ -333,7 +333,15 @@ class ToolPlan:
         self.allowed, required = _tools.chosen(fns, tool_choice)
         self.messages = _tools.prepare_messages(messages, tools, self.allowed, renders)
         self.template_tools = list(tools) if renders else None
-        self.grammar = _tools.grammar(self.format, self.allowed, required, parallel_tool_calls)
+        trigger = None
+        if self.format == "mistral":
+            tok = model.tokenizer
+            found = tok.token_to_id("[TOOL_CALLS]")
+            if found is not None and found in tok.special_ids:
+                self.format, trigger = "mistral-token", found
+        self.grammar = _tools.grammar(
+            self.format, self.allowed, required, parallel_tool_calls, trigger
+        )
 
     def options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The generation options with the tools' grammar."""

@@ -10,7 +10,10 @@ tells which. Supported here:
   format are then described in a system message.
 - ``llama3``: a bare ``{"name": ..., "parameters": {...}}`` object (Llama
   3.1-3.3 with JSON tool calling).
-- ``mistral``: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``.
+- ``mistral``: ``[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]``
+  (``mistral-token`` when ``[TOOL_CALLS]`` is a control token of the
+  vocabulary, as in Mistral's own: the grammar then asks for that token,
+  which adds no text, so the reply's text starts at the ``[`` of the list).
 
 The constraint is a Lark grammar with the tools' parameter schemas inlined as
 JSON schemas, so a reply that ended normally always parses, with arguments
@@ -124,9 +127,16 @@ def _json(schema: Mapping[str, Any]) -> str:
     return "%json " + json.dumps({**schema, "x-guidance": compact})
 
 
-def grammar(fmt: str, fns: list[Function], required: bool, parallel: bool) -> str | None:
+#: What starts a call in the formats whose calls come first.
+MARKERS = {"llama3": "{", "mistral": "[TOOL_CALLS]", "mistral-token": "["}
+
+
+def grammar(
+    fmt: str, fns: list[Function], required: bool, parallel: bool, trigger: int | None = None
+) -> str | None:
     """A Lark grammar for a reply that is text or calls (just calls if
-    ``required``); None when no function may be called."""
+    ``required``); None when no function may be called. ``trigger`` is the
+    id of the control token that opens calls (``mistral-token``)."""
     if not fns:
         return None
     if fmt == "llama3":
@@ -136,7 +146,7 @@ def grammar(fmt: str, fns: list[Function], required: bool, parallel: bool) -> st
             if required
             else (f"start: TEXT | call\nTEXT: /[^{{](.|\\n)*/\ncall: {call}\n")
         )
-    if fmt == "mistral":
+    if fmt in ("mistral", "mistral-token"):
         body = _json(
             {
                 "type": "array",
@@ -145,7 +155,8 @@ def grammar(fmt: str, fns: list[Function], required: bool, parallel: bool) -> st
                 **({} if parallel else {"maxItems": 1}),
             }
         )
-        calls = f'"[TOOL_CALLS]" {body}'
+        opener = f"<[{trigger}]>" if fmt == "mistral-token" else '"[TOOL_CALLS]"'
+        calls = f"{opener} {body}"
         return (
             f"start: calls\ncalls: {calls}\n"
             if required
@@ -229,7 +240,7 @@ def _call_for_template(call: Mapping[str, Any]) -> dict[str, Any]:
 
 def _call_id(fmt: str) -> str:
     """A fresh call id (Mistral's template takes only 9 letters and digits)."""
-    if fmt == "mistral":
+    if fmt.startswith("mistral"):
         alphabet = string.ascii_letters + string.digits
         return "".join(secrets.choice(alphabet) for _ in range(9))
     return "call_" + secrets.token_hex(12)
@@ -261,11 +272,12 @@ def parse(fmt: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
                 content = ""
             except json.JSONDecodeError:
                 return text, []
-    elif fmt == "mistral":
+    elif fmt in ("mistral", "mistral-token"):
         stripped = text.strip()
-        if stripped.startswith("[TOOL_CALLS]"):
+        marker = "[TOOL_CALLS]" if fmt == "mistral" else ""
+        if stripped.startswith(marker + "["):
             try:
-                value = json.loads(stripped[len("[TOOL_CALLS]") :])
+                value = json.loads(stripped[len(marker) :])
             except json.JSONDecodeError:
                 return text, []
             raw = value if isinstance(value, list) else [value]
@@ -310,7 +322,7 @@ class CallSplitter:
             return self._send(len(self.text) - _partial(self.text, OPEN))
         # The other formats put a call first: the reply's start decides.
         head = self.text.lstrip()
-        marker = "{" if self.fmt == "llama3" else "[TOOL_CALLS]"
+        marker = MARKERS[self.fmt]
         if len(head) < len(marker) and marker.startswith(head):
             return ""  # undecided
         if head.startswith(marker):
