@@ -1107,6 +1107,105 @@ pub(super) unsafe fn matmul_quant4<S: Simd, W: QuantWeight4, const C: usize>(
     }
 }
 
+/// Plain blocks that four rows at a time load as an interleaved group does
+/// (q4_0 and q8_0: GGUF files keep them so).
+pub(super) trait QuantRows4: QuantWeight {
+    unsafe fn load4<S: Simd>(b: [*const Self; 4]) -> S::W4;
+}
+
+impl QuantRows4 for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn load4<S: Simd>(b: [*const Self; 4]) -> S::W4 {
+        // SAFETY: each pointer is at a block of its row (caller).
+        unsafe { S::load_q4_0_rows(b) }
+    }
+}
+
+impl QuantRows4 for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn load4<S: Simd>(b: [*const Self; 4]) -> S::W4 {
+        // SAFETY: as above.
+        unsafe { S::load_q8_0_rows(b) }
+    }
+}
+
+/// One register tile of a plain product four rows at a time: rows `w`,
+/// `w + nb`, `w + 2nb`, `w + 3nb` of `nb` blocks against `C` tokens.
+#[inline(always)]
+unsafe fn tile_rows4<S: Simd, W: QuantRows4, const C: usize>(
+    w: *const W,
+    nb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: `w` holds four rows of `nb` blocks, `x` holds `C` rows of
+    // `ldx >= nb` blocks, `out` has `C` rows of `ldo >= 4` (caller).
+    unsafe {
+        let rows = [w, w.add(nb), w.add(2 * nb), w.add(3 * nb)];
+        let mut acc = [S::acc4_zero(); C];
+        for b in 0..nb {
+            let wb = rows.map(|r| r.add(b));
+            if b % 2 == 0 {
+                // Blocks are under 64 bytes: one hint per row every two
+                // blocks reaches every cache line.
+                for p in wb {
+                    S::prefetch(p.cast::<u8>().wrapping_add(PREFETCH_BYTES));
+                }
+            }
+            let wv = W::load4::<S>(wb);
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = S::dot4(*a, wv, x.add(c * ldx + b));
+            }
+        }
+        for (c, &a) in acc.iter().enumerate() {
+            for (r, v) in S::acc4_sums(a).into_iter().enumerate() {
+                *out.add(c * ldo + r) = v;
+            }
+        }
+    }
+}
+
+/// [`matmul_quant`] for plain q4_0 and q8_0 blocks, four rows at a time
+/// with the interleaved groups' arithmetic (the rows left over, one at a
+/// time).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn matmul_quant_rows4<S: Simd, W: QuantRows4, const C: usize>(
+    w: *const W,
+    rows: usize,
+    nb: usize,
+    x: *const BlockQ8Act,
+    ldx: usize,
+    n_tok: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // SAFETY: every tile stays inside the extents the arguments describe.
+    unsafe {
+        let full = rows / 4 * 4;
+        for r in (0..full).step_by(4) {
+            let (wr, or) = (w.add(r * nb), out.add(r));
+            let mut t = 0;
+            while t + C <= n_tok {
+                tile_rows4::<S, W, C>(wr, nb, x.add(t * ldx), ldx, or.add(t * ldo), ldo);
+                t += C;
+            }
+            while t < n_tok {
+                tile_rows4::<S, W, 1>(wr, nb, x.add(t * ldx), ldx, or.add(t * ldo), ldo);
+                t += 1;
+            }
+        }
+        for r in full..rows {
+            for t in 0..n_tok {
+                let o = out.add(t * ldo + r);
+                tile_quant::<S, W, 1, 1>(w.add(r * nb), nb, x.add(t * ldx), ldx, o, ldo);
+            }
+        }
+    }
+}
+
 /// 1.5 * 2^23: a float of magnitude below 2^22 plus this is rounded to an
 /// integer, in the low bits of the sum's mantissa.
 const ROUNDING_BIAS: f32 = 12_582_912.0;
