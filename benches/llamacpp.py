@@ -27,7 +27,7 @@ sources; AMX off because its AMX path crashed on the benchmark machine)::
     F="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     cmake -B build -G Ninja -DGGML_NATIVE=ON -DGGML_OPENMP=ON -DLLAMA_CURL=OFF \
         -DCMAKE_BUILD_TYPE=Release "-DCMAKE_C_FLAGS=$F" "-DCMAKE_CXX_FLAGS=$F"
-    ninja -C build llama-bench llama-quantize llama-perplexity
+    ninja -C build llama-bench llama-batched-bench llama-quantize llama-perplexity llama-server
     export TINYLLM_LLAMACPP=$PWD/build/bin
 """
 

@@ -1153,7 +1153,10 @@ unsafe fn tile_rows4<S: Simd, W: QuantRows4, const C: usize>(
                 // ahead of a fixed distance). Blocks are under 64 bytes:
                 // one hint per row every two blocks reaches every line.
                 for p in wb {
-                    S::prefetch(p.cast::<u8>().wrapping_add(4 * nb * std::mem::size_of::<W>()));
+                    S::prefetch(
+                        p.cast::<u8>()
+                            .wrapping_add(4 * nb * std::mem::size_of::<W>()),
+                    );
                 }
             }
             let wv = W::load4::<S>(wb);
