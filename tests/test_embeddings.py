@@ -32,7 +32,7 @@ def model(stories_path: Path, tok512: Path) -> tinyllm.Model:
 
 
 def test_hidden_states_match_numpy(
-    model: tinyllm.Model, stories_weights: Any, tmp_path: Path, tok512: Path
+    model: tinyllm.Model, stories_weights: Any, tmp_path: Path, tok512: Path, stories_path: Path
 ) -> None:
     config, weights = stories_weights
     ids = model.tokenize(TEXTS[0])
@@ -40,6 +40,13 @@ def test_hidden_states_match_numpy(
     got = model._engine.hidden(ids)
     assert got.shape == (len(ids), config["dim"])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    # In chunks of 16 (a long input over several passes), each chunk's rows
+    # where they belong.
+    chunked = tinyllm._tinyllm.Engine(str(stories_path), max_batch=16, kv_cache="f32")
+    ids = model.tokenize(" ".join(TEXTS * 3))
+    assert len(ids) > 40
+    want = numpy_llama.forward(config, weights, ids, hidden=True)
+    np.testing.assert_allclose(chunked.hidden(ids), want, rtol=0, atol=1e-4)
     # A model with grouped-query heads and odd sizes.
     path = tmp_path / "m.bin"
     config, weights = write_random_model(path, seed=5)

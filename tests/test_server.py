@@ -573,6 +573,9 @@ def test_an_oversized_body_gets_413(model: tinyllm.Model) -> None:
     with starlette.testclient.TestClient(app) as tc:
         r = tc.post("/v1/completions", json={"prompt": "x" * 2000})
         assert r.status_code == 413 and "larger than 1024 bytes" in r.json()["error"]["message"]
+        # Sent in chunks, with no Content-Length to refuse it by: counted as read.
+        r = tc.post("/v1/completions", content=iter([b'{"prompt": "', b"x" * 2000, b'"}']))
+        assert r.status_code == 413
         r = tc.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
         assert r.status_code == 200
 

@@ -430,9 +430,29 @@ def chat_completion(
     }
 
 
-def tool_call_deltas(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``tool_calls`` entries of a streamed delta, one per call."""
-    return [{"index": i, **c} for i, c in enumerate(calls)]
+class Deltas:
+    """The deltas of a streamed reply: its text as it comes, except that
+    what may be a tool call is held back and goes out at the end as a
+    ``tool_calls`` delta (with finish reason ``"tool_calls"``)."""
+
+    def __init__(self, plan: ToolPlan | None) -> None:
+        self._splitter = plan.splitter() if plan is not None else None
+
+    def push(self, piece: str) -> str:
+        """The text of ``piece`` that may go out now."""
+        return self._splitter.push(piece) if self._splitter is not None else piece
+
+    def finish(self, finish_reason: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """The last deltas, and the reply's finish reason."""
+        if self._splitter is None:
+            return [], finish_reason
+        rest, calls = self._splitter.finish()
+        deltas: list[dict[str, Any]] = [{"content": rest}] if rest else []
+        if calls:
+            deltas.append({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
+            if finish_reason == "stop":
+                finish_reason = "tool_calls"
+        return deltas, finish_reason
 
 
 def _chunks(
@@ -442,20 +462,15 @@ def _chunks(
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
         return {**head, "object": "chat.completion.chunk", "choices": [choice]}
 
-    splitter = plan.splitter() if plan is not None else None
+    deltas = Deltas(plan)
     yield chunk({"role": "assistant", "content": ""})
     for piece in reply:
-        text = splitter.push(piece) if splitter is not None else piece
+        text = deltas.push(piece)
         if text:
             yield chunk({"content": text})
-    finish_reason = reply.finish_reason
-    if splitter is not None:
-        rest, calls = splitter.finish()
-        if rest:
-            yield chunk({"content": rest})
-        if calls:
-            yield chunk({"tool_calls": tool_call_deltas(calls)})
-            finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+    last_deltas, finish_reason = deltas.finish(reply.finish_reason)
+    for delta in last_deltas:
+        yield chunk(delta)
     last = chunk({}, finish_reason)
     last["usage"] = reply.usage()
     yield last

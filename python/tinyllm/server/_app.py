@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tinyllm._chat import ChatReply, ToolPlan, _reply, encode_chat, tool_call_deltas
+from tinyllm._chat import ChatReply, Deltas, ToolPlan, _reply, encode_chat
 from tinyllm._model import Model
 from tinyllm._template import TemplateError
 from tinyllm._tinyllm import ContextLengthError
@@ -339,9 +339,9 @@ class Api:
         for i in range(len(replies)):
             yield _sse(chunk(i, {"role": "assistant", "content": ""}))
         for i, r in enumerate(replies):
-            splitter = plan.splitter() if plan is not None else None
+            deltas = Deltas(plan)
             while (piece := await to_thread.run_sync(_next, r)) is not None:
-                text = splitter.push(piece) if splitter is not None else piece
+                text = deltas.push(piece)
                 extra: dict[str, Any] = {}
                 if logprobs:
                     extra["logprobs"] = {
@@ -350,14 +350,9 @@ class Api:
                     }
                 if text or logprobs:
                     yield _sse(chunk(i, {"content": text}, **extra))
-            finish_reason = r.finish_reason
-            if splitter is not None:
-                held, calls = splitter.finish()
-                if held:
-                    yield _sse(chunk(i, {"content": held}))
-                if calls:
-                    yield _sse(chunk(i, {"tool_calls": tool_call_deltas(calls)}))
-                    finish_reason = "tool_calls" if finish_reason == "stop" else finish_reason
+            last_deltas, finish_reason = deltas.finish(r.finish_reason)
+            for delta in last_deltas:
+                yield _sse(chunk(i, delta))
             extra = {"finish_reason": finish_reason}  # and the records still held back
             if logprobs:
                 rest = r.take_logprobs()
@@ -384,8 +379,10 @@ class Api:
                 param="dimensions",
             )
         usage = _Usage()
-        vectors = await to_thread.run_sync(self.model.embed, req.input)
-        usage.prompt = await to_thread.run_sync(_prompt_count, self.model, req.input)
+        # Tokenized once: the ids are embedded and counted.
+        ids = await to_thread.run_sync(_input_ids, self.model, req.input)
+        vectors = await to_thread.run_sync(self.model.embed, ids)
+        usage.prompt = sum(len(i) for i in ids)
         if req.dimensions is not None and req.dimensions < dim:
             # Matryoshka-style: the leading dimensions, scaled to length 1 again.
             vectors = vectors[:, : req.dimensions]
@@ -517,11 +514,12 @@ class Api:
         usage.log("/v1/completions", 200)
 
 
-def _prompt_count(model: Model, inputs: Any) -> int:
+def _input_ids(model: Model, inputs: Any) -> list[list[int]]:
+    """The token ids of each input of an embeddings request."""
     items = (
         [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs
     )
-    return sum(len(model.tokenize(x)) if isinstance(x, str) else len(x) for x in items)
+    return [model.tokenize(x) if isinstance(x, str) else list(x) for x in items]
 
 
 def _prompts(model: Model, prompt: Any) -> list[tuple[list[int], str]]:
