@@ -430,4 +430,5 @@ def test_pre_tokenizer_regexes_split_without_loss(name: str) -> None:
     )
     pieces = [p for p, _ in pre.pre_tokenize_str(text)]
     assert "".join(pieces) == text
-    assert len(pieces) > 10
+    # SuperBPE's tokens span spaces: its only split is around digits.
+    assert len(pieces) > 10 or (name == "superbpe" and len(pieces) > 3)

@@ -68,6 +68,9 @@ END_OF_TURN_TOKENS = (
 # Oniguruma syntax of the ``tokenizers`` package. A vocabulary names its own in
 # ``tokenizer.ggml.pre``; several regexes split the text one after the other
 # (each match, and each run of text between matches, becomes a piece).
+# Where llama.cpp spells a regex for C++'s std::regex (case-insensitive
+# contractions as '[sS], letter classes as lookaheads), the regex here is the
+# model's own, which Oniguruma takes as it is.
 _CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3 = (
@@ -78,18 +81,98 @@ _QWEN2 = (
     _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's without the contractions: a Turkish suffix after an apostrophe stays
+# with its word.
+_UFAKZEKA = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# Qwen 3.5: combining marks (\p{M}) stay with their letters.
+_QWEN35 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SEED_CODER = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}\r\n]+"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_MINICPM5 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Llama 3's, but a run of spaces before a word splits into powers of two.
+_JAIS2 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)"
+    r"|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)|\s{1,2}(?!\S)|\s"
+)
+# Possessive quantifiers as in the model's own regex (llama.cpp makes them
+# greedy, which matches the same here).
+_BAILINGMOE = (
+    r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*"
+    r"|\s*[\r\n]|\s+(?!\S)|\s+"
+)
+# A word may hold single spaces between letters.
+_EXAONE_MOE = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n/]?|\s*[\r\n]|\s+(?!\S)|\s+"
+)
 _UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
 _LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
 _TEKKEN = (
     rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_GPT4O = (
+# Words split at case changes (camelCase is two pieces), contractions kept.
+_CASED_WORDS = (
     rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTIONS}?"
     rf"|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTIONS}?"
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O = _CASED_WORDS + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_YOUTU = _CASED_WORDS + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_NOT_HAN_UPPER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]"
+_NOT_HAN_LOWER = r"[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]"
+_KIMI_K2 = (
+    rf"\p{{Han}}+|[^\r\n\p{{L}}\p{{N}}]?{_NOT_HAN_UPPER}*{_NOT_HAN_LOWER}+{_CONTRACTIONS}?"
+    rf"|[^\r\n\p{{L}}\p{{N}}]?{_NOT_HAN_UPPER}+{_NOT_HAN_LOWER}*{_CONTRACTIONS}?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _BLOOM = " ?[^(\\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+"
+# DeepSeek V3's: an ASCII punctuation mark starts an ASCII word.
+_PUNCT_WORDS = (
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+)
+_DEEPSEEK3 = _PUNCT_WORDS + r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_HAN_KANA = "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
+# DeepSeek LLM's letters: the cased letters (Lu, Ll, Lt) of an older Unicode.
+_DEEPSEEK_LETTERS = (
+    "[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293"
+    "\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c"
+    "\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5"
+    "\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+    "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59"
+    "\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc"
+    "\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107"
+    "\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee"
+    "\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e"
+    "\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a"
+    "\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb"
+    "\U00010c80-\U00010cb2\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]"
+)
+_HAN_HANGUL = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+# Youtu: Hangul, CJK punctuation, Bopomofo, and Han and kana, each a piece.
+_YOUTU_CJK = (
+    "[\uac00-\ud7a3\u3131-\u318e]+"
+    "|[\uff01\u2026\u201c\u201d\u2018\u2019\u2014\uff1a\uff1b\uff0c\u3001-\u303f\ufe30-\ufe4f]+"
+    "|[\u3105-\u312f]+|[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+"
+)
+# AFMoE: a run of digits splits into groups of three from its end, and (as in
+# llama.cpp) the text before the run stays with its first group.
+_AFMOE_DIGITS = r"\P{N}*\p{N}{1,3}(?=(?:\p{N}{3})*(?!\p{N}))"
+# AFMoE: Han, kana, Thai, Lao, Khmer, Myanmar, Hangul and their neighbours.
+_AFMOE_ASIAN = (
+    "[\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\uff65-\uff9f"
+    "\u2f00-\u2fdf\u0e40-\u0e7f\u0e80-\u0eff\u1780-\u17ff\u1000-\u109f\uaa60-\uaa7f"
+    "\ua9e0-\ua9ff\uac00-\ud7af\u1100-\u11ff]+"
+)
 
 
 @dataclass(frozen=True)
@@ -103,44 +186,112 @@ class _PreTokenizer:
 
 _LLAMA3_PRE = _PreTokenizer((_LLAMA3,), ignore_merges=True, add_bos=True)
 _DIGIT_THEN_GPT2 = _PreTokenizer((r"\p{N}", _GPT2))
+_DEEPSEEK3_PRE = _PreTokenizer((r"\p{N}{1,3}", _HAN_KANA, _DEEPSEEK3))
 
 #: ``tokenizer.ggml.pre`` names and their pre-tokenizers (the names are
-#: llama.cpp's).
+#: llama.cpp's). Not here, though llama.cpp knows them: "gemma4",
+#: "granite-embed-multi-311m", "sarvam-moe" and "whitespace", whose
+#: vocabularies are not byte-level (raw UTF-8, spaces as U+2581 or dropped).
 PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
     "default": _PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")),
-    **dict.fromkeys(("gpt-2", "gpt2", "phi-2", "mpt", "olmo", "exaone4"), _PreTokenizer((_GPT2,))),
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"), _LLAMA3_PRE),
-    **dict.fromkeys(("dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), _PreTokenizer((_LLAMA3,))),
     **dict.fromkeys(
-        ("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan"), _PreTokenizer((_QWEN2,))
+        (
+            *("gpt-2", "gpt2", "phi-2", "mpt", "olmo", "exaone4", "jais", "trillion"),
+            *("granite-docling", "gigachat", "a.x-4.0", "mellum", "modern-bert"),
+            *("jina-es", "jina-de", "jina-v2-es", "jina-v2-de", "jina-v1-en", "jina-v2-code"),
+            "roberta-bpe",
+        ),
+        _PreTokenizer((_GPT2,)),
     ),
     **dict.fromkeys(
-        ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"),
+        (
+            *("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral"),
+            *("midm-2.0", "lfm2", "jina-v5-nano"),
+        ),
+        _LLAMA3_PRE,
+    ),
+    **dict.fromkeys(("dbrx", "smaug-bpe", "chatglm-bpe", "glm4"), _PreTokenizer((_LLAMA3,))),
+    "jais-2": _PreTokenizer((_JAIS2,)),
+    **dict.fromkeys(
+        (
+            *("qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "hunyuan", "kormo"),
+            *("f2llmv2", "grok-2", "solar-open"),
+        ),
+        _PreTokenizer((_QWEN2,)),
+    ),
+    "qwen35": _PreTokenizer((_QWEN35,)),
+    "ufakzeka": _PreTokenizer((_UFAKZEKA,)),
+    "seed-coder": _PreTokenizer((_SEED_CODER,)),
+    "minicpm5": _PreTokenizer((r"\p{N}{1,3}", _MINICPM5), ignore_merges=True),
+    "laguna": _PreTokenizer((r"[^\n]+|[\n]+", _QWEN2)),
+    **dict.fromkeys(("bailingmoe", "bailingmoe2", "llada-moe"), _PreTokenizer((_BAILINGMOE,))),
+    "exaone-moe": _PreTokenizer((_EXAONE_MOE,)),
+    **dict.fromkeys(
+        (
+            *("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"),
+            *("minerva-7b", "mellum2"),
+        ),
         _DIGIT_THEN_GPT2,
     ),
     "tekken": _PreTokenizer((_TEKKEN,), ignore_merges=True, add_bos=True),
-    **dict.fromkeys(("gpt-4o", "llama4"), _PreTokenizer((_GPT4O,))),
+    **dict.fromkeys(
+        ("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _PreTokenizer((_GPT4O,))
+    ),
+    "granite-embed-multi-97m": _PreTokenizer((_GPT4O,), ignore_merges=True),
+    **dict.fromkeys(
+        ("tiny_aya", "cohere2moe"), _PreTokenizer((r"\d{1,3}(?=(?:\d{3})*\b)", _GPT4O))
+    ),
+    "youtu": _PreTokenizer((_YOUTU_CJK, _YOUTU), ignore_merges=True),
+    "kimi-k2": _PreTokenizer((_KIMI_K2,)),
+    "superbpe": _PreTokenizer((r"\p{N}+", r"(?=(\d{3})+(?!\d))")),
     "falcon": _PreTokenizer((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")),
-    "deepseek-coder": _PreTokenizer(
+    "deepseek-llm": _PreTokenizer(
         (
             r"[\r\n]",
-            r"\s?\p{L}+",
-            r"\s?\p{P}+",
-            "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+            rf"\s?{_DEEPSEEK_LETTERS}+",
+            "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+            r"\s+\z",
+            _HAN_HANGUL,
+            r"\p{N}+",
+        )
+    ),
+    "deepseek-coder": _PreTokenizer(
+        (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _HAN_HANGUL, r"\p{N}"),
+    ),
+    **dict.fromkeys(("deepseek-v3", "hunyuan-dense", "hy_v4", "joyai-llm"), _DEEPSEEK3_PRE),
+    "spark2_5": _PreTokenizer(
+        (
+            r"\p{N}{1,3}",
+            _HAN_KANA,
+            _PUNCT_WORDS + r"| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
             r"\p{N}",
         )
     ),
-    "deepseek-v3": _PreTokenizer(
+    "afmoe": _PreTokenizer((_AFMOE_DIGITS, _AFMOE_ASIAN, _DEEPSEEK3)),
+    "chameleon": _PreTokenizer(
         (
-            r"\p{N}{1,3}",
-            "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
-            r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
-            r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-        )
+            r"<sentinel:[0-9]+>",
+            r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+            r"([\t\n]|    |  )",
+            r"\p{N}",
+            r"[\p{P}!-/:-@\[-`{-~]",
+            _GPT2,
+        ),
+        add_bos=True,
     ),
     **dict.fromkeys(("bloom", "poro-chat", "gpt3-finnish"), _PreTokenizer((_BLOOM,))),
     "viking": _PreTokenizer((_BLOOM, r"\p{N}")),
 }
+
+
+def _known_pre_tokenizers(limit: int = 300) -> str:
+    """How many pre-tokenizers there are and their names, cut to about
+    ``limit`` characters, for an error message."""
+    names = sorted(PRE_TOKENIZERS)
+    listed = ", ".join(names)
+    if len(listed) > limit:
+        listed = listed[: listed.rfind(", ", 0, limit)] + ", ..."
+    return f"{len(names)} known: {listed}"
 
 
 def _import_tokenizers(what: str) -> Any:
@@ -195,6 +346,15 @@ def tokenizers_from_gguf_metadata(
         ModelFormatError: a key is missing or malformed, or the tokenizer model
             or pre-tokenizer is one this function does not know.
     """
+    try:
+        return _gguf_vocab(metadata, source)
+    except ModelFormatError:
+        raise
+    except Exception as e:  # ``tokenizers`` reports a bad vocabulary as a bare Exception
+        raise ModelFormatError(f"{source}: the vocabulary is malformed: {_short(e)}") from e
+
+
+def _gguf_vocab(metadata: Mapping[str, Any], source: str) -> GGUFVocab:
     tk = _import_tokenizers("GGUF vocabularies")
 
     def fail(reason: str) -> ModelFormatError:
@@ -205,7 +365,8 @@ def tokenizers_from_gguf_metadata(
         raise fail("no tokenizer in this GGUF file (tokenizer.ggml.model is missing)")
     if model not in ("llama", "gpt2"):
         raise fail(
-            f"unsupported tokenizer model {model!r} (tokenizer.ggml.model; supported: llama, gpt2)"
+            f"unsupported tokenizer model {_short(model)} "
+            "(tokenizer.ggml.model; supported: llama, gpt2)"
         )
     tokens = metadata.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
@@ -216,10 +377,19 @@ def tokenizers_from_gguf_metadata(
         raise fail(f"tokenizer.ggml.token_type does not hold one type for each of {n} tokens")
 
     def special_id(key: str, default: int | None = None) -> int | None:
-        value = metadata.get(f"tokenizer.ggml.{key}_token_id", default)
-        if isinstance(value, bool) or not isinstance(value, int):
+        name = f"tokenizer.ggml.{key}_token_id"
+        value = metadata.get(name, default)
+        if value is None:
             return None
-        return value if 0 <= value < n else None  # -1 / 0xFFFFFFFF: none
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(f"{name} is {_short(value)}, not a token id")
+        # llama.cpp's "no such token" is -1, which files that store the id
+        # as a u32 hold as 0xFFFFFFFF: both mean none.
+        if value in (-1, 0xFFFFFFFF):
+            return None
+        if not 0 <= value < n:
+            raise fail(f"{name} = {value} is not a token of the {n}-token vocabulary")
+        return value
 
     def flag(key: str, default: bool) -> bool:
         value = metadata.get(f"tokenizer.ggml.{key}", default)
@@ -267,13 +437,15 @@ def tokenizers_from_gguf_metadata(
         for m in merges:
             parts = m.split(" ") if isinstance(m, str) else []
             if len(parts) != 2:
-                raise fail(f"tokenizer.ggml.merges holds a malformed merge {m!r}")
+                raise fail(f"tokenizer.ggml.merges holds a malformed merge {_short(m)}")
             pairs.append((parts[0], parts[1]))
         pre_name = metadata.get("tokenizer.ggml.pre") or "default"
         pre = PRE_TOKENIZERS.get(pre_name)
         if pre is None:
-            known = ", ".join(sorted(PRE_TOKENIZERS))
-            raise fail(f"unknown pre-tokenizer {pre_name!r} (tokenizer.ggml.pre); known: {known}")
+            raise fail(
+                f"unknown pre-tokenizer {_short(pre_name)} (tokenizer.ggml.pre); "
+                f"{_known_pre_tokenizers()}"
+            )
         bpe = tk.models.BPE(vocab, pairs, ignore_merges=pre.ignore_merges)
         tok = tk.Tokenizer(bpe)
         splits = [tk.pre_tokenizers.Split(tk.Regex(r), behavior="isolated") for r in pre.regexes]
@@ -647,9 +819,9 @@ class Tokenizer:
         try:
             tok = tk.Tokenizer.from_str(text)
         except Exception as e:
-            raise ModelFormatError(f"{source}: not a valid tokenizer.json: {e}") from e
+            raise ModelFormatError(f"{source}: not a valid tokenizer.json: {_short(e)}") from e
         bos, eos = info.get("bos_id"), info.get("eos_id")
-        vocab = tok.get_vocab(with_added_tokens=True)
+        vocab = _checked_vocab(tok, source)
         return cls(
             _HFBackend(tok),
             source=source,
@@ -711,7 +883,7 @@ class Tokenizer:
         try:
             tok = tk.Tokenizer.from_file(str(path))
         except Exception as e:
-            raise ModelFormatError(f"{path}: not a valid tokenizer.json: {e}") from e
+            raise ModelFormatError(f"{path}: not a valid tokenizer.json: {_short(e)}") from e
         config = _read_json_object(path.parent / "tokenizer_config.json")
         generation = _read_json_object(path.parent / "generation_config.json")
         backend = _HFBackend(tok)
@@ -766,7 +938,7 @@ class Tokenizer:
             if i is not None and i in special:
                 eos_ids.add(i)
 
-        vocab = tok.get_vocab(with_added_tokens=True)
+        vocab = _checked_vocab(tok, str(path))
         return cls(
             backend,
             source=str(path),
@@ -946,6 +1118,28 @@ class StreamDecoder:
 
 
 # -- helpers -----------------------------------------------------------------
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """``repr(value)`` (``str`` of an exception), cut to ``limit`` characters:
+    values from a file can be as long as the file."""
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _checked_vocab(tok: tokenizers.Tokenizer, source: str) -> dict[str, int]:
+    """The vocabulary of ``tok`` (added tokens included), each id spelt by
+    one token only: two tokens sharing an id make decoding ambiguous."""
+    vocab: dict[str, int] = tok.get_vocab(with_added_tokens=True)
+    spelling: dict[int, str] = {}
+    for token, i in vocab.items():
+        other = spelling.setdefault(i, token)
+        if other != token:
+            a, b = sorted((other, token))
+            raise ModelFormatError(
+                f"{source}: the tokens {a[:80]!r} and {b[:80]!r} share the id {i}"
+            )
+    return vocab
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

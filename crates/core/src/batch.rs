@@ -660,6 +660,12 @@ impl Batcher {
                     };
                     let done = s.tokens.len();
                     let rows = &src[s.logit_row * width..(s.logit_row + n) * width];
+                    let at = || format!("at positions {}..{done}", done - n);
+                    if let Err(e) = crate::generate::check_finite(rows, at) {
+                        s.ticket.fail(e);
+                        finished.push(i);
+                        continue;
+                    }
                     s.ticket.update(|t| {
                         t.logits[(done - n) * width..done * width].copy_from_slice(rows)
                     });

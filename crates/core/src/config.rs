@@ -6,6 +6,8 @@ use std::path::Path;
 /// The largest value accepted for any one dimension. It keeps every size
 /// computed from a header well inside `u64` and rejects garbage early.
 const MAX_DIM: usize = 1 << 20;
+/// The largest RMSNorm epsilon accepted.
+const MAX_NORM_EPS: f32 = 0.1;
 
 /// What the forward pass needs to know about a model (also the `config`
 /// object of a tinyllm file's header). The fields after `norm_eps` describe
@@ -191,10 +193,15 @@ impl Config {
                 ),
             ));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+        // Rotary frequencies are theta^(-2j/head_dim): a base of 1 or less
+        // would not make them fall from pair to pair (models use 1e4..1e7).
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(Error::format(
                 path,
-                format!("rope_theta = {} is invalid", self.rope_theta),
+                format!(
+                    "rope_theta = {} is invalid; the rotary base must be above 1",
+                    self.rope_theta
+                ),
             ));
         }
         match self.rope_scaling {
@@ -225,10 +232,15 @@ impl Config {
                 }
             }
         }
-        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+        // RMSNorm's epsilon only guards against dividing by zero (models use
+        // 1e-5 or 1e-6); a large one would silently flatten every activation.
+        if !(self.norm_eps.is_finite() && (0.0..=MAX_NORM_EPS).contains(&self.norm_eps)) {
             return Err(Error::format(
                 path,
-                format!("norm_eps = {} is invalid", self.norm_eps),
+                format!(
+                    "norm_eps = {} is invalid; the norm epsilon must be in 0..={MAX_NORM_EPS}",
+                    self.norm_eps
+                ),
             ));
         }
         Ok(())

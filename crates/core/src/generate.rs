@@ -6,7 +6,7 @@
 //! interrupts and hand text out between steps.
 
 use crate::constrain::Constraint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::session::Session;
 use crate::tokenizer::{BOS, Detokenize, EOS};
@@ -234,6 +234,9 @@ impl Generation {
         if let Some(reason) = self.finished {
             return Ok((Step::Done(self.text.finish(), reason), None));
         }
+        check_finite(logits, || {
+            format!("after {} generated tokens", self.stats.generated_tokens)
+        })?;
         let token = match self.constraint.as_mut() {
             Some(c) => {
                 let mask = c.mask()?;
@@ -450,6 +453,19 @@ impl TextStream {
         self.partial.clear();
         std::mem::take(&mut self.held)
     }
+}
+
+/// An [`Error::NonFinite`] if `logits` hold a NaN or an infinity; `when`
+/// says where in the text.
+pub(crate) fn check_finite(logits: &[f32], when: impl FnOnce() -> String) -> Result<()> {
+    // A sum is NaN if any term is NaN or infinite (of either sign, or both).
+    if logits.iter().map(|&x| x * 0.0).sum::<f32>() == 0.0 {
+        return Ok(());
+    }
+    let i = logits.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    Err(Error::NonFinite {
+        what: format!("{} for token {i}, {}", logits[i], when()),
+    })
 }
 
 #[cfg(test)]

@@ -39,10 +39,9 @@ impl Tokenizer {
     /// Parses the bytes of a `tokenizer.bin`; `path` names it in errors.
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self> {
         Self::parse_inner(path, bytes).map_err(|e| match e {
-            Error::Format { path, reason } => Error::Format {
-                path,
-                reason: format!("not a valid llama2.c tokenizer: {reason}"),
-            },
+            Error::Format { path, reason } => {
+                Error::format(&path, format!("not a valid llama2.c tokenizer: {reason}"))
+            }
             e => e,
         })
     }
@@ -62,11 +61,23 @@ impl Tokenizer {
             let i = pieces.len();
             let what = format!("token {i}");
             let score = r.f32(&what)?;
-            let len = r.i32(&what)?;
-            if !(0..=1 << 16).contains(&len) {
+            if !score.is_finite() {
                 return Err(Error::format(
                     path,
-                    format!("token {i} at offset {} has length {len}", r.pos() - 4),
+                    format!("token {i} has the score {score}; scores must be finite"),
+                ));
+            }
+            let len = r.i32(&what)?;
+            // SentencePiece has no empty pieces, and the header's maximum is
+            // the longest piece (run.c sizes its merge buffer from it).
+            if !(1..=max_len).contains(&len) {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "token {i} at offset {} has length {len}, outside 1..={max_len} \
+                         (max_token_length)",
+                        r.pos() - 4
+                    ),
                 ));
             }
             pieces.push(r.take(len as usize, &what)?.to_vec());
@@ -411,6 +422,32 @@ mod tests {
                 Ok(t) => assert!(t.vocab_size() < 4, "cut at {cut}"),
                 Err(e) => panic!("cut at {cut}: {e}"),
             }
+        }
+    }
+
+    #[test]
+    fn nan_scores_empty_and_overlong_pieces_are_format_errors() {
+        let p = Path::new("tok.bin");
+        let file = |pieces: &[(&str, f32)]| {
+            let mut b = 8i32.to_le_bytes().to_vec();
+            for (piece, score) in pieces {
+                b.extend(score.to_le_bytes());
+                b.extend((piece.len() as i32).to_le_bytes());
+                b.extend(piece.as_bytes());
+            }
+            b
+        };
+        let base = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)];
+        assert!(Tokenizer::parse(p, &file(&[base[0], base[1], base[2], ("a", -1.0)])).is_ok());
+        for (bad, why) in [
+            (("a", f32::NAN), "score NaN"),
+            (("a", f32::INFINITY), "score inf"),
+            (("", 0.0), "length 0"),
+            (("abcdefghi", 0.0), "length 9"),
+        ] {
+            let e = Tokenizer::parse(p, &file(&[base[0], base[1], base[2], bad])).unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
+            assert!(e.to_string().contains("token 3"), "{e}");
         }
     }
 }

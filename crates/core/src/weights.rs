@@ -5,6 +5,7 @@
 //! turns descriptors into borrowed views. Nothing is copied: the weights cost
 //! address space and page cache, not heap.
 
+use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::quant::{
     self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
@@ -13,6 +14,7 @@ use crate::quant::{
 use half::{bf16, f16};
 use memmap2::Mmap;
 use std::ops::Range;
+use std::path::Path;
 
 /// How a matrix's elements are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,8 +110,9 @@ impl TypeTraits {
 /// 1. define its block in `quant`, `#[repr(C)]` with its size asserted, and
 ///    mark it [`Pod`];
 /// 2. add its [`DType`] variant and its arm in `with_type!`;
-/// 3. add its entry to `weight_types!` below: its [`TypeTraits`], how to
-///    dequantize a row, and which kernel runs its product;
+/// 3. add its entry to `weight_types!` below: its [`TypeTraits`], whether a
+///    unit is finite, how to dequantize a row, and which kernel runs its
+///    product;
 /// 4. give it its kernel: a field of [`Kernels`] filled in by `tier!`, and
 ///    its `kernel` accessor in `kernels` (a new family needs a `Kernels`
 ///    method that checks the extents, as `matmul_quant_into` does);
@@ -117,6 +120,10 @@ impl TypeTraits {
 pub(crate) trait WeightType: Pod {
     /// The type's entry in the table.
     const TRAITS: TypeTraits;
+
+    /// Whether every value the unit stands for is finite: a float that is
+    /// not NaN or infinite, a block whose scales are not.
+    fn finite(&self) -> bool;
 
     /// Writes row `r` of `m` (a matrix of this type) as floats into `out`
     /// (`m.cols` long).
@@ -166,11 +173,17 @@ macro_rules! with_type {
 macro_rules! weight_types {
     ($(
         $t:ty = $traits:expr;
+        fn finite($b:ident) $finite:block
         fn dequantize_row($m:ident, $r:ident, $out:ident) $dequantize:block
         fn matmul($k:ident, $w:ident, $x:ident, $n:ident, $o:ident, $ldo:ident) { $($matmul:tt)* }
     )*) => {$(
         impl WeightType for $t {
             const TRAITS: TypeTraits = $traits;
+
+            fn finite(&self) -> bool {
+                let $b = self;
+                $finite
+            }
 
             fn dequantize_row($m: &MatRef<'_>, $r: usize, $out: &mut [f32]) $dequantize
 
@@ -191,36 +204,42 @@ macro_rules! weight_types {
 
 weight_types! {
     f32 = TypeTraits::of::<Self>("f32", 1, 1, ActForm::F32);
+    fn finite(b) { b.to_bits() & 0x7f80_0000 != 0x7f80_0000 }
     fn dequantize_row(m, r, out) { floats_into(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_f32_into(m.blocks(), m.cols, x.x, x.ldx, n, out, ldo)
     }
 
     f16 = TypeTraits::of::<Self>("f16", 1, 1, ActForm::F32);
+    fn finite(b) { b.to_bits() & 0x7c00 != 0x7c00 }
     fn dequantize_row(m, r, out) { floats_into(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_f16_into(m.blocks(), m.cols, x.x, x.ldx, n, out, ldo)
     }
 
     bf16 = TypeTraits::of::<Self>("bf16", 1, 1, ActForm::F32);
+    fn finite(b) { b.to_bits() & 0x7f80 != 0x7f80 }
     fn dequantize_row(m, r, out) { floats_into(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_bf16_into(m.blocks(), m.cols, x.x, x.ldx, n, out, ldo)
     }
 
     BlockQ8_0 = TypeTraits::of::<Self>("q8_0", QK, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() }
     fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
     }
 
     BlockQ4_0 = TypeTraits::of::<Self>("q4_0", QK, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() }
     fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
     }
 
     BlockQ4_1 = TypeTraits::of::<Self>("q4_1", QK, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() && b.m.is_finite() }
     fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
@@ -228,12 +247,14 @@ weight_types! {
 
     // Blocks of four rows: a row of them holds four rows of the matrix.
     BlockQ8_0x4 = TypeTraits::of::<Self>("q8_0x4", QK, 4, ActForm::Q8Blocks);
+    fn finite(b) { b.d.iter().all(|d| d.is_finite()) }
     fn dequantize_row(m, r, out) { group_row_into(m.row_blocks::<Self>(r), r % 4, out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_quant4_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
     }
 
     BlockQ4_0x4 = TypeTraits::of::<Self>("q4_0x4", QK, 4, ActForm::Q8Blocks);
+    fn finite(b) { b.d.iter().all(|d| d.is_finite()) }
     fn dequantize_row(m, r, out) { group_row_into(m.row_blocks::<Self>(r), r % 4, out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_quant4_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
@@ -241,12 +262,14 @@ weight_types! {
 
     // Super-blocks of 256 values, against activation blocks of 32.
     BlockQ4K = TypeTraits::of::<Self>("q4_k", QK_K, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() && b.dmin.is_finite() }
     fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_kquant_into::<Self>(m.blocks(), m.cols / QK_K, x.blocks, n, out, ldo)
     }
 
     BlockQ6K = TypeTraits::of::<Self>("q6_k", QK_K, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() }
     fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
         k.matmul_kquant_into::<Self>(m.blocks(), m.cols / QK_K, x.blocks, n, out, ldo)
@@ -259,6 +282,7 @@ weight_types! {
         align: std::mem::align_of::<f32>(),
         ..TypeTraits::of::<Self>("q8_group", 1, 1, ActForm::Q8Groups)
     };
+    fn finite(_b) { true } // integers; the scales are checked apart
     fn dequantize_row(m, r, out) {
         let gs = m.dtype.group_size().expect("llama2.c groups");
         let (q, s) = (m.row_blocks::<Self>(r), m.row_scales(r));
@@ -271,6 +295,20 @@ weight_types! {
         assert_eq!(m.dtype.group_size(), Some(gs));
         k.matmul_q8g_into(m.blocks(), m.scales, m.cols, gs, q, s, n, out, ldo)
     }
+}
+
+/// The index of the first unit of `units` that is not finite. Runs of
+/// units are tested without an early exit, which the compiler vectorises:
+/// a clean file (the usual case) is read at memory speed.
+fn first_non_finite<T: WeightType>(units: &[T]) -> Option<usize> {
+    let mut start = 0;
+    for run in units.chunks(4096) {
+        if !run.iter().fold(true, |ok, u| ok & u.finite()) {
+            return run.iter().position(|u| !u.finite()).map(|i| start + i);
+        }
+        start += run.len();
+    }
+    None
 }
 
 /// Floats of any width as f32.
@@ -640,6 +678,64 @@ impl Weights {
     /// The values of the vector `d`.
     pub fn vector(&self, d: &VectorDesc) -> &[f32] {
         &self.vectors[d.offset..d.offset + d.len]
+    }
+
+    /// The first matrix that holds a value that is not finite (a NaN or an
+    /// infinity among its floats or its blocks' scales), by tinyllm name,
+    /// with the index of the storage unit or scale. The matrices are read
+    /// once, split between `threads` threads.
+    pub fn non_finite(&self, threads: usize) -> Option<(String, usize)> {
+        let mut named: Vec<(String, &MatrixDesc)> = vec![("token_embd".into(), &self.embedding)];
+        if self.classifier != self.embedding {
+            named.push(("output".into(), &self.classifier));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            named.extend(l.matrices().map(|(n, m)| (format!("blk.{i}.{n}"), m)));
+        }
+        let check = |m: MatRef<'_>| {
+            with_type!(m.dtype, T => first_non_finite(m.blocks::<T>()))
+                .or_else(|| first_non_finite(m.scales))
+        };
+        // Interleave the matrices between threads, so each gets a share of
+        // every size; keep the first bad one in file order.
+        let threads = threads.clamp(1, named.len());
+        let found: Vec<Option<(usize, usize)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let named = &named;
+                    s.spawn(move || {
+                        named
+                            .iter()
+                            .enumerate()
+                            .skip(t)
+                            .step_by(threads)
+                            .find_map(|(k, (_, d))| check(self.matrix(d)).map(|u| (k, u)))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a finiteness check panicked"))
+                .collect()
+        });
+        let (k, unit) = found.into_iter().flatten().min()?;
+        Some((named[k].0.clone(), unit))
+    }
+
+    /// [`Weights::non_finite`] as the format error of the model at `path`,
+    /// split over the machine's cores.
+    pub(crate) fn check_finite(&self, path: &Path) -> Result<()> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self.non_finite(threads) {
+            None => Ok(()),
+            Some((name, unit)) => Err(Error::format(
+                path,
+                format!(
+                    "tensor '{name}' holds a NaN or an infinity (value or block {unit}); \
+                     the file is corrupt"
+                ),
+            )),
+        }
     }
 
     /// Bytes read from the weights to decode one token: every block's

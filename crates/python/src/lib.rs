@@ -73,6 +73,7 @@ fn to_py_err(e: Error) -> PyErr {
         Error::Format { .. } => ModelFormatError::new_err(e.to_string()),
         Error::ContextLength { .. } => ContextLengthError::new_err(e.to_string()),
         Error::InvalidArgument(msg) => PyValueError::new_err(msg),
+        Error::NonFinite { .. } => PyRuntimeError::new_err(e.to_string()),
     }
 }
 

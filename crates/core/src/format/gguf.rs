@@ -16,9 +16,10 @@
 use super::table::{TensorRef, TensorTable};
 use super::{FileKind, ModelFile, Reader};
 use crate::config::{Config, RopeStyle};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, short};
 use crate::weights::DType;
 use memmap2::Mmap;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// The first four bytes of a GGUF file.
@@ -97,6 +98,8 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
     /// Byte offset of the data section.
     pub data_start: usize,
+    /// `general.alignment`: every tensor starts at a multiple of it.
+    pub alignment: usize,
 }
 
 impl Gguf {
@@ -118,6 +121,11 @@ pub fn read(path: &Path) -> Result<Gguf> {
 /// count from reserving absurd memory before the bytes run out.
 const MAX_COUNT: u64 = 1 << 28;
 
+/// The longest metadata key or tensor name accepted, in bytes (llama.cpp
+/// limits tensor names to 63). A corrupt length is caught here rather than
+/// read as a name of many megabytes.
+const MAX_NAME: u64 = 1024;
+
 /// Reads the header of the GGUF file `bytes` (the whole file).
 pub fn parse(path: &Path, bytes: &[u8]) -> Result<Gguf> {
     let bad = |reason: String| Error::format(path, reason);
@@ -138,16 +146,32 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Gguf> {
             "implausible counts: {n_tensors} tensors, {n_meta} metadata entries"
         )));
     }
+    // Each entry takes at least 12 bytes (a key length and a type), each
+    // tensor at least 24: counts beyond the bytes left are corrupt.
+    let left = r.remaining() as u64;
+    if n_meta.saturating_mul(12) > left || n_tensors.saturating_mul(24) > left {
+        return Err(bad(format!(
+            "truncated: {n_tensors} tensors and {n_meta} metadata entries cannot fit in \
+             the {left} bytes after the counts"
+        )));
+    }
     let mut metadata = Vec::with_capacity(n_meta as usize);
+    let mut seen = HashSet::new();
     for i in 0..n_meta {
-        let key = string(&mut r, &format!("metadata key {i}"))?;
+        let key = name(&mut r, &format!("metadata key {i}"))?;
+        if !seen.insert(key.clone()) {
+            return Err(bad(format!(
+                "metadata key '{}' appears twice",
+                short(&key, 100)
+            )));
+        }
         let ty = r.u32(&format!("the type of '{key}'"))?;
         let value = value(&mut r, ty, &key, 0)?;
         metadata.push((key, value));
     }
     let mut tensors = Vec::with_capacity(n_tensors as usize);
     for i in 0..n_tensors {
-        let name = string(&mut r, &format!("the name of tensor {i}"))?;
+        let name = name(&mut r, &format!("the name of tensor {i}"))?;
         let n_dims = r.u32(&format!("the rank of '{name}'"))?;
         if n_dims == 0 || n_dims > 4 {
             return Err(bad(format!("tensor '{name}' has {n_dims} dimensions")));
@@ -169,6 +193,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Gguf> {
         metadata,
         tensors,
         data_start: 0,
+        alignment: 0,
     };
     let align = match gguf.get("general.alignment") {
         None => 32,
@@ -179,8 +204,23 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Gguf> {
     };
     Ok(Gguf {
         data_start: r.pos().next_multiple_of(align),
+        alignment: align,
         ..gguf
     })
+}
+
+/// A metadata key or tensor name: a string of at most [`MAX_NAME`] bytes.
+fn name(r: &mut Reader<'_>, what: &str) -> Result<String> {
+    let at = r.pos();
+    let len = r.u64(what)?;
+    if len > MAX_NAME {
+        return Err(Error::format(
+            r.path(),
+            format!("{what} at offset {at} claims {len} bytes; names are at most {MAX_NAME} bytes"),
+        ));
+    }
+    let b = r.take(len as usize, what)?;
+    Ok(String::from_utf8_lossy(b).into_owned())
 }
 
 fn string(r: &mut Reader<'_>, what: &str) -> Result<String> {
@@ -372,6 +412,11 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
 
     let mut table = TensorTable::new(path);
     let file_len = map.len() as u64;
+    // llama.cpp writes each tensor's data right after the one before it,
+    // padded to the alignment, and reads them so; a tensor whose type or
+    // shape was changed no longer fits that layout.
+    let mut data_end = 0u64;
+    let mut previous: Option<&TensorInfo> = None;
     for t in &g.tensors {
         let dtype = dtype(t.ggml_type).ok_or_else(|| {
             bad(format!(
@@ -387,11 +432,45 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
                 t.name, t.dims
             )));
         }
-        let cols = t.dims[0] as usize;
+        let cols = usize::try_from(t.dims[0]).unwrap_or(usize::MAX);
+        let rows = match t.dims.get(1) {
+            None => 1,
+            Some(&r) => usize::try_from(r).unwrap_or(usize::MAX),
+        };
         let shape = match t.dims.len() {
             1 => vec![cols],
-            _ => vec![t.dims[1] as usize, cols],
+            _ => vec![rows, cols],
         };
+        let nbytes = dtype.matrix_bytes(rows, cols).ok_or_else(|| {
+            bad(format!(
+                "tensor '{}' of shape {:?} cannot be stored as {}",
+                t.name,
+                t.dims,
+                ggml_type_name(t.ggml_type)
+            ))
+        })?;
+        if t.offset != data_end {
+            let after = match previous {
+                None => "the data section starts at 0".to_string(),
+                Some(p) => format!(
+                    "'{}' ({}, shape {:?}) before it ends at {data_end}",
+                    p.name,
+                    ggml_type_name(p.ggml_type),
+                    p.dims
+                ),
+            };
+            return Err(bad(format!(
+                "tensor '{}' starts at byte {} of the data but {after}: \
+                 the tensors' types or shapes do not match their data",
+                t.name, t.offset
+            )));
+        }
+        data_end = t
+            .offset
+            .checked_add(nbytes as u64)
+            .and_then(|e| e.checked_next_multiple_of(g.alignment as u64))
+            .ok_or_else(|| bad(format!("tensor '{}' is too large", t.name)))?;
+        previous = Some(t);
         let start = (g.data_start as u64)
             .checked_add(t.offset)
             .filter(|&s| s <= file_len)
@@ -411,6 +490,16 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
                 offset: start as usize,
             },
         )?;
+    }
+    if let Some(last) = previous {
+        let end = g.data_start as u64 + data_end;
+        if file_len > end {
+            return Err(bad(format!(
+                "has trailing bytes: the tensors end at byte {end} (after '{}') but the file \
+                 is {file_len} bytes",
+                last.name
+            )));
+        }
     }
     let weights = table.into_weights(&config, vec![map])?;
     Ok(ModelFile {

@@ -83,7 +83,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         ));
     }
 
-    let mut layout = Layout::new(path, data_start);
+    let mut layout = Layout::new(path, data_start, map.len());
     let weights = if versioned {
         layout_versioned(&mut layout, &config, untied, dtype)?
     } else {
@@ -116,29 +116,41 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
     // Norm gains move into the weights' vector buffer (checked extents above).
     let (embedding, mut layers, final_norm, classifier) = weights;
     let mut vectors = Vec::new();
-    let mut copy = |d: &VectorDesc| {
+    let mut copy = |d: &VectorDesc, name: String| {
         let offset = vectors.len();
-        vectors.extend_from_slice(cast::<f32>(&map[d.offset..], d.len));
-        VectorDesc { len: d.len, offset }
+        let values = cast::<f32>(&map[d.offset..], d.len);
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "{name} holds a non-finite value ({}) at index {i}",
+                    values[i]
+                ),
+            ));
+        }
+        vectors.extend_from_slice(values);
+        Ok(VectorDesc { len: d.len, offset })
     };
-    for l in &mut layers {
-        l.attn_norm = copy(&l.attn_norm);
-        l.ffn_norm = copy(&l.ffn_norm);
+    for (i, l) in layers.iter_mut().enumerate() {
+        l.attn_norm = copy(&l.attn_norm, format!("the attention norm of layer {i}"))?;
+        l.ffn_norm = copy(&l.ffn_norm, format!("the feed-forward norm of layer {i}"))?;
     }
-    let final_norm = copy(&final_norm);
+    let final_norm = copy(&final_norm, "the final norm".into())?;
+    let weights = Weights::new(WeightsParts {
+        maps: vec![map],
+        vectors,
+        embedding,
+        layers,
+        final_norm,
+        classifier,
+        rope_factors: None,
+    });
+    weights.check_finite(path)?;
     Ok(ModelFile {
         kind,
         family: "llama".into(),
         config,
-        weights: Weights::new(WeightsParts {
-            maps: vec![map],
-            vectors,
-            embedding,
-            layers,
-            final_norm,
-            classifier,
-            rope_factors: None,
-        }),
+        weights,
         tokenizer: None,
         header: None,
     })
@@ -203,14 +215,23 @@ fn read_fields(r: &mut Reader<'_>, path: &Path) -> Result<(Config, bool)> {
 type Tensors = (MatrixDesc, Vec<LayerDesc>, VectorDesc, MatrixDesc);
 
 /// Hands out consecutive extents of the file, with overflow checks.
+///
+/// Once the extents pass the end of the file (`limit`), the stacks stop
+/// collecting descriptors and only count bytes: a header that claims a
+/// million layers costs no memory before its "truncated" error.
 struct Layout<'a> {
     path: &'a Path,
     end: usize,
+    limit: usize,
 }
 
 impl<'a> Layout<'a> {
-    fn new(path: &'a Path, start: usize) -> Self {
-        Layout { path, end: start }
+    fn new(path: &'a Path, start: usize, limit: usize) -> Self {
+        Layout {
+            path,
+            end: start,
+            limit,
+        }
     }
 
     fn bytes(&mut self, n: Option<usize>) -> Result<usize> {
@@ -272,13 +293,25 @@ impl<'a> Layout<'a> {
         cols: usize,
         dtype: DType,
     ) -> Result<Vec<MatrixDesc>> {
-        (0..n_layers)
-            .map(|_| self.matrix(rows, cols, dtype))
-            .collect()
+        let mut out = Vec::new();
+        for _ in 0..n_layers {
+            let m = self.matrix(rows, cols, dtype)?;
+            if self.end <= self.limit {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 
     fn stacked_vectors(&mut self, n_layers: usize, len: usize) -> Result<Vec<VectorDesc>> {
-        (0..n_layers).map(|_| self.vector(len)).collect()
+        let mut out = Vec::new();
+        for _ in 0..n_layers {
+            let v = self.vector(len)?;
+            if self.end <= self.limit {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -338,7 +371,8 @@ fn layout_versioned(l: &mut Layout<'_>, c: &Config, untied: bool, dt: DType) -> 
     Ok((embedding, layers, final_norm, classifier))
 }
 
-/// Zips the per-kind stacks into one descriptor per layer.
+/// Zips the per-kind stacks into one descriptor per layer (as many as the
+/// shortest stack holds: all of them unless the file is truncated).
 #[allow(clippy::too_many_arguments)]
 fn assemble(
     attn_norm: Vec<VectorDesc>,
@@ -351,7 +385,13 @@ fn assemble(
     w2: Vec<MatrixDesc>,
     w3: Vec<MatrixDesc>,
 ) -> Vec<LayerDesc> {
-    (0..attn_norm.len())
+    let n = [&wq, &wk, &wv, &wo, &w1, &w2, &w3]
+        .iter()
+        .map(|m| m.len())
+        .chain([attn_norm.len(), ffn_norm.len()])
+        .min()
+        .unwrap_or(0);
+    (0..n)
         .map(|i| LayerDesc {
             attn_norm: attn_norm[i].clone(),
             wq: wq[i].clone(),

@@ -29,9 +29,7 @@ pub fn is_model_dir(dir: &Path) -> bool {
 /// Opens the model in the Hugging Face directory `dir`.
 pub(crate) fn open_dir(dir: &Path) -> Result<ModelFile> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
+    let json = read_json(&config_path)?;
     let (family, config) = models::config_from_hf(&json, &config_path)?;
     let tied = json
         .get("tie_word_embeddings")
@@ -113,9 +111,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             ),
         ));
     }
-    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&index, format!("invalid JSON: {e}")))?;
+    let json = read_json(&index)?;
     let map = json
         .get("weight_map")
         .and_then(Value::as_object)
@@ -134,6 +130,13 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         names.insert(file.to_string());
     }
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// The JSON document in the file `path` (text that is not UTF-8 is a
+/// format error, as any other malformed JSON).
+fn read_json(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {
@@ -165,6 +168,7 @@ fn read_header(path: &Path, map: &[u8]) -> Result<Vec<(String, TensorRef)>> {
         .map_err(|e| bad(format!("the JSON header is invalid: {e}")))?;
     let data_len = map.len() - data_start;
     let mut out = Vec::with_capacity(header.len());
+    let mut extents = Vec::with_capacity(header.len());
     for (name, info) in header {
         if name == "__metadata__" {
             continue;
@@ -204,6 +208,7 @@ fn read_header(path: &Path, map: &[u8]) -> Result<Vec<(String, TensorRef)>> {
                  of shape {shape:?} in {data_len} bytes of data"
             )));
         }
+        extents.push((begin, end, name.clone()));
         out.push((
             name,
             TensorRef {
@@ -213,6 +218,29 @@ fn read_header(path: &Path, map: &[u8]) -> Result<Vec<(String, TensorRef)>> {
                 offset: data_start + begin,
             },
         ));
+    }
+    // The format's rule: the tensors cover the data exactly, without holes
+    // or overlaps (a changed dtype or shape breaks it).
+    extents.sort();
+    let mut at = 0;
+    for (begin, end, name) in &extents {
+        if *begin != at {
+            let how = if *begin < at {
+                "overlaps the tensor before it"
+            } else {
+                "leaves a gap"
+            };
+            return Err(bad(format!(
+                "tensor '{name}': data_offsets {begin}..{end} {how} (the data before it ends at {at})"
+            )));
+        }
+        at = *end;
+    }
+    if at != data_len {
+        return Err(bad(format!(
+            "has trailing bytes: the tensors end at byte {at} of the data but the data is \
+             {data_len} bytes"
+        )));
     }
     Ok(out)
 }

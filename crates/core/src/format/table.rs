@@ -136,7 +136,7 @@ impl TensorTable {
                 "unexpected tensor '{extra}' (not part of this model's configuration)"
             )));
         }
-        Ok(Weights::new(WeightsParts {
+        let weights = Weights::new(WeightsParts {
             maps,
             vectors,
             embedding,
@@ -144,7 +144,9 @@ impl TensorTable {
             final_norm,
             classifier,
             rope_factors,
-        }))
+        });
+        weights.check_finite(&self.path)?;
+        Ok(weights)
     }
 
     /// Removes `name` from the table, checking its shape and extent.

@@ -230,6 +230,17 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         Ok(&map[data_start + t.offset..data_start + t.offset + t.nbytes])
     };
     let v = config.vocab_size;
+    if let Some(info) = &header.tokenizer {
+        let ids = [("bos_id", info.bos_id), ("eos_id", info.eos_id)];
+        let stops = info.stop_ids.iter().map(|&id| ("stop_ids", Some(id)));
+        for (field, id) in ids.into_iter().chain(stops) {
+            if let Some(id) = id.filter(|&id| id as usize >= v) {
+                return Err(bad(format!(
+                    "tokenizer.{field} = {id} is not a token of the {v}-token vocabulary"
+                )));
+            }
+        }
+    }
     let tokenizer = match &header.tokenizer {
         None => None,
         Some(info) if info.kind == "llama2c" => {
