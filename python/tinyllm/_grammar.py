@@ -10,6 +10,8 @@ import re
 import string
 from collections.abc import Mapping
 
+from tinyllm._errors import TinyLLMError
+
 #: (kind, text) as the engine takes it: kind is json_schema, json_object,
 #: regex or lark.
 Spec = tuple[str, str]
@@ -79,7 +81,7 @@ def is_gbnf(text: str) -> bool:
     return _RULE_DEF.search(text) is not None
 
 
-class GbnfError(ValueError):
+class GbnfError(TinyLLMError, ValueError):
     """A GBNF grammar that does not parse."""
 
 

@@ -39,15 +39,19 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tinyllm._errors import TinyLLMError
+
 __all__ = ["ChatTemplate", "TemplateError"]
 
 
-class TemplateError(ValueError):
+class TemplateError(TinyLLMError, ValueError):
     """A chat template could not be compiled, or could not render a conversation.
 
     When the template itself refused the conversation (with
     ``raise_exception(message)``), ``str(error)`` is the template's message.
     """
+
+    __module__ = "tinyllm"
 
 
 # --- the Jinja environment ---------------------------------------------------

@@ -6,6 +6,10 @@ from typing import Any, final
 
 import numpy as np
 
+# Defined in Python, re-exported by the compiled module.
+from tinyllm._errors import ContextLengthError as ContextLengthError
+from tinyllm._errors import ModelFormatError as ModelFormatError
+
 __all__ = [
     "ContextLengthError",
     "Engine",
@@ -16,15 +20,9 @@ __all__ = [
     "convert",
     "file_info",
     "gguf_metadata",
+    "isa",
     "read_bandwidth",
 ]
-
-class ModelFormatError(ValueError):
-    """A model or tokenizer file is truncated, corrupt, of an unknown kind, or
-    does not fit the model."""
-
-class ContextLengthError(ValueError):
-    """A prompt (or a conversation) is longer than the model's context."""
 
 @final
 class Engine:
@@ -76,6 +74,7 @@ class Engine:
 @final
 class Stream:
     def __iter__(self) -> Stream: ...
+    def __repr__(self) -> str: ...
     def __next__(self) -> str: ...
     def cancel(self) -> None: ...
     def take_logprobs(self) -> list[tuple[int, float, list[tuple[int, float]]]]: ...
@@ -87,6 +86,7 @@ class Stream:
     def stats(self) -> dict[str, Any]: ...
 
 def available_isas() -> list[str]: ...
+def isa() -> str: ...
 def convert(
     src: str,
     dst: str,

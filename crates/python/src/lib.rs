@@ -32,18 +32,10 @@ use tinyllm_core::{
     Ticket, Tokenizer,
 };
 
-pyo3::create_exception!(
-    tinyllm,
-    ModelFormatError,
-    PyValueError,
-    "A model or tokenizer file is truncated, corrupt, of an unknown kind, or does not fit the model."
-);
-pyo3::create_exception!(
-    tinyllm,
-    ContextLengthError,
-    PyValueError,
-    "A prompt (or a conversation) is longer than the model's context."
-);
+// The exception classes are defined in Python (`tinyllm/_errors.py`, under
+// `tinyllm.TinyLLMError`) and imported once, on first use.
+pyo3::import_exception!(tinyllm._errors, ModelFormatError);
+pyo3::import_exception!(tinyllm._errors, ContextLengthError);
 
 /// Maps an engine error to the Python exception a user expects.
 fn to_py_err(e: Error) -> PyErr {
@@ -273,6 +265,9 @@ impl Engine {
         d.set_item("n_threads", e.n_threads())?;
         d.set_item("max_batch", e.max_batch())?;
         d.set_item("isa", e.isa())?;
+        let (parameters, weight_type) = weight_summary(&m.weights);
+        d.set_item("parameters", parameters)?;
+        d.set_item("weight_type", weight_type)?;
         Ok(d)
     }
 
@@ -459,6 +454,22 @@ enum Next {
 impl Stream {
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
+    }
+
+    /// `Stream(running, 12 tokens)`, or `Stream('stop', 40 tokens)` once read
+    /// to its end.
+    fn __repr__(&self) -> String {
+        let n = self.ticket.lock().generated.len();
+        let state = if self.cancelled.load(Ordering::SeqCst) {
+            "cancelled".to_string()
+        } else {
+            match self.finish_reason() {
+                Some(r) => format!("'{r}'"),
+                None => "running".to_string(),
+            }
+        };
+        let unit = if n == 1 { "token" } else { "tokens" };
+        format!("Stream({state}, {n} {unit})")
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<String>> {
@@ -669,6 +680,34 @@ fn convert<'py>(
     Ok(d)
 }
 
+/// How many weights a model has (its matrices and vectors), and the type
+/// of its matrices that holds the most of them (`"q4_0"`, `"f32"`, ...).
+fn weight_summary(w: &tinyllm_core::weights::Weights) -> (usize, &'static str) {
+    let mut matrices = vec![&w.embedding];
+    if w.classifier != w.embedding {
+        matrices.push(&w.classifier);
+    }
+    let mut vectors = w.final_norm.len;
+    for l in &w.layers {
+        matrices.extend(l.matrices().into_iter().map(|(_, m)| m));
+        vectors += l.vectors().iter().map(|(_, v)| v.len).sum::<usize>();
+    }
+    let mut by_type: Vec<(&'static str, usize)> = Vec::new();
+    for m in &matrices {
+        let n = m.rows * m.cols;
+        match by_type.iter_mut().find(|(t, _)| *t == m.dtype.name()) {
+            Some((_, count)) => *count += n,
+            None => by_type.push((m.dtype.name(), n)),
+        }
+    }
+    let total = by_type.iter().map(|(_, n)| n).sum::<usize>() + vectors;
+    let main = by_type
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or("none", |(t, _)| t);
+    (total, main)
+}
+
 /// What a model file holds: its format, dimensions and tensors (and, for a
 /// tinyllm file, its header's provenance and quantization), as a dict.
 #[pyfunction]
@@ -835,6 +874,13 @@ fn read_bandwidth(py: Python<'_>, n_threads: Option<usize>, bytes: usize, reps: 
     py.detach(|| tinyllm_core::machine::read_bandwidth(&pool, bytes.min(1 << 34), reps))
 }
 
+/// The kernel tier the engine runs on: the fastest this CPU supports, or
+/// the one `TINYLLM_ISA` names.
+#[pyfunction]
+fn isa() -> &'static str {
+    tinyllm_core::kernels::Kernels::best().isa().name()
+}
+
 /// The names of the kernel tiers this CPU runs, best last.
 #[pyfunction]
 fn available_isas() -> Vec<&'static str> {
@@ -852,9 +898,11 @@ fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Llama2cTokenizer>()?;
     m.add_function(wrap_pyfunction!(gguf_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(file_info, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
+    // Re-exported, so `tinyllm._tinyllm.ModelFormatError` is still the class.
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add(
         "ContextLengthError",
