@@ -812,7 +812,8 @@ struct Shared {
 pub struct Engine {
     model: Arc<Model>,
     shared: Arc<Shared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The engine thread, until [`Engine::close`].
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     context: usize,
     max_sequences: usize,
     max_batch: usize,
@@ -849,7 +850,7 @@ impl Engine {
         Ok(Engine {
             model,
             shared,
-            thread: Some(thread),
+            thread: Mutex::new(Some(thread)),
             context,
             max_sequences,
             max_batch,
@@ -868,8 +869,30 @@ impl Engine {
     /// Queues `request` and returns its ticket.
     pub fn submit(&self, request: Request) -> Arc<Ticket> {
         let ticket = request.ticket.clone();
-        self.send(|i| i.requests.push(request));
+        let mut closed = None;
+        self.send(|i| {
+            if i.shutdown {
+                closed = Some(request);
+            } else {
+                i.requests.push(request);
+            }
+        });
+        if let Some(r) = closed {
+            r.ticket.fail(closed_error());
+        }
         ticket
+    }
+
+    /// Stops the engine: running and waiting requests fail with "the model
+    /// was closed", as does any submitted later; the engine thread ends,
+    /// dropping the device (its buffers, KV pages and its hold on the thread
+    /// pool). The weights stay mapped until the engine itself is dropped.
+    pub fn close(&self) {
+        self.send(|i| i.shutdown = true);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
     }
 
     /// Forgets the caches of finished sequences.
@@ -935,11 +958,12 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.send(|i| i.shutdown = true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.close();
     }
+}
+
+fn closed_error() -> Error {
+    Error::InvalidArgument("the model was closed".into())
 }
 
 /// The engine thread: takes what callers sent, steps while there is work,
@@ -959,17 +983,14 @@ fn serve(b: &mut Batcher, shared: &Shared) {
             }
             if inbox.shutdown {
                 for r in inbox.requests.drain(..) {
-                    r.ticket
-                        .fail(Error::InvalidArgument("the model was closed".into()));
+                    r.ticket.fail(closed_error());
                 }
                 drop(inbox);
                 for s in b.active.drain(..) {
-                    s.ticket
-                        .fail(Error::InvalidArgument("the model was closed".into()));
+                    s.ticket.fail(closed_error());
                 }
                 for r in b.waiting.drain(..) {
-                    r.ticket
-                        .fail(Error::InvalidArgument("the model was closed".into()));
+                    r.ticket.fail(closed_error());
                 }
                 return;
             }

@@ -45,7 +45,8 @@ impl<'a> Engine<'a> {
 pub struct CpuDevice {
     model: Arc<Model>,
     kernels: &'static Kernels,
-    pool: ThreadPool,
+    /// The process's pool for this thread count, shared with other models.
+    pool: Arc<ThreadPool>,
     max_batch: usize,
     /// The most positions a sequence holds.
     max_len: usize,
@@ -132,7 +133,7 @@ impl CpuDevice {
         let hd = c.head_dim;
         Ok(CpuDevice {
             kernels: Kernels::best(),
-            pool: ThreadPool::new(n_threads),
+            pool: ThreadPool::shared(n_threads),
             max_batch,
             max_len,
             x: vec![0.0; max_batch * c.dim],

@@ -27,3 +27,42 @@ pub fn read_bandwidth(pool: &ThreadPool, bytes: usize, reps: usize) -> f64 {
     }
     best
 }
+
+/// The physical cores this process may run on: logical CPUs that share a
+/// core (SMT siblings) count once. Decoding is bound by memory and by the
+/// vector units, which siblings share, so a second thread per core only
+/// adds contention (llama.cpp defaults to physical cores for that reason).
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    linux_cores().map_or(logical, |n| n.clamp(1, logical))
+}
+
+/// The distinct (package, core) pairs of the CPUs in this process's
+/// affinity mask, from `/proc` and `/sys`; None where they cannot be read.
+fn linux_cores() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    let mut cores = std::collections::BTreeSet::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        for cpu in a.parse::<usize>().ok()?..=b.parse::<usize>().ok()? {
+            let topology = format!("/sys/devices/system/cpu/cpu{cpu}/topology");
+            let read = |f: &str| std::fs::read_to_string(format!("{topology}/{f}")).ok();
+            cores.insert((read("physical_package_id")?, read("core_id")?));
+        }
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn physical_cores_are_at_least_one_and_at_most_the_logical_cpus() {
+        let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = super::physical_cores();
+        assert!((1..=logical).contains(&cores), "{cores} of {logical}");
+    }
+}

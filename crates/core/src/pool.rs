@@ -16,7 +16,7 @@ use std::cell::UnsafeCell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,31 @@ impl std::fmt::Debug for ThreadPool {
     }
 }
 
+/// The pools in use, by thread count (see [`ThreadPool::shared`]).
+static POOLS: Mutex<Vec<Weak<ThreadPool>>> = Mutex::new(Vec::new());
+
 impl ThreadPool {
+    /// The process's pool of `n_threads` threads, made on first use and
+    /// shared by every model that asks for that many: several models in
+    /// one process take turns on one set of workers (regions from different
+    /// threads are serialised), instead of each keeping its own set
+    /// spinning against the others. The pool ends with its last user.
+    pub fn shared(n_threads: usize) -> Arc<ThreadPool> {
+        let n_threads = n_threads.max(1);
+        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|p| p.strong_count() > 0);
+        if let Some(pool) = pools
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|p| p.n_threads() == n_threads)
+        {
+            return pool;
+        }
+        let pool = Arc::new(ThreadPool::new(n_threads));
+        pools.push(Arc::downgrade(&pool));
+        pool
+    }
+
     /// A pool of `n_threads` threads in all, the caller's included
     /// (so `n_threads - 1` are spawned). `n_threads` of 0 counts as 1.
     pub fn new(n_threads: usize) -> Self {

@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// How to set a session (or a scheduler) up.
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
-    /// Threads to compute with (default: the machine's available parallelism).
+    /// Threads to compute with (default: `TINYLLM_NUM_THREADS` if set, else
+    /// the physical cores this process may use).
     pub n_threads: Option<usize>,
     /// The most positions a sequence holds (default, and maximum: the
     /// model's `seq_len`).
@@ -40,7 +41,16 @@ impl SessionOptions {
     /// The thread count, checked.
     pub fn threads(&self) -> Result<usize> {
         match self.n_threads {
-            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+            None => match std::env::var("TINYLLM_NUM_THREADS") {
+                Err(_) => Ok(crate::machine::physical_cores()),
+                Ok(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if (1..=1024).contains(&n) => Ok(n),
+                    _ => Err(Error::InvalidArgument(format!(
+                        "TINYLLM_NUM_THREADS must be a number of threads between 1 and 1024, \
+                         got {v:?}"
+                    ))),
+                },
+            },
             Some(n) if (1..=1024).contains(&n) => Ok(n),
             Some(n) => Err(Error::InvalidArgument(format!(
                 "n_threads must be between 1 and 1024, got {n}"
