@@ -54,7 +54,8 @@ def golden(models: Path) -> str:
 @pytest.fixture(scope="session")
 def runc() -> dict[str, Any]:
     """What Karpathy's run.c and runq.c printed (tools/make_runc_fixtures.py)."""
-    return json.loads((FIXTURES / "runc_reference.json").read_text(encoding="utf-8"))
+    found: dict[str, Any] = json.loads((FIXTURES / "runc_reference.json").read_text("utf-8"))
+    return found
 
 
 @pytest.fixture(scope="session")

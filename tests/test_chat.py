@@ -43,7 +43,7 @@ def vocabulary(name: str) -> tinyllm.Tokenizer:
 
 
 def template_source(name: str) -> str:
-    return (MODELS / DATA["templates"][name]["file"]).read_text(encoding="utf-8")
+    return (MODELS / str(DATA["templates"][name]["file"])).read_text(encoding="utf-8")
 
 
 #: Each template family with the real vocabularies it is tested on, and the
@@ -215,7 +215,7 @@ def test_messages_never_yield_special_tokens(name: str, vocab: str) -> None:
         # The special tokens are exactly those of the same conversation with
         # harmless text, as the tokenizer reads its rendering.
         calm = tok.encode(template.render(harmless(messages)), False, parse_special=True)
-        if tok.add_bos and calm[:1] != [tok.bos_id]:
+        if tok.add_bos and tok.bos_id is not None and calm[:1] != [tok.bos_id]:
             calm.insert(0, tok.bos_id)
         assert specials(tok, ids) == specials(tok, calm), messages
         # ... and the template's own markers are among them.
@@ -390,7 +390,7 @@ def test_completion_stops_at_the_end_of_the_turn(stories: tinyllm.Model) -> None
 def test_completion_stops_at_stop_strings(stories_path: Path, tok512: Path) -> None:
     model = tinyllm.Model(stories_path, tok512, n_threads=1)
     full = model.chat_completion(HELLO, temperature=0)["choices"][0]["message"]["content"]
-    assert 0 < full.index("joy") < full.index(" a good")
+    assert full is not None and 0 < full.index("joy") < full.index(" a good")
 
     r = model.chat_completion(HELLO, temperature=0, stop="joy")
     assert r["choices"][0]["finish_reason"] == "stop"

@@ -202,7 +202,7 @@ def test_required_calls_validate(stories: tinyllm.Model) -> None:
     assert made >= 4
     # Without the tools' grammar the same reply does not parse as a call.
     plain = stories.chat_completion(HI, seed=0, max_tokens=60, temperature=0.8)
-    assert _tools.parse("hermes", plain["choices"][0]["message"]["content"])[1] == []
+    assert _tools.parse("hermes", plain["choices"][0]["message"]["content"] or "")[1] == []
 
 
 def test_a_named_function_and_none(stories: tinyllm.Model) -> None:
@@ -269,7 +269,7 @@ def test_a_template_that_renders_tools(qwen: tinyllm.Model) -> None:
         "type": "function",
         "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'},
     }
-    history = [
+    history: list[dict[str, Any]] = [
         *HI,
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_1", "content": "3"},
@@ -321,7 +321,7 @@ def test_each_family_calls_in_its_own_format(fmt: str, tmp_path: Path) -> None:
         AddArgs.model_validate_json(call["function"]["arguments"])
         made += 1
         # The call and its result go back through the template.
-        history = [
+        history: list[dict[str, Any]] = [
             *HI,
             {"role": "assistant", "content": None, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": call["id"], "content": "5"},

@@ -12,15 +12,22 @@ with 16-, 8- or 4-bit weights; ``tinyllm.info`` describes a model file;
 ``tinyllm.export`` writes your own PyTorch or NumPy model as a tinyllm file;
 ``tinyllm.serve`` serves a model over an OpenAI-compatible HTTP API. The
 engine is written in Rust and runs with the GIL released.
+
+Every error tinyllm raises of its own is a :class:`TinyLLMError` (and a
+``ValueError``); what a model picked when it opened (kernels, template,
+tokenizer) is logged at INFO on the ``"tinyllm"`` logger.
 """
 
 from tinyllm._convert import convert, info
+from tinyllm._errors import ContextLengthError, ModelFormatError, TinyLLMError
 from tinyllm._eval import eval
 from tinyllm._export import export, export_model
 from tinyllm._model import Model, ModelConfig, Stream
 from tinyllm._template import ChatTemplate, TemplateError
-from tinyllm._tinyllm import ContextLengthError, ModelFormatError, available_isas
+from tinyllm._tinyllm import available_isas
 from tinyllm._tokenizer import StreamDecoder, Tokenizer
+from tinyllm._types import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from tinyllm._version import version as _version
 
 
 def serve(
@@ -40,6 +47,9 @@ def serve(
 
 
 __all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
     "ChatTemplate",
     "ContextLengthError",
     "Model",
@@ -48,6 +58,7 @@ __all__ = [
     "Stream",
     "StreamDecoder",
     "TemplateError",
+    "TinyLLMError",
     "Tokenizer",
     "__version__",
     "available_isas",
@@ -59,4 +70,5 @@ __all__ = [
     "serve",
 ]
 
-__version__ = "0.1.0"
+#: The installed package's version (its metadata), e.g. ``"0.1.0"``.
+__version__ = _version()

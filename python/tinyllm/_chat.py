@@ -20,12 +20,21 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TextIO, cast, overload
 
 from tinyllm import _tools
+from tinyllm._errors import ContextLengthError
 from tinyllm._template import ChatTemplate, TemplateError
-from tinyllm._tinyllm import ContextLengthError, Stream
+from tinyllm._tinyllm import Stream
 from tinyllm._tokenizer import Tokenizer
+from tinyllm._types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionDelta,
+    ChatCompletionMessage,
+    CompletionUsage,
+    FinishReason,
+)
 
 if TYPE_CHECKING:
     from tinyllm._model import Model
@@ -227,6 +236,10 @@ class ChatReply:
     def __iter__(self) -> ChatReply:
         return self
 
+    def __repr__(self) -> str:
+        state = self.finish_reason or "running"
+        return f"ChatReply({state}, {self.completion_tokens} tokens, {len(self.content)} chars)"
+
     def __next__(self) -> str:
         while True:
             piece = next(self._stream)
@@ -272,7 +285,7 @@ class ChatReply:
         prompt tokens the KV cache already held)."""
         return self._stream.stats
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> CompletionUsage:
         """Token counts as OpenAI reports them."""
         done = self.completion_tokens
         return {
@@ -356,7 +369,9 @@ class ToolPlan:
     def splitter(self) -> _tools.CallSplitter | None:
         return _tools.CallSplitter(self.format) if self.allowed else None
 
-    def message(self, text: str, finish_reason: str | None) -> tuple[dict[str, Any], str | None]:
+    def message(
+        self, text: str, finish_reason: str | None
+    ) -> tuple[ChatCompletionMessage, str | None]:
         """The assistant message of a whole reply, and its finish reason
         (``"tool_calls"`` when it made calls)."""
         content, calls = _tools.parse(self.format, text) if self.allowed else (text, [])
@@ -364,8 +379,51 @@ class ToolPlan:
             return {"role": "assistant", "content": text}, finish_reason
         # Cut off by max_tokens, the complete calls still count (and "length"
         # tells the client a further one may be missing).
-        msg = {"role": "assistant", "content": content, "tool_calls": calls}
+        msg: ChatCompletionMessage = {
+            "role": "assistant",
+            "content": content,
+            "tool_calls": cast(Any, calls),
+        }
         return msg, "tool_calls" if finish_reason == "stop" else finish_reason
+
+
+@overload
+def chat_completion(
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    stream: Literal[False] = ...,
+    tools: Sequence[Mapping[str, Any]] | None = ...,
+    tool_choice: object = ...,
+    parallel_tool_calls: bool = ...,
+    **options: Any,
+) -> ChatCompletion: ...
+
+
+@overload
+def chat_completion(
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    stream: Literal[True],
+    tools: Sequence[Mapping[str, Any]] | None = ...,
+    tool_choice: object = ...,
+    parallel_tool_calls: bool = ...,
+    **options: Any,
+) -> Iterator[ChatCompletionChunk]: ...
+
+
+@overload
+def chat_completion(
+    model: Model,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    stream: bool,
+    tools: Sequence[Mapping[str, Any]] | None = ...,
+    tool_choice: object = ...,
+    parallel_tool_calls: bool = ...,
+    **options: Any,
+) -> ChatCompletion | Iterator[ChatCompletionChunk]: ...
 
 
 def chat_completion(
@@ -377,7 +435,7 @@ def chat_completion(
     tool_choice: object = None,
     parallel_tool_calls: bool = True,
     **options: Any,
-) -> dict[str, Any] | Iterator[dict[str, Any]]:
+) -> ChatCompletion | Iterator[ChatCompletionChunk]:
     """The model's reply to ``messages``, shaped as OpenAI's chat completions
     API shapes it.
 
@@ -407,27 +465,40 @@ def chat_completion(
         ids = encode_chat(model, plan.messages, tools=plan.template_tools)
         options = plan.options(options)
     reply = _reply(model, ids, options)
-    head = {
-        "id": "chatcmpl-" + secrets.token_hex(12),
-        "created": int(time.time()),
-        "model": os.path.basename(str(model.info.get("path", ""))),
-    }
+    head = _Head(
+        "chatcmpl-" + secrets.token_hex(12),
+        int(time.time()),
+        os.path.basename(str(model.info.get("path", ""))),
+    )
     if stream:
         return _chunks(reply, head, plan)
     text = "".join(reply)
-    message, finish_reason = (
-        plan.message(text, reply.finish_reason)
-        if plan is not None
-        else ({"role": "assistant", "content": text}, reply.finish_reason)
-    )
+    message: ChatCompletionMessage = {"role": "assistant", "content": text}
+    finish_reason = reply.finish_reason
+    if plan is not None:
+        message, finish_reason = plan.message(text, finish_reason)
     return {
-        "id": head["id"],
+        "id": head.id,
         "object": "chat.completion",
-        "created": head["created"],
-        "model": head["model"],
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "created": head.created,
+        "model": head.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": _reason(finish_reason)}],
         "usage": reply.usage(),
     }
+
+
+class _Head(NamedTuple):
+    """What every chunk of one reply repeats."""
+
+    id: str
+    created: int
+    model: str
+
+
+def _reason(finish_reason: str | None) -> FinishReason | None:
+    """A finish reason as the result types name it (the engine gives only
+    ``"stop"`` and ``"length"``; tool plans add ``"tool_calls"``)."""
+    return cast("FinishReason | None", finish_reason)
 
 
 class Deltas:
@@ -456,11 +527,16 @@ class Deltas:
 
 
 def _chunks(
-    reply: ChatReply, head: dict[str, Any], plan: ToolPlan | None = None
-) -> Iterator[dict[str, Any]]:
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        return {**head, "object": "chat.completion.chunk", "choices": [choice]}
+    reply: ChatReply, head: _Head, plan: ToolPlan | None = None
+) -> Iterator[ChatCompletionChunk]:
+    def chunk(delta: ChatCompletionDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        return {
+            "id": head.id,
+            "object": "chat.completion.chunk",
+            "created": head.created,
+            "model": head.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": _reason(finish_reason)}],
+        }
 
     deltas = Deltas(plan)
     yield chunk({"role": "assistant", "content": ""})
@@ -470,7 +546,7 @@ def _chunks(
             yield chunk({"content": text})
     last_deltas, finish_reason = deltas.finish(reply.finish_reason)
     for delta in last_deltas:
-        yield chunk(delta)
+        yield chunk(cast(ChatCompletionDelta, delta))
     last = chunk({}, finish_reason)
     last["usage"] = reply.usage()
     yield last
@@ -518,6 +594,16 @@ class ChatSession:
         self._pin = next(_PINS)
         self._engine = model._engine
         self.reset()
+
+    def __repr__(self) -> str:
+        system = "no system prompt"
+        if self.system:
+            short = self.system if len(self.system) <= 30 else self.system[:27] + "..."
+            system = f"system={short!r}"
+        return (
+            f"ChatSession({self.model._label!r}, {len(self.messages)} messages, {system}, "
+            f"{self.dropped} dropped)"
+        )
 
     def __del__(self) -> None:
         engine = getattr(self, "_engine", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -15,7 +16,8 @@ QUANTS = ("f32", "f16", "bf16", "q8_0", "q4", "q4_1", "q4_mixed")
 
 
 class _Bar:
-    """A one-line progress bar on a terminal stream."""
+    """A one-line progress bar on a terminal stream, for when tqdm is not
+    installed."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
@@ -28,6 +30,43 @@ class _Bar:
         if done == total:
             self.out.write("\n")
         self.out.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class _TqdmBar:
+    """The engine's ``(done, total, name)`` reports shown by tqdm."""
+
+    def __init__(self, tqdm: Any, out: TextIO) -> None:
+        self._make = tqdm
+        self._out = out
+        self._bar: Any = None
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if self._bar is None:
+            self._bar = self._make(total=total, desc="converting", unit="tensor", file=self._out)
+        self._bar.set_postfix_str(name, refresh=False)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _progress_bar(show: bool, out: TextIO) -> _Bar | _TqdmBar | None:
+    """What shows conversion progress on ``out``: tqdm's bar, or a plain
+    one without tqdm; nothing unless ``show`` and ``out`` is a terminal."""
+    if not show or not out.isatty():
+        return None
+    try:  # imported by name: tqdm ships no type stubs
+        tqdm = importlib.import_module("tqdm").tqdm
+    except ImportError:
+        return _Bar(out)
+    return _TqdmBar(tqdm, out)
 
 
 def convert(
@@ -55,7 +94,8 @@ def convert(
             it is stored in the new file, which then opens on its own, with
             the chat template the source has.
         n_threads: threads to quantize with (default: all cores).
-        progress: show a progress bar on stderr (when it is a terminal).
+        progress: show a progress bar on stderr (tqdm's, when it is
+            installed), if stderr is a terminal; False keeps quiet.
 
     Returns:
         A summary: ``file_bytes``, ``bits_per_weight``, ``parameters``,
@@ -76,16 +116,21 @@ def convert(
         text, special = source.tokenizer.to_json_str()
         hf_tokenizer = (text, json.dumps(special))
     del source
-    return _tinyllm.convert(
-        src,
-        dst,
-        quant,
-        tok_path if hf_tokenizer is None else None,
-        n_threads,
-        _Bar(sys.stderr) if progress and sys.stderr.isatty() else None,
-        hf_tokenizer,
-        chat_template,
-    )
+    bar = _progress_bar(progress, sys.stderr)
+    try:
+        return _tinyllm.convert(
+            src,
+            dst,
+            quant,
+            tok_path if hf_tokenizer is None else None,
+            n_threads,
+            bar,
+            hf_tokenizer,
+            chat_template,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def info(path: PathLike) -> dict[str, Any]:

@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from tinyllm import _tinyllm
+from tinyllm._errors import ModelFormatError
 from tinyllm._grammar import grammar_spec
 from tinyllm._template import ChatTemplate
-from tinyllm._tinyllm import ModelFormatError
 from tinyllm._tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from tinyllm._chat import ChatSession
+    from tinyllm._types import ChatCompletion, ChatCompletionChunk
 
 PathLike = str | os.PathLike[str]
 Prompt = str | Sequence[int]
+
+#: Says at INFO what a model picked when it opened: its kernels (ISA), the
+#: device, its tokenizer and its chat template. tinyllm adds no handler:
+#: ``logging.basicConfig(level=logging.INFO)`` (or ``tinyllm -v``) shows it.
+log = logging.getLogger("tinyllm")
 
 #: The model shipped inside the package (see NOTICE): Karpathy's stories260K.
 BUILTIN_MODEL = "stories260K.bin"
@@ -116,6 +126,32 @@ class Model:
         self._grammar_lock = threading.Lock()
         self._grammars_ready = False
         self._pooling: str | None = None
+        #: How ``repr`` names the model (``from_pretrained`` gives the repo).
+        self._label = os.path.basename(os.path.normpath(path)) or path
+        if log.isEnabledFor(logging.INFO):
+            self._log_opened()
+
+    def _log_opened(self) -> None:
+        """Logs what this model picked (see :data:`log`)."""
+        i = self.info
+        log.info(
+            "opened %s: %s, %s %s, %s parameters; context %d, KV cache %s",
+            i["path"],
+            i["format"],
+            i["family"],
+            i["weight_type"],
+            _count(i["parameters"]),
+            i["context_length"],
+            i["kv_cache"],
+        )
+        log.info("device: cpu, kernels %s, %d threads", i["isa"], i["n_threads"])
+        tok = self.tokenizer
+        kind = "llama2.c" if tok.is_llama2c else "Hugging Face"
+        log.info("tokenizer: %s, %d tokens, from %s", kind, tok.vocab_size, tok.source)
+        if self._chat_template_source() is not None:
+            log.info("chat template: the model's own (picked at the first chat)")
+        else:
+            log.info("chat template: none in the model; a built-in one at the first chat")
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -242,10 +278,9 @@ class Model:
 
     def __repr__(self) -> str:
         i = self.info
-        c = self.config
         return (
-            f"Model({i['path']!r}, dim={c.dim}, n_layers={c.n_layers}, "
-            f"vocab_size={c.vocab_size}, format={i['format']!r})"
+            f"Model({self._label!r}, {i['family']}, {_count(i['parameters'])} params, "
+            f"{i['weight_type']}, ctx {i['context_length']}, {i['isa']})"
         )
 
     def reset(self) -> None:
@@ -426,7 +461,7 @@ class Model:
     @overload
     def generate(
         self,
-        prompt: list[str] | list[Sequence[int]],
+        prompt: list[str] | list[list[int]] | list[Sequence[int]],
         max_tokens: int = ...,
         temperature: float = ...,
         top_k: int = ...,
@@ -445,7 +480,7 @@ class Model:
 
     def generate(
         self,
-        prompt: Prompt | list[str] | list[Sequence[int]],
+        prompt: Prompt | list[str] | list[list[int]] | list[Sequence[int]],
         max_tokens: int = 256,
         temperature: float = 0.8,
         top_k: int = 0,
@@ -534,7 +569,12 @@ class Model:
         if self._chat_template is None:
             from tinyllm._chat import model_chat_template
 
-            self._chat_template = model_chat_template(self)
+            template = model_chat_template(self)
+            log.info(
+                "chat template: %s",
+                f"built-in {template.name!r}" if template.name else "the model's own",
+            )
+            self._chat_template = template
         return self._chat_template
 
     @chat_template.setter
@@ -546,6 +586,11 @@ class Model:
                 f"chat_template must be a ChatTemplate or str, not {type(template).__name__}"
             )
         self._chat_template = template
+
+    def _chat_template_source(self) -> str | None:
+        """The model's own chat template text, if its files have one."""
+        source = self.tokenizer.chat_template or self.info.get("chat_template")
+        return source if isinstance(source, str) and source.strip() else None
 
     def encode_chat(
         self,
@@ -561,12 +606,33 @@ class Model:
 
         return encode_chat(self, messages, add_generation_prompt=add_generation_prompt, tools=tools)
 
+    @overload
+    def chat_completion(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        stream: Literal[False] = ...,
+        **options: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    def chat_completion(
+        self, messages: Sequence[Mapping[str, Any]], *, stream: Literal[True], **options: Any
+    ) -> Iterator[ChatCompletionChunk]: ...
+
+    @overload
+    def chat_completion(
+        self, messages: Sequence[Mapping[str, Any]], *, stream: bool, **options: Any
+    ) -> ChatCompletion | Iterator[ChatCompletionChunk]: ...
+
     def chat_completion(
         self, messages: Sequence[Mapping[str, Any]], *, stream: bool = False, **options: Any
-    ) -> Any:
+    ) -> ChatCompletion | Iterator[ChatCompletionChunk]:
         """Replies to ``messages`` as OpenAI's chat completions API does: a
         dict with ``choices[0]["message"]["content"]``, ``finish_reason`` and
-        ``usage``, or with ``stream=True`` an iterator of chunk dicts.
+        ``usage`` (typed as :class:`tinyllm.ChatCompletion`), or with
+        ``stream=True`` an iterator of chunk dicts
+        (:class:`tinyllm.ChatCompletionChunk`).
         ``options`` are those of :meth:`stream` (``max_tokens``,
         ``temperature``, ``response_format``, ...), and ``tools``,
         ``tool_choice`` and ``parallel_tool_calls`` as OpenAI takes them."""
@@ -574,7 +640,7 @@ class Model:
 
         return chat_completion(self, messages, stream=stream, **options)
 
-    def chat_session(self, system: str | None = None, **options: Any) -> Any:
+    def chat_session(self, system: str | None = None, **options: Any) -> ChatSession:
         """A conversation that keeps its history: ``send(text) -> str`` and
         ``stream(text)``. The KV cache keeps earlier turns, so each turn
         only processes its new tokens."""
@@ -599,6 +665,14 @@ Stream = _tinyllm.Stream
 
 #: What from_pretrained fetches of a Hugging Face model repository.
 _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+def _count(n: int) -> str:
+    """A parameter count in three digits: 260K, 135M, 1.54B."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size * 0.9995:  # 999,999 is 1M, not 1e+03K
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def _cache_root() -> Path:

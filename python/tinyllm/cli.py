@@ -12,13 +12,14 @@ its original.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from tinyllm._convert import QUANTS, convert, format_info, info
+from tinyllm._errors import TinyLLMError
 from tinyllm._eval import eval as evaluate
 from tinyllm._model import Model
-from tinyllm._tinyllm import ContextLengthError, ModelFormatError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -68,20 +69,51 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
     p.add_argument("--seed", "-s", type=int, default=None, help="random seed (default: random)")
 
 
+def version_text() -> str:
+    """What ``tinyllm --version`` prints: the package's version and the
+    kernels the engine runs on this CPU."""
+    from tinyllm import __version__, _tinyllm
+
+    tiers = ", ".join(_tinyllm.available_isas())
+    return f"tinyllm {__version__} (device cpu, kernels {_tinyllm.isa()}; this CPU runs {tiers})"
+
+
+class _Version(argparse.Action):
+    """``--version``, worked out only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyllm", description="Run language models on your own machine."
     )
+    parser.add_argument("--version", action=_Version)
+    # -v after the command: `tinyllm chat -v`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the model picked (kernels, tokenizer, template) to stderr",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="continue a prompt (default: tell a story)")
+    run = sub.add_parser("run", parents=[common], help="continue a prompt (default: tell a story)")
     _model_args(run)
     run.add_argument("-p", "--prompt", default="", help="the text to continue")
     _sampling_args(run, max_tokens=256)
-    chat = sub.add_parser("chat", help="chat in the terminal")
+    chat = sub.add_parser("chat", parents=[common], help="chat in the terminal")
     _model_args(chat)
     chat.add_argument("--system", default=None, help="system prompt")
     _sampling_args(chat, max_tokens=None)
-    srv = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    srv = sub.add_parser(
+        "serve", parents=[common], help="serve the model over an OpenAI-compatible HTTP API"
+    )
     _model_args(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
@@ -96,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
         help="requests decoded at once; more wait (default: chosen from memory, up to 16)",
     )
     srv.add_argument("--name", default=None, help="the model id to report (default: file name)")
-    conv = sub.add_parser("convert", help="write a model as a tinyllm file, quantized")
+    conv = sub.add_parser(
+        "convert", parents=[common], help="write a model as a tinyllm file, quantized"
+    )
     conv.add_argument(
         "src", help="model file (tinyllm, GGUF, llama2.c) or Hugging Face model directory"
     )
@@ -104,9 +138,14 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--quant", default="q4", choices=QUANTS, help="weight types (default q4)")
     conv.add_argument("--tokenizer", "-z", help="tokenizer file (default: found beside the model)")
     conv.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    info_p = sub.add_parser("info", help="describe a model file: header and tensors")
+    conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    info_p = sub.add_parser(
+        "info", parents=[common], help="describe a model file: header and tensors"
+    )
     info_p.add_argument("file", help="model file")
-    ev = sub.add_parser("eval", help="KL divergence, top-1 and perplexity against a reference")
+    ev = sub.add_parser(
+        "eval", parents=[common], help="KL divergence, top-1 and perplexity against a reference"
+    )
     ev.add_argument("model", help="the model to measure (e.g. a quantized tinyllm file)")
     ev.add_argument("--reference", required=True, help="the reference (e.g. the f32 original)")
     ev.add_argument("--text", required=True, help="a UTF-8 text file to score")
@@ -197,7 +236,14 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    r = convert(args.src, args.output, args.quant, tokenizer=args.tokenizer, n_threads=args.threads)
+    r = convert(
+        args.src,
+        args.output,
+        args.quant,
+        tokenizer=args.tokenizer,
+        n_threads=args.threads,
+        progress=not args.quiet,
+    )
     dtypes = ", ".join(f"{n} {t}" for t, n in r["dtypes"].items())
     print(
         f"wrote {r['path']}: {r['file_bytes'] / 1e6:.1f} MB, {r['bits_per_weight']:.2f} bits per "
@@ -224,9 +270,21 @@ def _eval(args: argparse.Namespace) -> None:
     )
 
 
+def _log_to_stderr() -> None:
+    """Shows the ``tinyllm`` logger's INFO records on stderr (the library
+    itself configures no handler)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tinyllm: %(message)s"))
+    log = logging.getLogger("tinyllm")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.verbose:
+        _log_to_stderr()
     try:
         commands = {
             "run": _run,
@@ -237,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval": _eval,
         }
         commands[args.command](args)
-    except (OSError, ModelFormatError, ContextLengthError, ValueError, TypeError) as e:
+    except (OSError, TinyLLMError, ValueError, TypeError) as e:
         if isinstance(e, BrokenPipeError):
             return 0
         print(f"tinyllm: error: {e}", file=sys.stderr)

@@ -33,6 +33,7 @@ from tinyllm._model import Model
 from tinyllm._template import TemplateError
 from tinyllm._tinyllm import ContextLengthError
 from tinyllm._tokenizer import Tokenizer
+from tinyllm._types import ChatCompletionMessage
 from tinyllm.server._protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("tinyllm.server")
@@ -289,7 +290,7 @@ class Api:
             choices = []
             for i, r in enumerate(replies):
                 text = "".join(r)
-                message: dict[str, Any] = {"role": "assistant", "content": text}
+                message: ChatCompletionMessage = {"role": "assistant", "content": text}
                 finish_reason = r.finish_reason
                 if plan is not None:
                     message, finish_reason = plan.message(text, finish_reason)
