@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import operator
@@ -204,7 +205,7 @@ class Model:
         cls,
         repo_id: str,
         *,
-        quant: str | None = "q4",
+        quant: str | None = "auto",
         revision: str | None = None,
         filename: str | None = None,
         cache_dir: PathLike | None = None,
@@ -213,53 +214,81 @@ class Model:
     ) -> Model:
         """Downloads a model from the Hugging Face hub (with
         ``huggingface_hub``: its cache, progress bars, tokens, and
-        ``HF_HUB_OFFLINE=1`` to work from the cache alone), converts it
-        once to a tinyllm file with ``quant`` and keeps that in tinyllm's
+        ``HF_HUB_OFFLINE=1`` to work from the cache alone) and opens it. A
+        model that is converted is converted once, and kept in tinyllm's
         cache (``$TINYLLM_CACHE``, else ``~/.cache/tinyllm``) for next time.
 
         Args:
             repo_id: ``"owner/name"`` of a model repository with
                 ``config.json``, safetensors and ``tokenizer.json``, or (with
                 ``filename``) of one holding GGUF files.
-            quant: a recipe of :func:`tinyllm.convert`, or None to run the
-                downloaded weights as they are.
+            quant: ``"auto"`` (default): a GGUF file runs as it is (its own
+                quantization, Q4_K_M say, is kept), safetensors weights are
+                converted to ``"q4"``. None runs the downloaded weights as
+                they are; a recipe of :func:`tinyllm.convert` (``"q8_0"``,
+                ``"q4"``, ...) converts to it.
             revision: a branch, tag or commit (default: the main branch).
-            filename: a GGUF file of the repository to use.
+            filename: a file of the repository to use, a GGUF file say, or a
+                glob such as ``"*Q4_K_M.gguf"`` (matched without regard to
+                case against the repository's files, or the cached ones
+                under ``HF_HUB_OFFLINE=1``) that exactly one file must match.
             cache_dir: the hub cache (default: ``huggingface_hub``'s).
             token: a hub token for private or gated models.
             kwargs: passed to :class:`Model` (``n_threads``, ...).
+
+        Only the files a model needs are downloaded: the configuration,
+        tokenizer and template files, and the safetensors shards that
+        ``model.safetensors.index.json`` lists (not a ``consolidated``
+        copy of the same weights beside them).
+
+        Raises:
+            ValueError: a bad ``repo_id`` or ``quant``, or a ``filename``
+                glob that matches no file or more than one (the message lists
+                the candidates).
         """
+        from tinyllm._convert import QUANTS
+
         if not isinstance(repo_id, str) or repo_id.count("/") != 1:
             raise ValueError(f"repo_id must be 'owner/name', not {repo_id!r}")
+        if quant is not None and quant != "auto" and quant not in QUANTS:
+            raise ValueError(
+                f"quant must be 'auto', None or one of {', '.join(QUANTS)}, not {quant!r}"
+            )
+        if filename is not None and not isinstance(filename, str):
+            raise TypeError(f"filename must be a str, not {type(filename).__name__}")
         try:
             import huggingface_hub as hub
         except ImportError as e:  # pragma: no cover - a dependency of tinyllm
             raise ImportError("from_pretrained needs the huggingface-hub package") from e
         cache = None if cache_dir is None else _path("cache_dir", cache_dir)
         if filename is not None:
+            if _is_glob(filename):
+                files = _hub_files(hub, repo_id, revision, cache, token)
+                filename = _match_one(repo_id, filename, files)
             local = hub.hf_hub_download(
                 repo_id, filename, revision=revision, cache_dir=cache, token=token
             )
-            commit = Path(local).parent.name
+            # .../snapshots/<commit>/<filename, perhaps in a folder>
+            commit = Path(local).parents[len(Path(filename).parts) - 1].name
         else:
-            local = hub.snapshot_download(
-                repo_id,
-                revision=revision,
-                cache_dir=cache,
-                token=token,
-                allow_patterns=_HUB_FILES,
-            )
+            local = _download_weights(hub, repo_id, revision, cache, token)
             commit = Path(local).name
+        if quant == "auto":
+            quant = None if filename is not None else "q4"
         if quant is None:
-            return cls(local, **kwargs)
-        from tinyllm._convert import convert
+            model = cls(local, **kwargs)
+        else:
+            from tinyllm._convert import convert
 
-        stem = Path(filename).stem if filename else "model"
-        dst = _cache_root() / repo_id.replace("/", "--") / commit / f"{stem}-{quant}.tllm"
-        if not dst.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            convert(local, dst, quant)
-        return cls(dst, **kwargs)
+            stem = Path(filename).stem if filename else "model"
+            dst = _cache_root() / repo_id.replace("/", "--") / commit / f"{stem}-{quant}.tllm"
+            if not dst.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                log.info("converting %s to %s (once): %s", repo_id, quant, dst)
+                convert(local, dst, quant)
+            model = cls(dst, **kwargs)
+        model._label = f"{repo_id}/{filename}" if filename else repo_id
+        return model
 
     # -- facts ---------------------------------------------------------------
 
@@ -663,8 +692,104 @@ class Model:
 Stream = _tinyllm.Stream
 
 
-#: What from_pretrained fetches of a Hugging Face model repository.
-_HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+#: What from_pretrained fetches of a Hugging Face model repository before
+#: its weights: configuration, tokenizer, template and the shards' index.
+_HUB_FILES = ["*.json", "*.jinja", "tokenizer.model"]
+
+#: The most candidates a failed ``filename`` glob lists.
+_MAX_LISTED = 12
+
+
+def _download_weights(
+    hub: Any, repo_id: str, revision: str | None, cache: str | None, token: str | bool | None
+) -> str:
+    """Downloads a safetensors repository's small files, then the weight
+    files it uses: the shards its ``model.safetensors.index.json`` lists, else
+    ``model.safetensors``. Returns the snapshot directory."""
+    kw: dict[str, Any] = {"cache_dir": cache, "token": token}
+    local = hub.snapshot_download(repo_id, revision=revision, allow_patterns=_HUB_FILES, **kw)
+    index = Path(local) / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ModelFormatError(f"{index}: not a safetensors index ({e!r})") from None
+        if not shards or not all(isinstance(s, str) for s in shards):
+            raise ModelFormatError(f"{index}: its weight_map names no shard files")
+    else:
+        shards = ["model.safetensors"]
+    # The same commit as the small files, even if the branch moved meanwhile.
+    found: str = hub.snapshot_download(
+        repo_id, revision=Path(local).name, allow_patterns=shards, **kw
+    )
+    return found
+
+
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def _hub_files(
+    hub: Any, repo_id: str, revision: str | None, cache: str | None, token: str | bool | None
+) -> list[str]:
+    """The files of a hub repository: as the hub lists them, or as its cache
+    holds them when ``HF_HUB_OFFLINE=1`` (or the hub cannot be reached)."""
+    from huggingface_hub import constants  # a submodule, not loaded with the package
+
+    root = Path(cache or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    offline = getattr(constants, "is_offline_mode", None)
+    if not (offline() if callable(offline) else constants.HF_HUB_OFFLINE):
+        try:
+            return sorted(hub.list_repo_files(repo_id, revision=revision, token=token))
+        except Exception as e:  # the hub's errors differ between its versions
+            snapshot = _cached_snapshot(root, revision)
+            if snapshot is None:
+                raise
+            log.warning("cannot list %s on the hub (%s); using the cached files", repo_id, e)
+            return _files_under(snapshot)
+    snapshot = _cached_snapshot(root, revision)
+    if snapshot is None:
+        raise FileNotFoundError(
+            f"{repo_id} ({revision or 'main'}) is not in the hub cache {root.parent}, "
+            "and HF_HUB_OFFLINE=1 forbids listing it on the hub"
+        )
+    return _files_under(snapshot)
+
+
+def _cached_snapshot(root: Path, revision: str | None) -> Path | None:
+    """The snapshot directory of ``revision`` in a repository's hub cache:
+    a commit's own, or the one a branch or tag points to."""
+    rev = revision or "main"
+    ref = root / "refs" / rev
+    if ref.is_file():
+        rev = ref.read_text(encoding="utf-8").strip()
+    snapshot = root / "snapshots" / rev
+    return snapshot if snapshot.is_dir() else None
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _match_one(repo_id: str, pattern: str, files: list[str]) -> str:
+    """The one file of ``files`` that the glob ``pattern`` matches (case
+    aside); a ValueError listing the candidates otherwise."""
+    found = [f for f in files if fnmatch.fnmatchcase(f.lower(), pattern.lower())]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        head = f"{len(found)} files of {repo_id} match {pattern!r}; give one of"
+        candidates = found
+    else:
+        gguf = [f for f in files if f.lower().endswith(".gguf")]
+        candidates = gguf or files
+        what = "GGUF files" if gguf else "files"
+        head = f"no file of {repo_id} matches {pattern!r}; its {what} are"
+    shown = ", ".join(candidates[:_MAX_LISTED])
+    if len(candidates) > _MAX_LISTED:
+        shown += f", and {len(candidates) - _MAX_LISTED} more"
+    raise ValueError(f"{head}: {shown or 'none'}")
 
 
 def _count(n: int) -> str:

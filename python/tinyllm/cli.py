@@ -32,13 +32,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hf",
         metavar="OWNER/NAME",
-        help="a model of the Hugging Face hub (downloaded and converted once)",
+        help="a model of the Hugging Face hub (downloaded; safetensors converted once)",
+    )
+    p.add_argument(
+        "--hf-file",
+        metavar="FILE",
+        help="with --hf: the repository's file to run, or a glob that one file matches, "
+        "e.g. '*Q4_K_M.gguf'",
     )
     p.add_argument(
         "--quant",
-        default="q4",
-        choices=QUANTS,
-        help="with --hf: the weight types to convert to (default q4)",
+        default="auto",
+        choices=("auto", "none", *QUANTS),
+        help="with --hf: the weight types to convert to; 'none' runs the files as they are "
+        "(default 'auto': a GGUF file as it is, safetensors converted to q4)",
     )
     p.add_argument("--tokenizer", "-z", help="tokenizer file (default: the model's own)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
@@ -168,7 +175,10 @@ def _open(args: argparse.Namespace) -> Model:
     if args.hf is not None:
         if args.model is not None:
             raise SystemExit("tinyllm: give a model file or --hf, not both")
-        return Model.from_pretrained(args.hf, quant=args.quant, **kw)
+        quant = None if args.quant == "none" else args.quant
+        return Model.from_pretrained(args.hf, quant=quant, filename=args.hf_file, **kw)
+    if args.hf_file is not None or args.quant != "auto":
+        raise SystemExit("tinyllm: --hf-file and --quant go with --hf")
     if args.model is None:
         return Model.default(**kw)
     return Model(args.model, args.tokenizer, **kw)
