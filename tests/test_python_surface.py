@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -148,7 +149,8 @@ def test_model_repr_is_short_and_says_what_runs(stories: tinyllm.Model) -> None:
 
 def test_repr_of_streams_and_sessions(stories: tinyllm.Model) -> None:
     s = stories.stream("Once", max_tokens=3, temperature=0)
-    assert repr(s) == "Stream(running, 0 tokens)"
+    # The engine decodes on its own thread: tokens may arrive before the read.
+    assert re.fullmatch(r"Stream\(running, \d+ tokens?\)", repr(s)), repr(s)
     text = "".join(s)
     assert repr(s) == "Stream('length', 3 tokens)" and text
     cancelled = stories.stream("Once", max_tokens=50)
@@ -162,7 +164,7 @@ def test_repr_of_streams_and_sessions(stories: tinyllm.Model) -> None:
         "system='You are a storyteller who t...', 0 dropped)"
     )
     reply = session.stream("More")
-    assert repr(reply) == "ChatReply(running, 0 tokens, 0 chars)"
+    assert re.fullmatch(r"ChatReply\(running, \d+ tokens, 0 chars\)", repr(reply)), repr(reply)
     for _ in reply:
         pass
     assert repr(reply).startswith(f"ChatReply({reply.finish_reason}, {reply.completion_tokens} ")
