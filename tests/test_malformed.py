@@ -70,7 +70,7 @@ def attempt(name: str, path: Path, load: Callable[[], Any], seen: Outcomes) -> N
             obj.generate("Once upon", max_tokens=2, temperature=0)
         except tinyllm.ContextLengthError:
             pass  # a header's seq_len of 1 or 2 is a valid, if useless, model
-        except RuntimeError as e:
+        except tinyllm.NonFiniteError as e:
             assert "NaN or infinite" in str(e), f"{name}: {e}"
             seen.non_finite += 1
             return
@@ -704,7 +704,7 @@ def test_llama2c_rules(tmp_path: Path, models: Path, tok512: Path) -> None:
     huge = struct.pack("<f", 3e38) * dim
     path.write_bytes(data[:final_norm_at] + huge + data[final_norm_at + 4 * dim :])
     m = tinyllm.Model(path, tokenizer=tok512, n_threads=1)
-    with pytest.raises(RuntimeError, match="NaN or infinite logit"):
+    with pytest.raises(tinyllm.NonFiniteError, match="NaN or infinite logit"):
         m.generate("Once upon a time", max_tokens=3, temperature=0)
 
 

@@ -19,7 +19,7 @@ tokenizer) is logged at INFO on the ``"tinyllm"`` logger.
 """
 
 from tinyllm._convert import convert, info
-from tinyllm._errors import ContextLengthError, ModelFormatError, TinyLLMError
+from tinyllm._errors import ContextLengthError, ModelFormatError, NonFiniteError, TinyLLMError
 from tinyllm._eval import eval
 from tinyllm._export import export, export_model
 from tinyllm._model import Model, ModelConfig, Stream
@@ -55,6 +55,7 @@ __all__ = [
     "Model",
     "ModelConfig",
     "ModelFormatError",
+    "NonFiniteError",
     "Stream",
     "StreamDecoder",
     "TemplateError",

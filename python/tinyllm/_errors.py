@@ -8,7 +8,7 @@ classes (``tinyllm._tinyllm`` imports them from here).
 
 from __future__ import annotations
 
-__all__ = ["ContextLengthError", "ModelFormatError", "TinyLLMError"]
+__all__ = ["ContextLengthError", "ModelFormatError", "NonFiniteError", "TinyLLMError"]
 
 
 class TinyLLMError(Exception):
@@ -28,5 +28,13 @@ class ModelFormatError(TinyLLMError, ValueError):
 
 class ContextLengthError(TinyLLMError, ValueError):
     """A prompt (or a conversation) is longer than the model's context."""
+
+    __module__ = "tinyllm"
+
+
+class NonFiniteError(TinyLLMError, RuntimeError):
+    """The model computed a NaN or infinite logit: weights that are finite
+    but overflow the float range (a corrupt file that passed the load-time
+    checks). The generation stops; the model stays usable."""
 
     __module__ = "tinyllm"

@@ -67,7 +67,8 @@ class Model:
             in page cache plus the KV cache and a few buffers.
         tokenizer: the llama2.c ``tokenizer.bin`` of the model. If None,
             ``tokenizer.bin`` or ``tok{vocab_size}.bin`` beside the model.
-        n_threads: threads to compute with (default: all available cores).
+        n_threads: threads to compute with (default: ``TINYLLM_NUM_THREADS``
+            if set, else the physical cores this process may use).
         context_length: the most tokens a sequence may hold (default and
             maximum: the model's ``seq_len``).
         max_sequences: the most generations decoded together; more wait
@@ -114,7 +115,7 @@ class Model:
             raise TypeError(f"kv_cache must be a str, not {type(kv_cache).__name__}")
         if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
             tokenizer = _path("tokenizer", tokenizer)
-        self._engine = _tinyllm.Engine(
+        self._open_engine: _tinyllm.Engine | None = _tinyllm.Engine(
             path,
             n_threads=n_threads,
             context_length=context_length,
@@ -131,6 +132,30 @@ class Model:
         self._label = os.path.basename(os.path.normpath(path)) or path
         if log.isEnabledFor(logging.INFO):
             self._log_opened()
+
+    @property
+    def _engine(self) -> _tinyllm.Engine:
+        engine = self._open_engine
+        if engine is None:
+            raise ValueError(f"the model {self._label!r} is closed")
+        return engine
+
+    def close(self) -> None:
+        """Releases the model: generations still running in other threads
+        fail with ``ValueError("the model was closed")``, the engine's thread
+        stops, its KV cache and buffers are freed and the thread pool is let
+        go (it ends with its last model). The file is unmapped once no call
+        still runs. Any later call raises ``ValueError``; closing twice is
+        harmless. ``with tinyllm.Model(...) as m:`` closes on leaving."""
+        engine, self._open_engine = self._open_engine, None
+        if engine is not None:
+            engine.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _log_opened(self) -> None:
         """Logs what this model picked (see :data:`log`)."""

@@ -36,6 +36,7 @@ use tinyllm_core::{
 // `tinyllm.TinyLLMError`) and imported once, on first use.
 pyo3::import_exception!(tinyllm._errors, ModelFormatError);
 pyo3::import_exception!(tinyllm._errors, ContextLengthError);
+pyo3::import_exception!(tinyllm._errors, NonFiniteError);
 
 /// Maps an engine error to the Python exception a user expects.
 fn to_py_err(e: Error) -> PyErr {
@@ -65,7 +66,7 @@ fn to_py_err(e: Error) -> PyErr {
         Error::Format { .. } => ModelFormatError::new_err(e.to_string()),
         Error::ContextLength { .. } => ContextLengthError::new_err(e.to_string()),
         Error::InvalidArgument(msg) => PyValueError::new_err(msg),
-        Error::NonFinite { .. } => PyRuntimeError::new_err(e.to_string()),
+        Error::NonFinite { .. } => NonFiniteError::new_err(e.to_string()),
     }
 }
 
@@ -405,6 +406,12 @@ impl Engine {
         self.engine.clear_cache();
     }
 
+    /// Stops the engine thread and frees the device; requests still running
+    /// fail with "the model was closed".
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.engine.close());
+    }
+
     /// Lets the cache kept for `pin` go.
     fn unpin(&self, pin: u64) {
         self.engine.unpin(pin);
@@ -621,8 +628,7 @@ fn convert<'py>(
         (None, Some((json, info))) => Some(TokenizerData::HuggingFace { json, info }),
         (None, None) => None,
     };
-    let threads =
-        n_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = n_threads.unwrap_or_else(tinyllm_core::machine::physical_cores);
     let pool = ThreadPool::new(threads.clamp(1, 1024));
     let source = serde_json::json!({
         "file": src.file_name().map(|n| n.to_string_lossy().into_owned()),
@@ -868,8 +874,7 @@ fn shortest(v: f32) -> f64 {
 #[pyfunction]
 #[pyo3(signature = (n_threads=None, bytes=1 << 30, reps=5))]
 fn read_bandwidth(py: Python<'_>, n_threads: Option<usize>, bytes: usize, reps: usize) -> f64 {
-    let threads =
-        n_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = n_threads.unwrap_or_else(tinyllm_core::machine::physical_cores);
     let pool = ThreadPool::new(threads.clamp(1, 1024));
     py.detach(|| tinyllm_core::machine::read_bandwidth(&pool, bytes.min(1 << 34), reps))
 }
