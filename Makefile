@@ -2,6 +2,11 @@
 
 PYTHON ?= python3
 SHARED_TOOLS ?= ../shared/tools
+WHEEL_ARCHES ?= x86_64 aarch64
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_SECONDS ?= 15
+# Empty: every target of fuzz/ (cd fuzz && cargo fuzz list)
+FUZZ_TARGETS ?=
 
 .DEFAULT_GOAL := help
 
@@ -34,6 +39,26 @@ test-aarch64: ## NEON kernels under qemu (with and without dotprod); installs cr
 	$(SHARED_TOOLS)/aarch64-check.sh -p tinyllm-core --test kernels
 	QEMU_CPU=cortex-a72 $(SHARED_TOOLS)/aarch64-check.sh -p tinyllm-core --test kernels
 
+.PHONY: wheel
+wheel: ## Linux wheels (manylinux2014, abi3 for CPython 3.10+) into dist/ (WHEEL_ARCHES)
+	tools/wheel.sh $(WHEEL_ARCHES)
+
+.PHONY: test-wheel
+test-wheel: ## Install dist/'s x86_64 wheel in a fresh venv with no Rust on PATH, and run it
+	TINYLLM_WHEEL="$$(ls -t dist/tinyllm-*_x86_64.whl | head -n 1)" $(PYTHON) -m pytest tests/test_wheel.py
+
+.PHONY: fuzz
+fuzz: ## Each fuzz target for FUZZ_SECONDS (default 600), one after the other
+	tools/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## Each fuzz target for FUZZ_SMOKE_SECONDS (default 15; CI)
+	tools/fuzz.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
+
+.PHONY: fuzz-replay
+fuzz-replay: ## Run the saved findings (fuzz/regressions/<target>/) once each
+	tools/fuzz.sh replay $(FUZZ_TARGETS)
+
 .PHONY: lint
 lint: ## rustfmt, clippy -D warnings, ruff, mypy
 	cargo fmt --all -- --check
@@ -54,4 +79,5 @@ bench: ## Tokens/s and GB/s (set TINYLLM_RUNC=path/to/run.c's binary to compare)
 .PHONY: clean
 clean: ## Remove build products and caches
 	cargo clean
+	rm -rf dist fuzz/target fuzz/corpus fuzz/artifacts
 	rm -rf benches/.cache .pytest_cache .benchmarks .mypy_cache .ruff_cache
