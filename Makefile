@@ -47,6 +47,10 @@ wheel: ## Linux wheels (manylinux2014, abi3 for CPython 3.10+) into dist/ (WHEEL
 test-wheel: ## Install dist/'s x86_64 wheel in a fresh venv with no Rust on PATH, and run it
 	TINYLLM_WHEEL="$$(ls -t dist/tinyllm-*_x86_64.whl | head -n 1)" $(PYTHON) -m pytest tests/test_wheel.py
 
+.PHONY: test-wheel-aarch64
+test-wheel-aarch64: ## Run dist/'s aarch64 wheel under qemu (Debian's arm64 Python; NEON, dotprod)
+	tools/wheel_aarch64_check.sh
+
 .PHONY: fuzz
 fuzz: ## Each fuzz target for FUZZ_SECONDS (default 600), one after the other
 	tools/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
