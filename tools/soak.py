@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads ({r.tokens / elapsed:.0f} tokens/s)"
     )
     print("resident memory (s, generations, MB):")
-    for t, n, mb in r.memory:
+    step = max(1, len(r.memory) // 20)
+    for t, n, mb in [*r.memory[:-1:step], r.memory[-1]]:
         print(f"  {t:8.1f} {n:8d} {mb:8.1f}")
     g = growth_mb(r)
     print(f"growth after the first quarter: {g:.1f} MB; mismatches: {len(r.mismatches)}")

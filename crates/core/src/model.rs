@@ -26,8 +26,18 @@ impl Model {
     /// Opens the model file at `path`, recognising its kind by content.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = format::open(path)?;
-        Ok(Model {
+        Ok(Self::from_file(path, format::open(path)?))
+    }
+
+    /// [`Model::open`] with every matrix as the file stores it (none
+    /// rearranged for the kernels): for comparisons.
+    pub fn open_as_stored(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Ok(Self::from_file(path, format::open_as_stored(path)?))
+    }
+
+    fn from_file(path: &Path, file: format::ModelFile) -> Self {
+        Model {
             family: file.family,
             config: file.config,
             weights: file.weights,
@@ -35,7 +45,7 @@ impl Model {
             path: path.to_path_buf(),
             tokenizer: file.tokenizer,
             header: file.header,
-        })
+        }
     }
 
     /// The model's tokenizer: the file at `explicit` if given; else the one

@@ -510,11 +510,47 @@ impl LayerDesc {
     }
 }
 
-/// Every tensor of a model: matrices as descriptors into the mapped files,
-/// vectors copied into one small buffer.
+/// Where a model's matrices live: a mapped file, or memory of the engine's
+/// own, holding matrices rearranged at load for the kernels.
+#[derive(Debug)]
+enum Store {
+    Mapped(Mmap),
+    /// `u64`s so that every block type's alignment holds; the length in
+    /// bytes.
+    Owned(Vec<u64>, usize),
+}
+
+impl std::ops::Deref for Store {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Store::Mapped(m) => m,
+            Store::Owned(words, len) => &as_bytes(words)[..*len],
+        }
+    }
+}
+
+impl Store {
+    /// An owned copy of the units `v`.
+    fn owned<T: Pod>(v: &[T]) -> Store {
+        let bytes = as_bytes(v);
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (w, b) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut le = [0u8; 8];
+            le[..b.len()].copy_from_slice(b);
+            *w = u64::from_ne_bytes(le);
+        }
+        Store::Owned(words, bytes.len())
+    }
+}
+
+/// Every tensor of a model: matrices as descriptors into the mapped files
+/// (or, rearranged at load, into memory of their own), vectors copied into
+/// one small buffer.
 #[derive(Debug)]
 pub struct Weights {
-    maps: Vec<Mmap>,
+    maps: Vec<Store>,
     vectors: Vec<f32>,
     /// `(vocab_size, dim)`
     pub embedding: MatrixDesc,
@@ -637,7 +673,7 @@ impl Weights {
     /// Wraps mappings whose descriptors the loader has checked.
     pub(crate) fn new(p: WeightsParts) -> Self {
         Weights {
-            maps: p.maps,
+            maps: p.maps.into_iter().map(Store::Mapped).collect(),
             vectors: p.vectors,
             embedding: p.embedding,
             layers: p.layers,
@@ -649,7 +685,148 @@ impl Weights {
 
     /// Bytes of all the model's files together.
     pub fn file_size(&self) -> usize {
-        self.maps.iter().map(|m| m.len()).sum()
+        let mapped = self.maps.iter().filter(|m| matches!(m, Store::Mapped(_)));
+        mapped.map(|m| m.len()).sum()
+    }
+
+    /// Bytes of the matrices held in memory of the engine's own (rearranged
+    /// at load by [`Weights::interleave_plain`]).
+    pub fn owned_bytes(&self) -> usize {
+        let owned = self.maps.iter().filter(|m| matches!(m, Store::Owned(..)));
+        owned.map(|m| m.len()).sum()
+    }
+
+    /// Rearranges the q4_0 and q8_0 matrices stored a row at a time (as
+    /// GGUF files hold them) into groups of four interleaved rows, the form
+    /// the fastest kernels read (and tinyllm files store): one load brings
+    /// four rows' values, one conversion their scales. The groups live in
+    /// memory of their own, as large as the blocks they replace, and the
+    /// file's pages they came from are handed back to the kernel; llama.cpp
+    /// repacks its CPU weights the same way. Matrices whose row count is
+    /// not a multiple of four stay as they are. `threads` share the work.
+    pub fn interleave_plain(&mut self, threads: usize) {
+        let plain = |d: &MatrixDesc| {
+            matches!(d.dtype, DType::Q4_0 | DType::Q8_0) && d.rows.is_multiple_of(4)
+        };
+        let tied = self.classifier == self.embedding;
+        let mut todo: Vec<MatrixDesc> = vec![self.embedding.clone()];
+        if !tied {
+            todo.push(self.classifier.clone());
+        }
+        for l in &self.layers {
+            todo.extend(l.matrices().map(|(_, m)| m.clone()));
+        }
+        todo.retain(plain);
+        if todo.is_empty() {
+            return;
+        }
+        let threads = threads.clamp(1, todo.len());
+        let this = &*self;
+        let stores: Vec<Store> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let todo = &todo;
+                    s.spawn(move || {
+                        let mine = todo.iter().enumerate().skip(t).step_by(threads);
+                        mine.map(|(k, d)| (k, this.interleaved(d)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut all: Vec<(usize, Store)> = handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("interleaving panicked"))
+                .collect();
+            all.sort_by_key(|(k, _)| *k);
+            all.into_iter().map(|(_, store)| store).collect()
+        });
+        let base = self.maps.len();
+        let moved: Vec<(MatrixDesc, MatrixDesc)> = todo
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                let dtype = match d.dtype {
+                    DType::Q4_0 => DType::Q4_0x4,
+                    _ => DType::Q8_0x4,
+                };
+                let new = MatrixDesc {
+                    dtype,
+                    file: base + k,
+                    offset: 0,
+                    ..d.clone()
+                };
+                (d.clone(), new)
+            })
+            .collect();
+        for (old, _) in &moved {
+            self.release(old);
+        }
+        self.maps.extend(stores);
+        let swap = |d: &mut MatrixDesc| {
+            if let Some((_, new)) = moved.iter().find(|(old, _)| old == d) {
+                *d = new.clone();
+            }
+        };
+        swap(&mut self.embedding);
+        if tied {
+            self.classifier = self.embedding.clone();
+        } else {
+            swap(&mut self.classifier);
+        }
+        for l in &mut self.layers {
+            for m in [
+                &mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w1, &mut l.w2, &mut l.w3,
+            ] {
+                swap(m);
+            }
+        }
+    }
+
+    /// The interleaved groups of the plain q4_0 or q8_0 matrix `d`.
+    fn interleaved(&self, d: &MatrixDesc) -> Store {
+        fn groups<I: Interleaved>(rows: &[I::Row], nb: usize) -> Vec<I> {
+            let mut out = Vec::with_capacity(rows.len() / 4);
+            for four in rows.chunks_exact(4 * nb) {
+                out.extend(
+                    (0..nb).map(|b| I::interleave(std::array::from_fn(|r| &four[r * nb + b]))),
+                );
+            }
+            out
+        }
+        let m = self.matrix(d);
+        let nb = d.cols / QK;
+        match d.dtype {
+            DType::Q4_0 => Store::owned(&groups::<BlockQ4_0x4>(m.blocks::<BlockQ4_0>(), nb)),
+            DType::Q8_0 => Store::owned(&groups::<BlockQ8_0x4>(m.blocks::<BlockQ8_0>(), nb)),
+            other => unreachable!("{other:?} is not a plain block type"),
+        }
+    }
+
+    /// Hands the file pages of the matrix `d` back to the kernel (they are
+    /// read again from the file if ever touched).
+    fn release(&self, d: &MatrixDesc) {
+        #[cfg(unix)]
+        if let Store::Mapped(map) = &self.maps[d.file] {
+            let len = d.bytes();
+            // Whole pages inside the matrix only: its neighbours stay.
+            let page = 4096;
+            let start = d.offset.next_multiple_of(page);
+            let end = (d.offset + len) / page * page;
+            if end > start {
+                // SAFETY: a private read-only mapping: dropping its pages
+                // changes no byte a reader sees, it only makes the next
+                // access read the file again.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = d;
     }
 
     /// The bytes of the first (or only) file.
@@ -770,6 +947,8 @@ unsafe impl Pod for i8 {}
 unsafe impl Pod for u8 {}
 // SAFETY: as above.
 unsafe impl Pod for u32 {}
+// SAFETY: as above.
+unsafe impl Pod for u64 {}
 // SAFETY: as above.
 unsafe impl Pod for f16 {}
 // SAFETY: as above.

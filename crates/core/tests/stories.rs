@@ -4,6 +4,7 @@ mod common;
 
 use common::model_path;
 use std::sync::Arc;
+use tinyllm_core::weights::DType;
 use tinyllm_core::{GenerateConfig, Generation, Model, Session, SessionOptions, Tokenizer};
 
 /// Greedy decoding that ends where run.c's does (BOS or EOS).
@@ -67,4 +68,42 @@ fn the_gguf_file_tells_run_c_s_story_too() {
         .run(&mut s, &tok)
         .unwrap();
     assert_eq!(text + "\n", want);
+}
+
+#[test]
+fn gguf_q4_0_and_q8_0_rows_interleaved_at_load_compute_what_the_file_holds() {
+    // The four-row groups hold the same blocks: the same products, only
+    // read in another order.
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+    for (name, plain, grouped) in [
+        ("stories260K-Q4_0.gguf", DType::Q4_0, DType::Q4_0x4),
+        ("stories260K-Q8_0.gguf", DType::Q8_0, DType::Q8_0x4),
+    ] {
+        let path = fixtures.join(name);
+        let stored = Arc::new(Model::open_as_stored(&path).unwrap());
+        let packed = Arc::new(Model::open(&path).unwrap());
+        assert_eq!(stored.weights.layers[0].wq.dtype, plain, "{name}");
+        assert_eq!(packed.weights.layers[0].wq.dtype, grouped, "{name}");
+        assert_eq!(stored.weights.owned_bytes(), 0);
+        assert!(packed.weights.owned_bytes() > 0);
+        let tok = Tokenizer::open(&model_path("tok512.bin")).unwrap();
+        let ids = tok.encode(
+            "Once upon a time, there was a little girl named Lily.",
+            true,
+        );
+        let logits = |m: Arc<Model>| {
+            let mut s = Session::new(m, &SessionOptions::default()).unwrap();
+            let mut out = vec![0.0; ids.len() * 512];
+            s.feed_all_logits(&ids, &mut out).unwrap();
+            out
+        };
+        let (a, b) = (logits(stored), logits(packed));
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(worst <= 1e-5 * scale, "{name}: {worst} of {scale}");
+    }
 }

@@ -67,6 +67,15 @@ pub struct ModelFile {
 /// directory with a `config.json` is a Hugging Face model; a file is told
 /// by its first bytes.
 pub fn open(path: &Path) -> Result<ModelFile> {
+    let mut file = open_as_stored(path)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    file.weights.interleave_plain(threads);
+    Ok(file)
+}
+
+/// [`open`] without rearranging any matrix: the weights as the file holds
+/// them.
+pub fn open_as_stored(path: &Path) -> Result<ModelFile> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         if safetensors::is_model_dir(path) {
