@@ -170,6 +170,14 @@ def test_repr_of_streams_and_sessions(stories: tinyllm.Model) -> None:
     assert repr(reply).startswith(f"ChatReply({reply.finish_reason}, {reply.completion_tokens} ")
 
 
+def test_repr_of_tokenizers_and_stream_decoders(stories: tinyllm.Model) -> None:
+    tok = stories.tokenizer
+    assert repr(tok) == "Tokenizer('tok512.bin', llama2.c, vocab_size=512, bos_id=1, eos_id=2)"
+    d = tok.decoder()
+    d.push(tok.encode("Hi", add_special_tokens=False)[0])
+    assert repr(d) == "StreamDecoder(1 ids, 0 held back)"
+
+
 # -- --version and logging -------------------------------------------------------
 
 

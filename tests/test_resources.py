@@ -144,7 +144,7 @@ def test_ctrl_c_during_a_prompt_leaves_the_model_usable(tmp_path: Path, tok512: 
         m.logits(ids)  # seconds of prompt, interrupted in the first
     timer.join()
     np.testing.assert_array_equal(m.logits(ids[:10]), short)
-    assert m.info["active_sequences"] == 0
+    assert m.generate([1, 5, 9], max_tokens=4, temperature=0)
 
 
 def test_soak_from_eight_threads_matches_serial_and_memory_stays_flat(
@@ -156,3 +156,12 @@ def test_soak_from_eight_threads_matches_serial_and_memory_stays_flat(
     growth = soak.growth_mb(r)
     print(f"\nsoak: {r.generations} generations, {r.tokens} tokens, growth {growth:.1f} MB")
     assert growth < 20, r.memory
+
+
+def test_gguf_q4_0_is_repacked_and_its_size_reported(stories_path: Path, tok512: Path) -> None:
+    fixtures = Path(__file__).parent / "fixtures" / "gguf"
+    with tinyllm.Model(fixtures / "stories260K-Q4_0.gguf") as m:
+        i = m.info
+        assert 0 < i["repacked_bytes"] < i["file_bytes"]
+    with tinyllm.Model(stories_path, tok512) as m:
+        assert m.info["repacked_bytes"] == 0

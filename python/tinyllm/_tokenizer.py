@@ -997,8 +997,10 @@ class Tokenizer:
         return self._source
 
     def __repr__(self) -> str:
+        name = os.path.basename(os.path.normpath(self._source)) or self._source
+        kind = "llama2.c" if self.is_llama2c else "Hugging Face"
         return (
-            f"Tokenizer({self._source!r}, vocab_size={self._vocab_size}, "
+            f"Tokenizer({name!r}, {kind}, vocab_size={self._vocab_size}, "
             f"bos_id={self._bos_id}, eos_id={self._eos_id})"
         )
 
@@ -1090,6 +1092,10 @@ class StreamDecoder:
         self._ids: list[int] = []
         self._start = 0  # ids[start:read] are the context already shown
         self._read = 0  # ids[read:] have not been shown yet
+
+    def __repr__(self) -> str:
+        held = len(self._ids) - self._read
+        return f"StreamDecoder({len(self._ids)} ids, {held} held back)"
 
     def push(self, token_id: int) -> str:
         """Adds one id; returns the text it completes (maybe "")."""

@@ -340,6 +340,16 @@ impl DType {
         self.traits().name
     }
 
+    /// The name of the blocks the type holds, whatever their layout: the
+    /// interleaved forms hold q4_0 and q8_0 blocks, four rows at a time.
+    pub fn block_name(self) -> &'static str {
+        match self {
+            DType::Q4_0x4 => DType::Q4_0.name(),
+            DType::Q8_0x4 => DType::Q8_0.name(),
+            other => other.name(),
+        }
+    }
+
     /// Parses a name of a dtype tinyllm files can hold.
     pub fn from_name(name: &str) -> Option<DType> {
         [

@@ -255,6 +255,7 @@ impl Engine {
             m.header.as_ref().and_then(|h| h.chat_template.clone()),
         )?;
         d.set_item("file_bytes", m.weights.file_size())?;
+        d.set_item("repacked_bytes", m.weights.owned_bytes())?;
         d.set_item("bytes_per_token", m.weights.bytes_per_token())?;
         d.set_item("kv_cache", e.kv_type().name())?;
         d.set_item("kv_cache_bytes", e.kv_bytes())?;
@@ -701,9 +702,9 @@ fn weight_summary(w: &tinyllm_core::weights::Weights) -> (usize, &'static str) {
     let mut by_type: Vec<(&'static str, usize)> = Vec::new();
     for m in &matrices {
         let n = m.rows * m.cols;
-        match by_type.iter_mut().find(|(t, _)| *t == m.dtype.name()) {
+        match by_type.iter_mut().find(|(t, _)| *t == m.dtype.block_name()) {
             Some((_, count)) => *count += n,
-            None => by_type.push((m.dtype.name(), n)),
+            None => by_type.push((m.dtype.block_name(), n)),
         }
     }
     let total = by_type.iter().map(|(_, n)| n).sum::<usize>() + vectors;
