@@ -22,7 +22,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cd fuzz && cargo fuzz list)
 fi
-(cd fuzz && cargo fuzz build -O --debug-assertions 2>&1 | grep -v '^\s*Compiling' || true)
+(cd fuzz && cargo fuzz build -O --debug-assertions 2>&1) | { grep -v '^\s*Compiling' || true; }
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 [ -d fuzz/corpus ] || python3 tools/make_fuzz_corpus.py
 
