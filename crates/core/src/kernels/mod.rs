@@ -184,14 +184,6 @@ macro_rules! tier {
                 unsafe { generic::matmul_quant::<$simd, W, $r, $c>(w, rows, nb, x, ldx, n_tok, out, ldo) }
             }
             $(#[$attr])*
-            unsafe fn matmul_quant_rows4<W: generic::QuantRows4>(
-                w: *const W, rows: usize, nb: usize, x: *const BlockQ8Act, ldx: usize,
-                n_tok: usize, out: *mut f32, ldo: usize,
-            ) {
-                // SAFETY: forwarded contract (see `generic::matmul_quant_rows4`).
-                unsafe { generic::matmul_quant_rows4::<$simd, W, $c4>(w, rows, nb, x, ldx, n_tok, out, ldo) }
-            }
-            $(#[$attr])*
             unsafe fn matmul_quant4<W: generic::QuantWeight4>(
                 w: *const W, groups: usize, nb: usize, x: *const BlockQ8Act, ldx: usize,
                 n_tok: usize, out: *mut f32, ldo: usize,
@@ -254,8 +246,8 @@ macro_rules! tier {
                 matmul_f32: matmul_float::<f32>,
                 matmul_f16: matmul_float::<f16>,
                 matmul_bf16: matmul_float::<bf16>,
-                matmul_q8_0: matmul_quant_rows4::<BlockQ8_0>,
-                matmul_q4_0: matmul_quant_rows4::<BlockQ4_0>,
+                matmul_q8_0: matmul_quant::<BlockQ8_0>,
+                matmul_q4_0: matmul_quant::<BlockQ4_0>,
                 matmul_q4_1: matmul_quant::<BlockQ4_1>,
                 matmul_q4_0x4: matmul_quant4::<BlockQ4_0x4>,
                 matmul_q8_0x4: matmul_quant4::<BlockQ8_0x4>,

@@ -14,7 +14,7 @@
 
 #![allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
-use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ8_0, BlockQ8_0x4, BlockQ8Act};
+use crate::quant::{BlockQ4_0x4, BlockQ8_0x4, BlockQ8Act};
 
 /// Vectors of f32 values, and the integer block operations of the quantized
 /// kernels.
@@ -110,10 +110,6 @@ pub(crate) trait Simd: Copy {
     unsafe fn acc4_sums(a: Self::Acc4) -> [f32; 4];
     unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> Self::W4;
     unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> Self::W4;
-    /// The same as [`Simd::load_q4_0x4`] from four rows' plain blocks, each
-    /// where its row has it (GGUF's layout).
-    unsafe fn load_q4_0_rows(b: [*const BlockQ4_0; 4]) -> Self::W4;
-    unsafe fn load_q8_0_rows(b: [*const BlockQ8_0; 4]) -> Self::W4;
     /// `acc[r] + (w[r] . x) * dw[r] * dx` for the four rows `r`.
     unsafe fn dot4(acc: Self::Acc4, w: Self::W4, x: *const BlockQ8Act) -> Self::Acc4;
 
@@ -327,18 +323,6 @@ impl Simd for Portable {
         (v, b.d.map(|d| d.to_f32()))
     }
     #[inline(always)]
-    unsafe fn load_q4_0_rows(b: [*const BlockQ4_0; 4]) -> Self::W4 {
-        let v = std::array::from_fn(|r| {
-            let u = Self::unpack_nibbles((*b[r]).qs.as_ptr());
-            u.map(|q| q - 8)
-        });
-        (v, b.map(|p| (*p).d.to_f32()))
-    }
-    #[inline(always)]
-    unsafe fn load_q8_0_rows(b: [*const BlockQ8_0; 4]) -> Self::W4 {
-        (b.map(|p| (*p).qs), b.map(|p| (*p).d.to_f32()))
-    }
-    #[inline(always)]
     unsafe fn dot4(acc: [f32; 4], w: Self::W4, x: *const BlockQ8Act) -> [f32; 4] {
         let x = &*x;
         std::array::from_fn(|r| {
@@ -363,7 +347,7 @@ pub(crate) use x86::{Avx2, Avx512};
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Simd;
-    use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ8_0, BlockQ8_0x4, BlockQ8Act};
+    use crate::quant::{BlockQ4_0x4, BlockQ8_0x4, BlockQ8Act};
     use std::arch::x86_64::*;
 
     /// Four rows' blocks in a zmm pair: values 0..16 of row `r` in 128-bit
@@ -389,13 +373,6 @@ mod x86 {
     #[inline(always)]
     unsafe fn scales4(d: *const half::f16) -> __m128 {
         _mm_cvtph_ps(_mm_loadl_epi64(d.cast()))
-    }
-
-    /// Four scales from four places, as `scales4` gives them.
-    #[inline(always)]
-    unsafe fn scales_of(d: [half::f16; 4]) -> __m128 {
-        let h = |r: usize| d[r].to_bits() as i16;
-        _mm_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), 0, 0, 0, 0))
     }
 
     /// AVX2 + FMA + F16C.
@@ -671,28 +648,6 @@ mod x86 {
             w4x8([[lo0, hi0], [lo1, hi1]], scales4((*b).d.as_ptr()))
         }
         #[inline(always)]
-        unsafe fn load_q4_0_rows(b: [*const BlockQ4_0; 4]) -> W4x8 {
-            let m = _mm256_set1_epi8(15);
-            let eight = _mm256_set1_epi8(8);
-            let q = |r: usize| _mm_loadu_si128((*b[r]).qs.as_ptr().cast());
-            let v0 = _mm256_set_m128i(q(1), q(0));
-            let v1 = _mm256_set_m128i(q(3), q(2));
-            let lo0 = _mm256_sub_epi8(_mm256_and_si256(v0, m), eight);
-            let hi0 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(v0), m), eight);
-            let lo1 = _mm256_sub_epi8(_mm256_and_si256(v1, m), eight);
-            let hi1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(v1), m), eight);
-            w4x8([[lo0, hi0], [lo1, hi1]], scales_of(b.map(|p| (*p).d)))
-        }
-        #[inline(always)]
-        unsafe fn load_q8_0_rows(b: [*const BlockQ8_0; 4]) -> W4x8 {
-            let q = |r: usize, h: usize| _mm_loadu_si128((*b[r]).qs.as_ptr().add(16 * h).cast());
-            let lo0 = _mm256_set_m128i(q(1, 0), q(0, 0));
-            let lo1 = _mm256_set_m128i(q(3, 0), q(2, 0));
-            let hi0 = _mm256_set_m128i(q(1, 1), q(0, 1));
-            let hi1 = _mm256_set_m128i(q(3, 1), q(2, 1));
-            w4x8([[lo0, hi0], [lo1, hi1]], scales_of(b.map(|p| (*p).d)))
-        }
-        #[inline(always)]
         unsafe fn dot4(acc: [__m256; 2], w: W4x8, x: *const BlockQ8Act) -> [__m256; 2] {
             let q = (*x).qs.as_ptr();
             let xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128(q.cast()));
@@ -910,29 +865,6 @@ mod x86 {
             }
         }
         #[inline(always)]
-        unsafe fn load_q4_0_rows(b: [*const BlockQ4_0; 4]) -> W4x16 {
-            let v = gather4(|r| (*b[r]).qs.as_ptr());
-            let m = _mm512_set1_epi8(15);
-            W4x16 {
-                lo: _mm512_and_si512(v, m),
-                hi: _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
-                scale: lane_scales(scales_of(b.map(|p| (*p).d))),
-                bias: -8,
-            }
-        }
-        #[inline(always)]
-        unsafe fn load_q8_0_rows(b: [*const BlockQ8_0; 4]) -> W4x16 {
-            let flip = _mm512_set1_epi8(-128);
-            let lo = gather4(|r| (*b[r]).qs.as_ptr().cast());
-            let hi = gather4(|r| (*b[r]).qs.as_ptr().add(16).cast());
-            W4x16 {
-                lo: _mm512_xor_si512(lo, flip),
-                hi: _mm512_xor_si512(hi, flip),
-                scale: lane_scales(scales_of(b.map(|p| (*p).d))),
-                bias: -128,
-            }
-        }
-        #[inline(always)]
         unsafe fn dot4(acc: __m512, w: W4x16, x: *const BlockQ8Act) -> __m512 {
             let q = (*x).qs.as_ptr();
             let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(q.cast()));
@@ -944,17 +876,6 @@ mod x86 {
             let scale = _mm512_mul_ps(w.scale, _mm512_set1_ps((*x).d));
             _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc)
         }
-    }
-
-    /// Four 16-byte pieces, from four places, as one vector (piece `r` in
-    /// lane group `r`).
-    #[inline(always)]
-    unsafe fn gather4(at: impl Fn(usize) -> *const u8) -> __m512i {
-        let q = |r: usize| _mm_loadu_si128(at(r).cast());
-        let v = _mm512_castsi128_si512(q(0));
-        let v = _mm512_inserti32x4::<1>(v, q(1));
-        let v = _mm512_inserti32x4::<2>(v, q(2));
-        _mm512_inserti32x4::<3>(v, q(3))
     }
 
     /// Row scales `[d0 d1 d2 d3]` repeated over the four 128-bit lanes.
@@ -977,7 +898,7 @@ pub(crate) use arm::{Neon, NeonDot};
 #[cfg(target_arch = "aarch64")]
 mod arm {
     use super::Simd;
-    use crate::quant::{BlockQ4_0, BlockQ4_0x4, BlockQ8_0, BlockQ8_0x4, BlockQ8Act};
+    use crate::quant::{BlockQ4_0x4, BlockQ8_0x4, BlockQ8Act};
     use std::arch::aarch64::*;
 
     /// Four rows' blocks: signed values `[row][lo or hi]` and row scales.
@@ -1001,18 +922,6 @@ mod arm {
     /// NEON with the dot-product extension.
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct NeonDot;
-
-    /// Four scales from four places, widened to f32.
-    #[inline(always)]
-    unsafe fn scales_of(d: [half::f16; 4]) -> float32x4_t {
-        let bits = [
-            d[0].to_bits(),
-            d[1].to_bits(),
-            d[2].to_bits(),
-            d[3].to_bits(),
-        ];
-        f16x4_to_f32(vld1_u16(bits.as_ptr()))
-    }
 
     /// Four f16 values (in a 64-bit register) widened to f32.
     #[inline(always)]
@@ -1239,31 +1148,6 @@ mod arm {
                 W4Neon {
                     w: [row(0), row(1), row(2), row(3)],
                     scale: f16x4_to_f32(vld1_u16((*b).d.as_ptr().cast())),
-                }
-            }
-            #[inline(always)]
-            unsafe fn load_q4_0_rows(b: [*const BlockQ4_0; 4]) -> W4Neon {
-                let eight = vdupq_n_s8(8);
-                let row = |r: usize| {
-                    let v = vld1q_u8((*b[r]).qs.as_ptr());
-                    let lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15)));
-                    let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(v));
-                    [vsubq_s8(lo, eight), vsubq_s8(hi, eight)]
-                };
-                W4Neon {
-                    w: [row(0), row(1), row(2), row(3)],
-                    scale: scales_of(b.map(|p| (*p).d)),
-                }
-            }
-            #[inline(always)]
-            unsafe fn load_q8_0_rows(b: [*const BlockQ8_0; 4]) -> W4Neon {
-                let row = |r: usize| {
-                    let q = (*b[r]).qs.as_ptr();
-                    [vld1q_s8(q), vld1q_s8(q.add(16))]
-                };
-                W4Neon {
-                    w: [row(0), row(1), row(2), row(3)],
-                    scale: scales_of(b.map(|p| (*p).d)),
                 }
             }
         };
