@@ -224,6 +224,48 @@ def test_logprobs_are_the_models_distribution(client: openai.OpenAI, model: tiny
             assert value == pytest.approx(want[text], abs=2e-3)
 
 
+def test_echo_with_logprobs_scores_the_prompt_too(
+    client: openai.OpenAI, model: tinyllm.Model
+) -> None:
+    ids = model.tokenize(STORY)  # BOS, then the text's tokens
+    rows = log_softmax(model.logits(ids))
+    r = client.completions.create(
+        model="stories", prompt=STORY, max_tokens=5, temperature=0, logprobs=2, echo=True
+    )
+    lp = r.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.text_offset
+    n = len(ids) - 1  # the prompt's tokens, BOS left out (the echoed text has none)
+    assert len(lp.tokens) == n + 5
+    text = r.choices[0].text
+    assert text.startswith(STORY)
+    # Offsets point into the echoed text: each token's text starts there.
+    for token, at in zip(lp.tokens, lp.text_offset, strict=True):
+        assert text[at : at + len(token)] == token
+    for k in range(n):
+        assert lp.token_logprobs[k] == pytest.approx(rows[k][ids[k + 1]], abs=1e-4)
+        top = lp.top_logprobs[k]
+        assert (
+            top is not None
+            and len(top) == 2
+            and max(top.values()) == pytest.approx(rows[k].max(), abs=1e-4)
+        )
+    # Streamed: the prompt's scores arrive with the echoed text.
+    chunks = list(
+        client.completions.create(
+            model="stories",
+            prompt=STORY,
+            max_tokens=5,
+            temperature=0,
+            logprobs=2,
+            echo=True,
+            stream=True,
+        )
+    )
+    first = chunks[0].choices[0]
+    assert first.text == STORY and first.logprobs is not None
+    assert first.logprobs.token_logprobs == pytest.approx(lp.token_logprobs[:n])
+
+
 def test_sampling_fields(client: openai.OpenAI, model: tinyllm.Model) -> None:
     def complete(**kw: Any) -> str:
         r = client.completions.create(model="stories", prompt=STORY, max_tokens=24, **kw)

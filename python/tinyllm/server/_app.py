@@ -39,6 +39,8 @@ from tinyllm.server._protocol import ChatCompletionRequest, CompletionRequest, E
 log = logging.getLogger("tinyllm.server")
 
 Records = list[tuple[int, float, list[tuple[int, float]]]]
+#: A prompt's records: the first position has no log-probability.
+PromptRecords = list[tuple[int, float | None, list[tuple[int, float]] | None]]
 
 
 class ApiError(Exception):
@@ -115,13 +117,24 @@ def _chat_logprobs(tok: Tokenizer, records: Records) -> list[dict[str, Any]]:
     return out
 
 
-def _completion_logprobs(tok: Tokenizer, records: Records, offset: int) -> dict[str, Any]:
-    tokens, logprobs, tops, offsets = [], [], [], []
-    for token_id, logprob, top in records:
-        text = _token(tok, token_id)[0]
+def _completion_logprobs(
+    tok: Tokenizer,
+    records: Records | PromptRecords,
+    offset: int,
+    texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The legacy ``logprobs`` object; ``texts`` (what each token adds to
+    the text) where a token's own spelling is not that (a prompt's first
+    token loses SentencePiece's leading space)."""
+    tokens: list[str] = []
+    logprobs: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    for k, (token_id, logprob, top) in enumerate(records):
+        text = _token(tok, token_id)[0] if texts is None else texts[k]
         tokens.append(text)
         logprobs.append(logprob)
-        tops.append({_token(tok, t)[0]: lp for t, lp in top})
+        tops.append(None if top is None else {_token(tok, t)[0]: lp for t, lp in top})
         offsets.append(offset)
         offset += len(text)
     return {
@@ -130,6 +143,34 @@ def _completion_logprobs(tok: Tokenizer, records: Records, offset: int) -> dict[
         "top_logprobs": tops,
         "text_offset": offsets,
     }
+
+
+def _prompt_logprobs(model: Model, ids: list[int], n: int) -> tuple[PromptRecords, list[str]]:
+    """Each prompt token's log-probability given the tokens before it, with
+    the ``n`` likeliest alternatives there, from the model's logits (what
+    ``echo`` with ``logprobs`` returns). Special tokens the tokenizer puts
+    before the text (BOS) are conditioned on but not listed: the echoed text
+    does not hold them. The very first position has no log-probability.
+    Also returns what each listed token adds to the text, as decoded."""
+    logits = model.logits(ids).astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    logp = logits - (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))
+    special = model.tokenizer.special_ids
+    start = 0
+    while start < len(ids) and ids[start] in special:
+        start += 1
+    out: PromptRecords = []
+    for i in range(start, len(ids)):
+        if i == 0:
+            out.append((ids[0], None, None))
+            continue
+        row = logp[i - 1]
+        best = np.argsort(-row, kind="stable")[:n]
+        out.append((ids[i], float(row[ids[i]]), [(int(t), float(row[t])) for t in best]))
+    decoder = model.tokenizer.decoder()
+    texts = [decoder.push(t) for t in ids]
+    texts[-1] += decoder.flush()
+    return out, texts[start:]
 
 
 def _sse(payload: dict[str, Any]) -> str:
@@ -422,11 +463,13 @@ class Api:
             self._check_room(len(ids), req.max_tokens)
         usage = _Usage(prompt=sum(len(ids) for ids, _ in prompts))
         streams: list[tuple[Any, str]] = []
+        stream_ids: list[list[int]] = []
         try:
             for ids, text in prompts:
                 for j in range(req.n):
                     seed = _seed(req.seed, j)
                     streams.append((self.model.stream(ids, **options, seed=seed), text))
+                    stream_ids.append(ids)
         except BaseException:
             for s, _ in streams:
                 s.cancel()
@@ -439,23 +482,40 @@ class Api:
         }
         tok = self.model.tokenizer
         wants_logprobs = req.logprobs is not None
+
+        def echoed(ids: list[int]) -> dict[str, Any] | None:
+            """The prompt's own logprobs object, when echo asks for it."""
+            if not (req.echo and wants_logprobs):
+                return None
+            records, texts = _prompt_logprobs(self.model, ids, req.logprobs or 0)
+            return _completion_logprobs(tok, records, 0, texts)
+
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
             events = self._completion_events(
-                streams, head, usage, include_usage, wants_logprobs, req.echo, tok
+                streams,
+                head,
+                usage,
+                include_usage,
+                wants_logprobs,
+                req.echo,
+                tok,
+                echoed,
+                stream_ids,
             )
             return _streaming(events, [s for s, _ in streams])
 
         def collect() -> list[dict[str, Any]]:
             choices = []
-            for i, (s, prompt_text) in enumerate(streams):
+            for i, ((s, prompt_text), ids) in enumerate(zip(streams, stream_ids, strict=True)):
                 start = prompt_text if req.echo else ""
                 text = start + "".join(s)
-                logprobs = (
-                    _completion_logprobs(tok, s.take_logprobs(), len(start))
-                    if wants_logprobs
-                    else None
-                )
+                logprobs = None
+                if wants_logprobs:
+                    logprobs = _completion_logprobs(tok, s.take_logprobs(), len(start))
+                    if (prompt_lp := echoed(ids)) is not None:
+                        for key in logprobs:
+                            logprobs[key] = prompt_lp[key] + logprobs[key]
                 choices.append(
                     {
                         "index": i,
@@ -485,6 +545,8 @@ class Api:
         logprobs: bool,
         echo: bool,
         tok: Tokenizer,
+        echoed: Callable[[list[int]], dict[str, Any] | None],
+        stream_ids: Sequence[list[int]],
     ) -> AsyncIterator[str]:
         def chunk(
             i: int, text: str, finish: str | None, lp: dict[str, Any] | None
@@ -495,10 +557,11 @@ class Api:
                 body["usage"] = None
             return body
 
-        for i, (s, prompt_text) in enumerate(streams):
+        for i, ((s, prompt_text), ids) in enumerate(zip(streams, stream_ids, strict=True)):
             offset = 0
             if echo and prompt_text:
-                yield _sse(chunk(i, prompt_text, None, None))
+                lp = await to_thread.run_sync(echoed, ids)
+                yield _sse(chunk(i, prompt_text, None, lp))
                 offset = len(prompt_text)
             while (piece := await to_thread.run_sync(_next, s)) is not None:
                 lp = _completion_logprobs(tok, s.take_logprobs(), offset) if logprobs else None
