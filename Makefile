@@ -51,6 +51,10 @@ test-wheel: ## Install dist/'s x86_64 wheel in a fresh venv with no Rust on PATH
 test-wheel-aarch64: ## Run dist/'s aarch64 wheel under qemu (Debian's arm64 Python; NEON, dotprod)
 	tools/wheel_aarch64_check.sh
 
+.PHONY: soak
+soak: ## One model from 8 threads for SOAK_MINUTES (default 10): outputs vs serial, memory over time
+	$(PYTHON) tools/soak.py --minutes $(or $(SOAK_MINUTES),10)
+
 .PHONY: fuzz
 fuzz: ## Each fuzz target for FUZZ_SECONDS (default 600), one after the other
 	tools/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
