@@ -68,9 +68,11 @@ fuzz-replay: ## Run the saved findings (fuzz/regressions/<target>/) once each
 	tools/fuzz.sh replay $(FUZZ_TARGETS)
 
 .PHONY: lint
-lint: ## rustfmt, clippy -D warnings, ruff, mypy
+lint: ## rustfmt, clippy -D warnings (the fuzz crate too), ruff, mypy
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	$(PYTHON) -m ruff check python tests tools benches examples
 	$(PYTHON) -m ruff format --check python tests tools benches examples
 	$(PYTHON) -m mypy
