@@ -189,6 +189,7 @@ def test_an_unknown_name_is_a_clear_error(name: str) -> None:
     assert str(VOCAB) in message
     assert "tokenizer.ggml.pre" in message
     assert repr(name) in message
+    assert ("not byte-level" in message) == (name in NOT_BYTE_LEVEL)
 
 
 def test_the_list_of_known_names_is_short() -> None:

@@ -192,6 +192,10 @@ _DEEPSEEK3_PRE = _PreTokenizer((r"\p{N}{1,3}", _HAN_KANA, _DEEPSEEK3))
 #: llama.cpp's). Not here, though llama.cpp knows them: "gemma4",
 #: "granite-embed-multi-311m", "sarvam-moe" and "whitespace", whose
 #: vocabularies are not byte-level (raw UTF-8, spaces as U+2581 or dropped).
+#: llama.cpp's pre-tokenizers of vocabularies that are not byte-level, which
+#: a byte-level BPE cannot stand for: named as such in the error.
+NOT_BYTE_LEVEL = frozenset({"gemma4", "granite-embed-multi-311m", "sarvam-moe", "whitespace"})
+
 PRE_TOKENIZERS: dict[str, _PreTokenizer] = {
     "default": _PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")),
     **dict.fromkeys(
@@ -441,6 +445,11 @@ def _gguf_vocab(metadata: Mapping[str, Any], source: str) -> GGUFVocab:
             pairs.append((parts[0], parts[1]))
         pre_name = metadata.get("tokenizer.ggml.pre") or "default"
         pre = PRE_TOKENIZERS.get(pre_name)
+        if pre is None and pre_name in NOT_BYTE_LEVEL:
+            raise fail(
+                f"pre-tokenizer {pre_name!r} (tokenizer.ggml.pre) is llama.cpp's for a vocabulary "
+                "that is not byte-level (raw UTF-8 pieces), which this build does not read"
+            )
         if pre is None:
             raise fail(
                 f"unknown pre-tokenizer {_short(pre_name)} (tokenizer.ggml.pre); "
