@@ -77,6 +77,11 @@ class Model:
         kv_cache: how the KV cache stores keys and values: ``"f16"``
             (default), ``"f32"`` or ``"q8_0"`` (needs a ``head_dim`` that is
             a multiple of 32).
+        device: what computes: ``"cpu"`` (default), ``"metal"`` (the GPU
+            of a Mac; weight types without a GPU kernel, llama2.c's int8
+            groups, and ``kv_cache="q8_0"`` raise ``ValueError``) or
+            ``"auto"`` (Metal on a Mac with a GPU, else the CPU).
+            ``info["device"]`` says which runs the model.
 
     Any number of threads may call :meth:`generate`, :meth:`stream`,
     :meth:`logits` and the chat methods of one model at once: calls that
@@ -103,6 +108,7 @@ class Model:
         context_length: int | None = None,
         max_sequences: int | None = None,
         kv_cache: str = "f16",
+        device: str = "cpu",
     ) -> None:
         path = _path("path", path)
         if n_threads is not None:
@@ -113,6 +119,8 @@ class Model:
             _int("max_sequences", max_sequences, minimum=1)
         if not isinstance(kv_cache, str):
             raise TypeError(f"kv_cache must be a str, not {type(kv_cache).__name__}")
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a str, not {type(device).__name__}")
         if tokenizer is not None and not isinstance(tokenizer, Tokenizer):
             tokenizer = _path("tokenizer", tokenizer)
         self._open_engine: _tinyllm.Engine | None = _tinyllm.Engine(
@@ -121,6 +129,7 @@ class Model:
             context_length=context_length,
             max_sequences=max_sequences,
             kv_cache=kv_cache,
+            device=device,
         )
         self.config = ModelConfig(**self._engine.config())
         self._tokenizer = self._attach_tokenizer(path, tokenizer)
@@ -170,7 +179,7 @@ class Model:
             i["context_length"],
             i["kv_cache"],
         )
-        log.info("device: cpu, kernels %s, %d threads", i["isa"], i["n_threads"])
+        log.info("device: %s, kernels %s, %d threads", i["device"], i["isa"], i["n_threads"])
         tok = self.tokenizer
         kind = "llama2.c" if tok.is_llama2c else "Hugging Face"
         log.info("tokenizer: %s, %d tokens, from %s", kind, tok.vocab_size, tok.source)
@@ -322,7 +331,8 @@ class Model:
         """The file's format and size, bytes streamed per token, the KV cache
         (its type, ``kv_cache_bytes`` in use now, ``kv_bytes_per_token``),
         ``max_sequences`` and ``active_sequences``, threads, the kernel
-        instruction set, and so on."""
+        instruction set, the ``device`` that runs the model (``"cpu"`` or the
+        GPU's name), and so on."""
         return self._engine.info()
 
     @property

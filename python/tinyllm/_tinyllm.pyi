@@ -35,6 +35,7 @@ class Engine:
         max_batch: int | None = None,
         max_sequences: int | None = None,
         kv_cache: str = "f16",
+        device: str = "cpu",
     ) -> Engine: ...
     def use_llama2c_tokenizer(self, path: str | None = None) -> Llama2cTokenizer: ...
     def set_pieces(

@@ -62,6 +62,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         choices=["f16", "f32", "q8_0"],
         help="how the KV cache stores keys and values (default f16)",
     )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "metal", "auto"],
+        help="what computes: the CPU (default), a Mac's GPU, or Metal where there is one",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
@@ -169,7 +175,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open(args: argparse.Namespace) -> Model:
-    kw = {"n_threads": args.threads, "context_length": args.context, "kv_cache": args.kv_cache}
+    kw = {
+        "n_threads": args.threads,
+        "context_length": args.context,
+        "kv_cache": args.kv_cache,
+        "device": args.device,
+    }
     if getattr(args, "parallel", None) is not None:
         kw["max_sequences"] = args.parallel
     if args.hf is not None:

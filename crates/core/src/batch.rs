@@ -20,9 +20,9 @@
 //! submit to it at once.
 
 use crate::constrain::Constraint;
-use crate::cpu::CpuDevice;
 use crate::error::{Error, Result};
-use crate::forward::{self, Device, Plan, Want};
+use crate::forward::EngineDevice;
+use crate::forward::{self, Plan, Want};
 use crate::generate::{FinishReason, GenerateConfig, Generation, Stats, Step, TokenLogprob};
 use crate::kv_cache::{KvType, PAGE, PageAllocator, SeqKv};
 use crate::model::Model;
@@ -200,7 +200,7 @@ struct Cached {
 #[derive(Debug)]
 pub struct Batcher {
     model: Arc<Model>,
-    dev: CpuDevice,
+    dev: Box<dyn EngineDevice>,
     pages: PageAllocator,
     context: usize,
     max_sequences: usize,
@@ -220,7 +220,21 @@ impl Batcher {
         let s = &options.session;
         let context = s.context(&model)?;
         let max_batch = s.batch()?;
-        let dev = CpuDevice::new(model.clone(), s.threads()?, max_batch, context, s.kv_cache)?;
+        let dev = s.open_device(&model, max_batch, context)?;
+        Self::with_device(model, options, dev)
+    }
+
+    /// A scheduler on `dev`, a device made for `model` with `options`'
+    /// batch size and context (a GPU the options cannot name, such as the
+    /// emulator in tests).
+    pub fn with_device(
+        model: Arc<Model>,
+        options: &BatchOptions,
+        dev: Box<dyn EngineDevice>,
+    ) -> Result<Self> {
+        let s = &options.session;
+        let context = s.context(&model)?;
+        let max_batch = dev.max_batch();
         let per_sequence = context.div_ceil(PAGE) * dev.layout().page_bytes();
         let max_sequences = match options.max_sequences {
             None => default_max_sequences(per_sequence).min(max_batch),
@@ -256,8 +270,8 @@ impl Batcher {
         &self.model
     }
 
-    pub fn device(&self) -> &CpuDevice {
-        &self.dev
+    pub fn device(&self) -> &dyn EngineDevice {
+        &*self.dev
     }
 
     pub fn context_length(&self) -> usize {
@@ -329,7 +343,7 @@ impl Batcher {
         forward::forward(
             c,
             w,
-            &mut self.dev,
+            &mut *self.dev,
             &self.plan,
             &mut self.out[..rows * vocab],
             &mut self.hidden[..hidden],
@@ -821,6 +835,7 @@ pub struct Engine {
     buffer_bytes: usize,
     kv_type: KvType,
     isa: &'static str,
+    device: String,
     page_bytes: usize,
 }
 
@@ -829,10 +844,11 @@ impl Engine {
         let mut batcher = Batcher::new(model.clone(), options)?;
         let shared = Arc::new(Shared::default());
         let dev = batcher.device();
+        let device = dev.name();
         let (n_threads, buffer_bytes, isa, page_bytes) = (
             dev.n_threads(),
             dev.buffer_bytes() + batcher.out.len() * 4,
-            dev.kernels().isa().name(),
+            dev.isa(),
             dev.layout().page_bytes(),
         );
         let (context, max_sequences, max_batch) = (
@@ -858,6 +874,7 @@ impl Engine {
             buffer_bytes,
             kv_type: options.session.kv_cache,
             isa,
+            device,
             page_bytes,
         })
     }
@@ -938,6 +955,11 @@ impl Engine {
     /// The kernel tier's name.
     pub fn isa(&self) -> &'static str {
         self.isa
+    }
+
+    /// What computes: `"cpu"` or the GPU's name.
+    pub fn device(&self) -> &str {
+        &self.device
     }
 
     /// Bytes of one page of `kv_cache::PAGE` positions.

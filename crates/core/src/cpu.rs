@@ -9,7 +9,7 @@
 //! of a sequence).
 
 use crate::config::{Config, RopeStyle};
-use crate::forward::{Buf, Device, Entry, Plan};
+use crate::forward::{Buf, Device, EngineDevice, Entry, Plan};
 use crate::kernels::{Kernels, padded_ld};
 use crate::kv_cache::{KvType, PAGE, PageLayout};
 use crate::model::Model;
@@ -273,6 +273,32 @@ macro_rules! buf {
             Buf::Hb => &$($m)? $dev.hb,
         }
     };
+}
+
+impl EngineDevice for CpuDevice {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn layout(&self) -> PageLayout {
+        self.layout
+    }
+
+    fn buffer_bytes(&self) -> usize {
+        CpuDevice::buffer_bytes(self)
+    }
+
+    fn kv_bytes(&self) -> usize {
+        CpuDevice::kv_bytes(self)
+    }
+
+    fn n_threads(&self) -> usize {
+        CpuDevice::n_threads(self)
+    }
+
+    fn isa(&self) -> &'static str {
+        self.kernels.isa().name()
+    }
 }
 
 impl Device for CpuDevice {

@@ -37,6 +37,11 @@ pub enum Error {
     /// An argument is out of its valid range.
     #[error("{0}")]
     InvalidArgument(String),
+
+    /// The GPU could not compile or run the kernels (Metal's message, or the
+    /// emulator's with the kernel and source line of a fault).
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 /// The engine's result type.

@@ -180,6 +180,23 @@ pub trait Device {
     fn max_batch(&self) -> usize;
 }
 
+/// A [`Device`] as the scheduler and sessions hold it: the CPU's or a
+/// GPU's, chosen at run time ([`crate::session::DeviceKind`]).
+pub trait EngineDevice: Device + Send + std::fmt::Debug {
+    /// What computes: `"cpu"` or the GPU's name.
+    fn name(&self) -> String;
+    /// How the cache's pages are laid out.
+    fn layout(&self) -> crate::kv_cache::PageLayout;
+    /// Bytes of activation buffers and scratch the device allocated.
+    fn buffer_bytes(&self) -> usize;
+    /// Bytes of KV cache storage allocated so far.
+    fn kv_bytes(&self) -> usize;
+    /// CPU threads per pass (1 for a GPU: its host work is one thread's).
+    fn n_threads(&self) -> usize;
+    /// The CPU kernels' instruction set (`"metal"` for the GPU).
+    fn isa(&self) -> &'static str;
+}
+
 /// Runs `plan` through the model on `dev`: appends each entry's keys and
 /// values to its pages and writes the logits of `plan.logit_rows` into
 /// `out`, `(rows, V)`, and the final hidden states of `plan.hidden_rows`

@@ -34,6 +34,7 @@ pub mod error;
 pub mod format;
 pub mod forward;
 pub mod generate;
+pub mod gpu;
 pub mod kernels;
 pub mod kv_cache;
 pub mod machine;

@@ -4,8 +4,8 @@
 
 use crate::cpu::CpuDevice;
 use crate::error::{Error, Result};
+use crate::forward::EngineDevice;
 use crate::forward::{self, Plan, Want};
-use crate::kernels::Kernels;
 use crate::kv_cache::{KvType, PAGE, PageAllocator, SeqKv};
 use crate::model::Model;
 use std::sync::Arc;
@@ -23,6 +23,86 @@ pub struct SessionOptions {
     pub max_batch: Option<usize>,
     /// How the KV cache stores keys and values (default f16).
     pub kv_cache: KvType,
+    /// What computes (default the CPU).
+    pub device: DeviceKind,
+}
+
+/// What runs the forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Metal on a Mac with a GPU, else the CPU.
+    Auto,
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// The GPU of a Mac, through Metal.
+    Metal,
+}
+
+impl DeviceKind {
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "auto" => Ok(DeviceKind::Auto),
+            "cpu" => Ok(DeviceKind::Cpu),
+            "metal" => Ok(DeviceKind::Metal),
+            _ => Err(Error::InvalidArgument(format!(
+                "device must be one of \"auto\", \"cpu\", \"metal\", got {name:?}"
+            ))),
+        }
+    }
+
+    /// Whether this choice runs on Metal here.
+    pub fn uses_metal(self) -> bool {
+        match self {
+            DeviceKind::Cpu => false,
+            DeviceKind::Metal => true,
+            DeviceKind::Auto => DeviceKind::metal_available(),
+        }
+    }
+
+    /// Whether this machine has a Metal GPU.
+    pub fn metal_available() -> bool {
+        #[cfg(target_os = "macos")]
+        {
+            crate::gpu::metal::available()
+        }
+        #[cfg(not(target_os = "macos"))]
+        {
+            false
+        }
+    }
+}
+
+impl SessionOptions {
+    /// The device these options choose, for `model`: batches of up to
+    /// `max_batch` tokens, sequences of up to `context` positions.
+    pub fn open_device(
+        &self,
+        model: &Arc<Model>,
+        max_batch: usize,
+        context: usize,
+    ) -> Result<Box<dyn EngineDevice>> {
+        if !self.device.uses_metal() {
+            let threads = self.threads()?;
+            let dev = CpuDevice::new(model.clone(), threads, max_batch, context, self.kv_cache)?;
+            return Ok(Box::new(dev));
+        }
+        #[cfg(target_os = "macos")]
+        {
+            let gpu = crate::gpu::metal::Metal::new()?;
+            let dev =
+                crate::gpu::GpuDevice::new(model.clone(), gpu, max_batch, context, self.kv_cache)?;
+            Ok(Box::new(dev))
+        }
+        #[cfg(not(target_os = "macos"))]
+        {
+            Err(Error::InvalidArgument(
+                "device=\"metal\" needs a Mac with a Metal GPU; this machine has none (use \"cpu\" \
+                 or \"auto\")"
+                    .into(),
+            ))
+        }
+    }
 }
 
 impl SessionOptions {
@@ -79,7 +159,7 @@ impl SessionOptions {
 #[derive(Debug)]
 pub struct Session {
     model: Arc<Model>,
-    dev: CpuDevice,
+    dev: Box<dyn EngineDevice>,
     pages: PageAllocator,
     kv: SeqKv,
     context: usize,
@@ -93,13 +173,19 @@ pub struct Session {
 impl Session {
     pub fn new(model: Arc<Model>, options: &SessionOptions) -> Result<Self> {
         let context = options.context(&model)?;
-        let dev = CpuDevice::new(
-            model.clone(),
-            options.threads()?,
-            options.batch()?,
-            context,
-            options.kv_cache,
-        )?;
+        let dev = options.open_device(&model, options.batch()?, context)?;
+        Self::with_device(model, options, dev)
+    }
+
+    /// A session on `dev`, a device made for `model` with `options`' batch
+    /// size and context (a GPU the options cannot name, such as the
+    /// emulator in tests).
+    pub fn with_device(
+        model: Arc<Model>,
+        options: &SessionOptions,
+        dev: Box<dyn EngineDevice>,
+    ) -> Result<Self> {
+        let context = options.context(&model)?;
         Ok(Session {
             dev,
             pages: PageAllocator::new(context.div_ceil(PAGE)),
@@ -131,14 +217,19 @@ impl Session {
         self.dev.n_threads()
     }
 
-    /// The kernel tier in use.
-    pub fn kernels(&self) -> &'static Kernels {
-        self.dev.kernels()
+    /// The CPU kernels' instruction set in use, or `"metal"`.
+    pub fn isa(&self) -> &'static str {
+        self.dev.isa()
+    }
+
+    /// What computes: `"cpu"` or the GPU's name.
+    pub fn device_name(&self) -> String {
+        self.dev.name()
     }
 
     /// The most tokens one call to [`Session::feed`] takes.
     pub fn max_batch(&self) -> usize {
-        forward::Device::max_batch(&self.dev)
+        self.dev.max_batch()
     }
 
     /// Bytes of the working buffers: the forward pass's (sized for
@@ -256,14 +347,14 @@ impl Session {
         let (c, w) = (&self.model.config, &self.model.weights);
         match all {
             Some(out) => {
-                forward::forward(c, w, &mut self.dev, &self.plan, out, &mut []);
+                forward::forward(c, w, &mut *self.dev, &self.plan, out, &mut []);
                 let vocab = c.vocab_size;
                 self.logits.copy_from_slice(&out[out.len() - vocab..]);
             }
             None if want == Want::Last => {
-                forward::forward(c, w, &mut self.dev, &self.plan, &mut self.logits, &mut [])
+                forward::forward(c, w, &mut *self.dev, &self.plan, &mut self.logits, &mut [])
             }
-            None => forward::forward(c, w, &mut self.dev, &self.plan, &mut [], &mut []),
+            None => forward::forward(c, w, &mut *self.dev, &self.plan, &mut [], &mut []),
         }
         self.kv.len += tokens.len();
         self.tokens.extend_from_slice(tokens);

@@ -693,6 +693,20 @@ impl Weights {
         }
     }
 
+    /// The bytes each [`MatrixDesc::file`] index stands for, and whether
+    /// they are a file's mapping (page-aligned, so a GPU can wrap them
+    /// without a copy) or memory of the engine's own.
+    pub fn stores(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        self.maps
+            .iter()
+            .map(|m| (&**m, matches!(m, Store::Mapped(_))))
+    }
+
+    /// Every vector's values, which [`VectorDesc::offset`] indexes.
+    pub fn all_vectors(&self) -> &[f32] {
+        &self.vectors
+    }
+
     /// Bytes of all the model's files together.
     pub fn file_size(&self) -> usize {
         let mapped = self.maps.iter().filter(|m| matches!(m, Store::Mapped(_)));

@@ -26,6 +26,7 @@ use tinyllm_core::format::tinyllm::TokenizerInfo;
 use tinyllm_core::generate::{GenerateConfig, Generation};
 use tinyllm_core::kv_cache::{KvType, PAGE};
 use tinyllm_core::pool::ThreadPool;
+use tinyllm_core::session::DeviceKind;
 use tinyllm_core::tokenizer::{Detokenize, PieceTable};
 use tinyllm_core::{
     BatchOptions, Engine as CoreEngine, Error, Job, Model, Request, SamplerConfig, SessionOptions,
@@ -67,6 +68,7 @@ fn to_py_err(e: Error) -> PyErr {
         Error::ContextLength { .. } => ContextLengthError::new_err(e.to_string()),
         Error::InvalidArgument(msg) => PyValueError::new_err(msg),
         Error::NonFinite { .. } => NonFiniteError::new_err(e.to_string()),
+        Error::Gpu(_) => pyo3::exceptions::PyRuntimeError::new_err(e.to_string()),
     }
 }
 
@@ -128,7 +130,8 @@ impl Engine {
     /// Opens a model (a file, or a Hugging Face directory). Text streams
     /// once a vocabulary is attached: `use_llama2c_tokenizer` or `set_pieces`.
     #[new]
-    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None, max_sequences=None, kv_cache="f16"))]
+    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None, max_sequences=None, kv_cache="f16", device="cpu"))]
+    #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -137,15 +140,25 @@ impl Engine {
         max_batch: Option<usize>,
         max_sequences: Option<usize>,
         kv_cache: &str,
+        device: &str,
     ) -> PyResult<Self> {
         let kv_cache = KvType::from_name(kv_cache).map_err(to_py_err)?;
-        let model = py.detach(|| Model::open(&path)).map_err(to_py_err)?;
+        let device = DeviceKind::from_name(device).map_err(to_py_err)?;
+        // The GPU reads every weight type as the file stores it, so the
+        // CPU's rearranged copies would only cost memory.
+        let model = py
+            .detach(|| match device.uses_metal() {
+                true => Model::open_as_stored(&path),
+                false => Model::open(&path),
+            })
+            .map_err(to_py_err)?;
         let options = BatchOptions {
             session: SessionOptions {
                 n_threads,
                 context_length,
                 max_batch,
                 kv_cache,
+                device,
             },
             max_sequences,
         };
@@ -267,6 +280,7 @@ impl Engine {
         d.set_item("n_threads", e.n_threads())?;
         d.set_item("max_batch", e.max_batch())?;
         d.set_item("isa", e.isa())?;
+        d.set_item("device", e.device())?;
         let (parameters, weight_type) = weight_summary(&m.weights);
         d.set_item("parameters", parameters)?;
         d.set_item("weight_type", weight_type)?;

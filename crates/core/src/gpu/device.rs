@@ -1,0 +1,791 @@
+//! [`GpuDevice`]: the forward pass's operations as dispatches of the Metal
+//! kernels, on any [`Gpu`].
+//!
+//! Buffers, planned once for the largest batch:
+//! - the weights: each mapped file wrapped without a copy (matrices the
+//!   engine rearranged at load are copied once), and the vectors;
+//! - the activations [`Buf`], `(max_batch, width)` each, plus a second
+//!   feed-forward buffer for the up projection;
+//! - per pass: the tokens, each token's position and page list
+//!   ([`TokenInfo`]), the page lists, the rotary cosines and sines (the
+//!   host computes them exactly as the CPU device does);
+//! - the KV cache's pages in one buffer, grown (and copied) when the page
+//!   allocator hands out a page beyond it;
+//! - the normalised rows and the logits (or hidden states) of a pass.
+//!
+//! A pass records every operation into one batch of work, which `logits`
+//! submits and waits for.
+
+use super::layout::{Args, KvArgs, MatvecArgs, RowArgs, TokenInfo, slice_bytes, weight_code};
+use super::{Arg, Gpu, Grid, SIMD_WIDTH, source};
+use crate::config::RopeStyle;
+use crate::error::{Error, Result};
+use crate::forward::{Buf, Device, EngineDevice, Plan};
+use crate::kv_cache::{KvType, PAGE, PageLayout};
+use crate::model::Model;
+use crate::weights::{MatrixDesc, VectorDesc};
+use std::sync::Arc;
+
+/// Rows and SIMD groups of a `matvec` threadgroup, and tokens per weight
+/// read (`MV_ROWS`, `MV_GROUPS`, `MV_TOKENS` in matvec.metal).
+const MV_ROWS: u32 = 4;
+const MV_GROUPS: u32 = 2;
+const MV_TOKENS: u32 = 8;
+
+/// Alignment and length granule of memory wrapped without a copy (Apple
+/// Silicon's pages; a multiple of every other page size in use).
+const WRAP_GRANULE: usize = 16384;
+
+/// The kernels, compiled once per device.
+#[derive(Debug)]
+struct Pipelines<P> {
+    matvec: P,
+    embed: P,
+    rmsnorm: P,
+    norm_heads: P,
+    rope: P,
+    add_bias: P,
+    swiglu: P,
+    store_kv: P,
+    attention: P,
+}
+
+/// The forward pass on a GPU.
+pub struct GpuDevice<G: Gpu> {
+    gpu: G,
+    model: Arc<Model>,
+    p: Pipelines<G::Pipeline>,
+    max_batch: usize,
+    max_len: usize,
+    layout: PageLayout,
+    /// One per [`crate::weights::Weights::stores`] entry, with the offset
+    /// of the store's first byte in it (wrapped memory starts at the page).
+    weights: Vec<(G::Buffer, usize)>,
+    vectors: G::Buffer,
+    /// X, Xb, Q, K, V, Att, Hb, and the up projection's output
+    acts: [G::Buffer; 8],
+    tokens: G::Buffer,
+    info: G::Buffer,
+    pages: G::Buffer,
+    pages_len: usize,
+    cos: G::Buffer,
+    sin: G::Buffer,
+    rows: G::Buffer,
+    normed: G::Buffer,
+    out: G::Buffer,
+    out_len: usize,
+    kv: G::Buffer,
+    /// Pages the cache buffer holds.
+    kv_pages: usize,
+    inv_freq: Vec<f32>,
+    /// The pass: tokens, logit rows and hidden rows.
+    n: usize,
+    logit_rows: Vec<u32>,
+    hidden_rows: Vec<u32>,
+    /// Bytes of GPU buffers of the device's own (not the wrapped weights).
+    own_bytes: usize,
+}
+
+impl<G: Gpu> std::fmt::Debug for GpuDevice<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuDevice")
+            .field("gpu", &self.gpu.name())
+            .field("max_batch", &self.max_batch)
+            .field("max_len", &self.max_len)
+            .field("kv_pages", &self.kv_pages)
+            .finish_non_exhaustive()
+    }
+}
+
+const X: usize = 0;
+const HB2: usize = 7;
+
+fn index(b: Buf) -> usize {
+    match b {
+        Buf::X => 0,
+        Buf::Xb => 1,
+        Buf::Q => 2,
+        Buf::K => 3,
+        Buf::V => 4,
+        Buf::Att => 5,
+        Buf::Hb => 6,
+    }
+}
+
+impl<G: Gpu> GpuDevice<G> {
+    /// A device on `gpu` for `model`: batches of up to `max_batch` tokens,
+    /// sequences of up to `max_len` positions, a cache of `kv` values.
+    pub fn new(
+        model: Arc<Model>,
+        gpu: G,
+        max_batch: usize,
+        max_len: usize,
+        kv: KvType,
+    ) -> Result<Self> {
+        let c = &model.config;
+        let w = &model.weights;
+        if kv == KvType::Q8_0 {
+            return Err(Error::InvalidArgument(
+                "the GPU keeps its KV cache in \"f16\" or \"f32\", not \"q8_0\"".into(),
+            ));
+        }
+        let all = w.layers.iter().flat_map(|l| l.matrices().map(|(_, m)| m));
+        for m in all.chain([&w.embedding, &w.classifier]) {
+            if weight_code(m.dtype).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "weights of type {} have no GPU kernel; use device=\"cpu\" or convert the \
+                     model (e.g. to q8_0)",
+                    m.dtype.name()
+                )));
+            }
+        }
+        if c.head_dim > 8 * SIMD_WIDTH as usize {
+            return Err(Error::InvalidArgument(format!(
+                "the GPU's attention takes heads of up to 256 values; this model's have {}",
+                c.head_dim
+            )));
+        }
+        let library = gpu.compile(&source::library())?;
+        let pipe = |name: &str| gpu.pipeline(&library, name);
+        let p = Pipelines {
+            matvec: pipe("matvec")?,
+            embed: pipe("embed")?,
+            rmsnorm: pipe("rmsnorm")?,
+            norm_heads: pipe("norm_heads")?,
+            rope: pipe("rope")?,
+            add_bias: pipe("add_bias")?,
+            swiglu: pipe("swiglu")?,
+            store_kv: pipe("store_kv")?,
+            attention: pipe("attention")?,
+        };
+
+        let mut weights = Vec::new();
+        for (bytes, mapped) in w.stores() {
+            let addr = bytes.as_ptr() as usize;
+            if mapped && !bytes.is_empty() {
+                // The mapping starts at a page; cover it to the granule.
+                let base = addr - addr % WRAP_GRANULE;
+                let len = (addr + bytes.len()).next_multiple_of(WRAP_GRANULE) - base;
+                // SAFETY: `base` is the page holding the mapping's start
+                // (mappings are page-aligned: base == addr on 16 KiB-page
+                // systems), the span is whole pages of it, and the model
+                // (held by `self.model`) keeps the mapping alive.
+                let buf = unsafe { gpu.wrap(base as *const u8, len)? };
+                weights.push((buf, addr - base));
+            } else {
+                let buf = gpu.buffer(bytes.len().max(1))?;
+                // SAFETY: the buffer is new, at least as long as `bytes`,
+                // and no work runs.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), gpu.contents(&buf), bytes.len())
+                };
+                weights.push((buf, 0));
+            }
+        }
+        let mut own = 0usize;
+        let mut alloc = |bytes: usize| -> Result<G::Buffer> {
+            own += bytes.max(4);
+            gpu.buffer(bytes.max(4))
+        };
+        let vecs = w.all_vectors();
+        let vectors = alloc(vecs.len() * 4)?;
+        // SAFETY: the buffer is new and holds the vectors; no work runs.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                vecs.as_ptr(),
+                gpu.contents(&vectors).cast::<f32>(),
+                vecs.len(),
+            )
+        };
+        let f = 4 * max_batch;
+        let acts = [
+            alloc(f * c.dim)?,
+            alloc(f * c.dim)?,
+            alloc(f * c.q_dim())?,
+            alloc(f * c.kv_dim())?,
+            alloc(f * c.kv_dim())?,
+            alloc(f * c.q_dim())?,
+            alloc(f * c.hidden_dim)?,
+            alloc(f * c.hidden_dim)?,
+        ];
+        let half = c.head_dim / 2;
+        let layout = PageLayout::new(c, kv)?;
+        Ok(GpuDevice {
+            tokens: alloc(f)?,
+            info: alloc(max_batch * size_of::<TokenInfo>())?,
+            pages: alloc(4 * max_batch)?,
+            pages_len: max_batch,
+            cos: alloc(f * half)?,
+            sin: alloc(f * half)?,
+            rows: alloc(f)?,
+            normed: alloc(f * c.dim)?,
+            out: alloc(4 * c.vocab_size)?,
+            out_len: c.vocab_size,
+            kv: alloc(layout.page_bytes())?,
+            kv_pages: 1,
+            inv_freq: c.rope_frequencies(w.rope_factors.as_ref().map(|d| w.vector(d))),
+            own_bytes: own,
+            gpu,
+            p,
+            max_batch,
+            max_len,
+            layout,
+            weights,
+            vectors,
+            acts,
+            n: 0,
+            logit_rows: Vec::with_capacity(max_batch),
+            hidden_rows: Vec::with_capacity(max_batch),
+            model,
+        })
+    }
+
+    /// The GPU's name.
+    pub fn gpu_name(&self) -> String {
+        self.gpu.name()
+    }
+
+    /// How the cache's pages are laid out.
+    pub fn layout(&self) -> PageLayout {
+        self.layout
+    }
+
+    /// Bytes of the GPU buffers the device allocated (activations, cache,
+    /// copies of rearranged weights); wrapped weights are not counted.
+    pub fn buffer_bytes(&self) -> usize {
+        self.own_bytes
+    }
+
+    /// Bytes of the KV cache's buffer.
+    pub fn kv_bytes(&self) -> usize {
+        self.kv_pages * self.layout.page_bytes()
+    }
+
+    /// Copies `values` to the start of `buf`.
+    fn write<T: Copy>(&self, buf: &G::Buffer, values: &[T]) {
+        // SAFETY: every buffer written is planned to hold what it is given
+        // (checked by the callers' sizes), and no work runs between passes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr().cast::<u8>(),
+                self.gpu.contents(buf),
+                std::mem::size_of_val(values),
+            )
+        }
+    }
+
+    /// A buffer of at least `need` elements of 4 bytes in `slot`, grown
+    /// when it is too small.
+    fn grow(&mut self, which: Grown, need: usize) -> Result<()> {
+        let (len, cap) = match which {
+            Grown::Pages => (&mut self.pages_len, need),
+            Grown::Out => (&mut self.out_len, need),
+        };
+        if *len >= cap {
+            return Ok(());
+        }
+        let new_len = cap.next_power_of_two();
+        let buf = self.gpu.buffer(4 * new_len)?;
+        self.own_bytes += 4 * (new_len - *len);
+        *len = new_len;
+        match which {
+            Grown::Pages => self.pages = buf,
+            Grown::Out => self.out = buf,
+        }
+        Ok(())
+    }
+
+    /// Makes the cache buffer hold page `id`, keeping what it holds.
+    fn ensure_page(&mut self, id: usize) -> Result<()> {
+        if id < self.kv_pages {
+            return Ok(());
+        }
+        let pages = (id + 1).next_power_of_two();
+        let pb = self.layout.page_bytes();
+        let buf = self.gpu.buffer(pages * pb)?;
+        // SAFETY: both buffers hold at least the old pages; no work runs.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.gpu.contents(&self.kv),
+                self.gpu.contents(&buf),
+                self.kv_pages * pb,
+            )
+        };
+        self.own_bytes += (pages - self.kv_pages) * pb;
+        self.kv = buf;
+        self.kv_pages = pages;
+        Ok(())
+    }
+
+    /// `to (tokens, ld_out) (+)= from (tokens, ld_in) @ m^T`.
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &mut self,
+        m: &MatrixDesc,
+        from: Slot,
+        ld_in: usize,
+        tokens: usize,
+        to: Slot,
+        ld_out: usize,
+        accumulate: bool,
+    ) {
+        let a = MatvecArgs {
+            r#type: weight_code(m.dtype).expect("checked at construction"),
+            rows: m.rows as u32,
+            cols: m.cols as u32,
+            tokens: tokens as u32,
+            ld_in: ld_in as u32,
+            ld_out: ld_out as u32,
+            accumulate: u32::from(accumulate),
+            pad: 0,
+        };
+        let grid = Grid {
+            groups: [
+                (m.rows as u32).div_ceil(MV_ROWS * MV_GROUPS),
+                (tokens as u32).div_ceil(MV_TOKENS),
+                1,
+            ],
+            threads: [SIMD_WIDTH * MV_GROUPS, 1, 1],
+            shared: 0,
+        };
+        let (w, base) = &self.weights[m.file];
+        let (from, to) = (
+            slot(&self.acts, &self.normed, &self.out, from),
+            slot(&self.acts, &self.normed, &self.out, to),
+        );
+        self.gpu.dispatch(
+            &self.p.matvec,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(w, base + m.offset),
+                Arg::Buffer(from, 0),
+                Arg::Buffer(to, 0),
+            ],
+            grid,
+        );
+    }
+
+    fn row_args(&self, width: usize) -> RowArgs {
+        let c = &self.model.config;
+        RowArgs {
+            tokens: self.n as u32,
+            width: width as u32,
+            ld: width as u32,
+            eps: c.norm_eps,
+            heads: (width / c.head_dim) as u32,
+            head_dim: c.head_dim as u32,
+            style: match c.rope_style {
+                RopeStyle::Interleaved => 0,
+                RopeStyle::Half => 1,
+            },
+            gather: 0,
+        }
+    }
+
+    fn kv_args(&self, layer: usize) -> KvArgs {
+        let c = &self.model.config;
+        KvArgs {
+            tokens: self.n as u32,
+            layer: layer as u32,
+            kv_heads: c.n_kv_heads as u32,
+            head_dim: c.head_dim as u32,
+            q_heads: c.n_heads as u32,
+            window: 0,
+            row_bytes: self.layout.row_bytes as u32,
+            kv_type: u32::from(self.layout.dtype == KvType::F16),
+            page_bytes: self.layout.page_bytes() as u64,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            ld_q: c.q_dim() as u32,
+        }
+    }
+
+    /// `normed (rows, D) = rmsnorm(X[rows], norm)` for the listed rows.
+    fn norm_rows(&mut self, rows: &[u32], norm: &VectorDesc) {
+        self.write(&self.rows, rows);
+        let dim = self.model.config.dim;
+        let mut a = self.row_args(dim);
+        a.tokens = rows.len() as u32;
+        a.gather = 1;
+        self.gpu.dispatch(
+            &self.p.rmsnorm,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[X], 0),
+                Arg::Buffer(&self.vectors, 4 * norm.offset),
+                Arg::Buffer(&self.normed, 0),
+                Arg::Buffer(&self.rows, 0),
+            ],
+            Grid::linear(rows.len() as u32, SIMD_WIDTH),
+        );
+    }
+
+    /// Submits the pass and waits; a fault is a bug of the backend, so it
+    /// panics with the GPU's message (the bindings turn it into an error).
+    fn run(&mut self) {
+        if let Err(e) = self.gpu.run() {
+            panic!("the GPU pass failed: {e}");
+        }
+    }
+
+    /// Copies `len` floats from the start of `buf` into `out`.
+    fn read(&self, buf: &G::Buffer, out: &mut [f32]) {
+        // SAFETY: `buf` holds at least `out.len()` floats (planned by the
+        // callers), and the pass has finished.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.gpu.contents(buf).cast::<f32>(),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+}
+
+/// An activation buffer, or one of the classifier's.
+#[derive(Clone, Copy)]
+enum Slot {
+    Act(usize),
+    Normed,
+    Out,
+}
+
+fn slot<'a, B>(acts: &'a [B; 8], normed: &'a B, out: &'a B, s: Slot) -> &'a B {
+    match s {
+        Slot::Act(i) => &acts[i],
+        Slot::Normed => normed,
+        Slot::Out => out,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Grown {
+    Pages,
+    Out,
+}
+
+impl<G: Gpu + Send> EngineDevice for GpuDevice<G>
+where
+    G::Buffer: Send,
+    G::Pipeline: Send,
+{
+    fn name(&self) -> String {
+        self.gpu.name()
+    }
+
+    fn layout(&self) -> PageLayout {
+        self.layout
+    }
+
+    fn buffer_bytes(&self) -> usize {
+        self.own_bytes
+    }
+
+    fn kv_bytes(&self) -> usize {
+        GpuDevice::kv_bytes(self)
+    }
+
+    fn n_threads(&self) -> usize {
+        1
+    }
+
+    fn isa(&self) -> &'static str {
+        "metal"
+    }
+}
+
+impl<G: Gpu> Device for GpuDevice<G> {
+    fn begin(&mut self, plan: &Plan) {
+        let n = plan.len();
+        assert!(n >= 1 && n <= self.max_batch);
+        let c = &self.model.config;
+        assert!(plan.tokens.iter().all(|&t| (t as usize) < c.vocab_size));
+        let half = c.head_dim / 2;
+        let mut info = Vec::with_capacity(n);
+        let mut cos = vec![0.0f32; n * half];
+        let mut sin = vec![0.0f32; n * half];
+        for entry in &plan.entries {
+            let len = entry.tokens.len();
+            assert!(
+                len >= 1 && entry.start + len <= self.max_len,
+                "the context was checked"
+            );
+            assert!(
+                entry.pages.len() * PAGE >= entry.start + len,
+                "pages were reserved"
+            );
+            for t in 0..len {
+                let (row, pos) = (entry.tokens.start + t, entry.start + t);
+                info.push(TokenInfo {
+                    pos: pos as u32,
+                    pages: entry.pages.start as u32,
+                });
+                // Rotary angles of the token's position, as the CPU computes them.
+                for j in 0..half {
+                    let a = pos as f32 * self.inv_freq[j];
+                    cos[row * half + j] = a.cos();
+                    sin[row * half + j] = a.sin();
+                }
+            }
+        }
+        assert_eq!(info.len(), n);
+        if let Some(id) = plan.pages.iter().copied().max()
+            && let Err(e) = self.ensure_page(id as usize)
+        {
+            panic!("the GPU could not grow its KV cache: {e}");
+        }
+        if let Err(e) = self.grow(Grown::Pages, plan.pages.len()) {
+            panic!("the GPU could not grow its page list: {e}");
+        }
+        self.n = n;
+        self.write(&self.tokens, &plan.tokens);
+        self.write(&self.info, slice_bytes(&info));
+        self.write(&self.pages, &plan.pages);
+        self.write(&self.cos, &cos);
+        self.write(&self.sin, &sin);
+        self.logit_rows.clear();
+        self.logit_rows
+            .extend(plan.logit_rows.iter().map(|&r| r as u32));
+        self.hidden_rows.clear();
+        self.hidden_rows
+            .extend(plan.hidden_rows.iter().map(|&r| r as u32));
+    }
+
+    fn embed(&mut self, table: &MatrixDesc) {
+        let a = MatvecArgs {
+            r#type: weight_code(table.dtype).expect("checked at construction"),
+            rows: table.rows as u32,
+            cols: table.cols as u32,
+            tokens: self.n as u32,
+            ld_in: 0,
+            ld_out: self.model.config.dim as u32,
+            accumulate: 0,
+            pad: 0,
+        };
+        let (w, base) = &self.weights[table.file];
+        self.gpu.dispatch(
+            &self.p.embed,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(w, base + table.offset),
+                Arg::Buffer(&self.tokens, 0),
+                Arg::Buffer(&self.acts[X], 0),
+            ],
+            Grid::linear(self.n as u32, SIMD_WIDTH),
+        );
+    }
+
+    fn rmsnorm(&mut self, src: Buf, gains: &VectorDesc, dst: Buf) {
+        let a = self.row_args(src.width(&self.model.config));
+        self.gpu.dispatch(
+            &self.p.rmsnorm,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(src)], 0),
+                Arg::Buffer(&self.vectors, 4 * gains.offset),
+                Arg::Buffer(&self.acts[index(dst)], 0),
+                Arg::Buffer(&self.rows, 0),
+            ],
+            Grid::linear(self.n as u32, SIMD_WIDTH),
+        );
+    }
+
+    fn matmul(&mut self, input: Buf, products: &[(&MatrixDesc, Buf)]) {
+        let c = &self.model.config;
+        let wi = input.width(c);
+        let outs: Vec<(&MatrixDesc, usize)> =
+            products.iter().map(|&(m, o)| (m, o.width(c))).collect();
+        for (&(m, out), (_, wo)) in products.iter().zip(outs) {
+            self.product(
+                m,
+                Slot::Act(index(input)),
+                wi,
+                self.n,
+                Slot::Act(index(out)),
+                wo,
+                false,
+            );
+        }
+    }
+
+    fn matmul_add(&mut self, input: Buf, w: &MatrixDesc, acc: Buf) {
+        let c = &self.model.config;
+        let (wi, wo) = (input.width(c), acc.width(c));
+        self.product(
+            w,
+            Slot::Act(index(input)),
+            wi,
+            self.n,
+            Slot::Act(index(acc)),
+            wo,
+            true,
+        );
+    }
+
+    fn swiglu(&mut self, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf) {
+        let c = &self.model.config;
+        let (wi, h) = (input.width(c), c.hidden_dim);
+        let (i, o) = (Slot::Act(index(input)), index(out));
+        self.product(gate, i, wi, self.n, Slot::Act(o), h, false);
+        self.product(up, i, wi, self.n, Slot::Act(HB2), h, false);
+        let a = self.row_args(h);
+        let total = (self.n * h) as u32;
+        self.gpu.dispatch(
+            &self.p.swiglu,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[o], 0),
+                Arg::Buffer(&self.acts[HB2], 0),
+            ],
+            Grid::linear(total.div_ceil(256), 256),
+        );
+    }
+
+    fn add_bias(&mut self, buf: Buf, bias: &VectorDesc) {
+        let a = self.row_args(buf.width(&self.model.config));
+        self.gpu.dispatch(
+            &self.p.add_bias,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(buf)], 0),
+                Arg::Buffer(&self.vectors, 4 * bias.offset),
+            ],
+            Grid::linear(self.n as u32, SIMD_WIDTH),
+        );
+    }
+
+    fn norm_heads(&mut self, buf: Buf, gains: &VectorDesc) {
+        let a = self.row_args(buf.width(&self.model.config));
+        self.gpu.dispatch(
+            &self.p.norm_heads,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(buf)], 0),
+                Arg::Buffer(&self.vectors, 4 * gains.offset),
+            ],
+            Grid {
+                groups: [a.heads, self.n as u32, 1],
+                threads: [SIMD_WIDTH, 1, 1],
+                shared: 0,
+            },
+        );
+    }
+
+    fn rope(&mut self, buf: Buf) {
+        assert!(matches!(buf, Buf::Q | Buf::K), "rope turns Q or K");
+        let a = self.row_args(buf.width(&self.model.config));
+        self.gpu.dispatch(
+            &self.p.rope,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(buf)], 0),
+                Arg::Buffer(&self.cos, 0),
+                Arg::Buffer(&self.sin, 0),
+            ],
+            Grid::linear(self.n as u32, SIMD_WIDTH),
+        );
+    }
+
+    fn store_kv(&mut self, layer: usize, k: Buf, v: Buf) {
+        assert!(k == Buf::K && v == Buf::V);
+        let a = self.kv_args(layer);
+        self.gpu.dispatch(
+            &self.p.store_kv,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(Buf::K)], 0),
+                Arg::Buffer(&self.acts[index(Buf::V)], 0),
+                Arg::Buffer(&self.kv, 0),
+                Arg::Buffer(&self.info, 0),
+                Arg::Buffer(&self.pages, 0),
+            ],
+            Grid {
+                groups: [self.n as u32, a.kv_heads, 1],
+                threads: [SIMD_WIDTH, 1, 1],
+                shared: 0,
+            },
+        );
+    }
+
+    fn attention(&mut self, layer: usize, q: Buf, out: Buf) {
+        assert!(q == Buf::Q && out == Buf::Att);
+        let a = self.kv_args(layer);
+        self.gpu.dispatch(
+            &self.p.attention,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(Buf::Q)], 0),
+                Arg::Buffer(&self.kv, 0),
+                Arg::Buffer(&self.acts[index(Buf::Att)], 0),
+                Arg::Buffer(&self.info, 0),
+                Arg::Buffer(&self.pages, 0),
+            ],
+            Grid {
+                groups: [self.n as u32, a.q_heads, 1],
+                threads: [SIMD_WIDTH, 1, 1],
+                shared: 0,
+            },
+        );
+    }
+
+    fn logits(&mut self, norm: &VectorDesc, classifier: &MatrixDesc, out: &mut [f32]) {
+        let rows = self.logit_rows.len();
+        let (dim, vocab) = (self.model.config.dim, self.model.config.vocab_size);
+        assert_eq!(out.len(), rows * vocab);
+        if rows > 0 {
+            if let Err(e) = self.grow(Grown::Out, rows * vocab) {
+                panic!("the GPU could not grow its logits buffer: {e}");
+            }
+            let list = std::mem::take(&mut self.logit_rows);
+            self.norm_rows(&list, norm);
+            self.logit_rows = list;
+            self.product(classifier, Slot::Normed, dim, rows, Slot::Out, vocab, false);
+        }
+        // Every pass ends here: what was recorded runs now, cache writes
+        // included, even when no logits are wanted.
+        self.run();
+        if rows > 0 {
+            self.read(&self.out, out);
+        }
+    }
+
+    fn hidden(&mut self, norm: &VectorDesc, out: &mut [f32]) {
+        let dim = self.model.config.dim;
+        let rows = self.hidden_rows.len();
+        assert_eq!(out.len(), rows * dim);
+        let list = std::mem::take(&mut self.hidden_rows);
+        self.norm_rows(&list, norm);
+        self.hidden_rows = list;
+        self.run();
+        self.read(&self.normed, out);
+    }
+
+    fn copy_rows(&mut self, src: u32, dst: u32, rows: usize) {
+        assert!(rows <= PAGE && src != dst);
+        if let Err(e) = self.ensure_page(src.max(dst) as usize) {
+            panic!("the GPU could not grow its KV cache: {e}");
+        }
+        let l = self.layout;
+        let pb = l.page_bytes();
+        let base = self.gpu.contents(&self.kv);
+        for layer in 0..l.n_layers {
+            for values in [false, true] {
+                for h in 0..l.n_kv_heads {
+                    let at = l.offset(layer, values, h);
+                    // SAFETY: both pages are inside the cache buffer (just
+                    // ensured), distinct, and no work runs.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            base.add(src as usize * pb + at),
+                            base.add(dst as usize * pb + at),
+                            rows * l.row_bytes,
+                        )
+                    };
+                }
+            }
+        }
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+}

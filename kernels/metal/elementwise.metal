@@ -1,0 +1,26 @@
+// Element-wise operations between the products.
+#include "common.h"
+
+// buf[t] += bias for a.tokens rows of a.width values, a.ld apart. Grid:
+// a.tokens threadgroups of one SIMD group.
+kernel void add_bias(constant RowArgs &a [[buffer(0)]], device float *buf [[buffer(1)]],
+                     device const float *bias [[buffer(2)]],
+                     uint t [[threadgroup_position_in_grid]],
+                     uint lane [[thread_index_in_simdgroup]]) {
+    device float *row = buf + ulong(t) * a.ld;
+    for (uint i = lane; i < a.width; i += SIMD) {
+        row[i] += bias[i];
+    }
+}
+
+// gate = silu(gate) * up over a.tokens * a.width values. Grid: enough
+// threads for every value, in threadgroups of any size.
+kernel void swiglu(constant RowArgs &a [[buffer(0)]], device float *gate [[buffer(1)]],
+                   device const float *up [[buffer(2)]],
+                   uint i [[thread_position_in_grid]]) {
+    if (i >= a.tokens * a.width) {
+        return;
+    }
+    const float g = gate[i];
+    gate[i] = g / (1.0f + exp(-g)) * up[i];
+}
