@@ -17,6 +17,8 @@
 
 pub mod device;
 pub mod layout;
+#[cfg(target_os = "macos")]
+pub mod metal;
 pub mod source;
 
 pub use device::GpuDevice;
