@@ -155,6 +155,11 @@ impl Metal {
                 "kernel {}: threadgroups of {threads} threads, but this GPU runs at most {} of it",
                 pipeline.name, pipeline.max_threads
             ))
+        } else if !grid.shared.is_multiple_of(16) {
+            Some(format!(
+                "kernel {}: {} bytes of threadgroup memory; Metal takes a multiple of 16",
+                pipeline.name, grid.shared
+            ))
         } else if shared > self.max_shared {
             Some(format!(
                 "kernel {}: {shared} bytes of threadgroup memory, but this GPU has {}",
