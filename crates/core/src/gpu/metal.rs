@@ -24,7 +24,7 @@ use objc2_foundation::NSString;
 use objc2_metal::{
     MTLBuffer, MTLCommandBuffer, MTLCommandBufferStatus, MTLCommandEncoder, MTLCommandQueue,
     MTLComputeCommandEncoder, MTLComputePipelineState, MTLCreateSystemDefaultDevice, MTLDevice,
-    MTLDispatchType, MTLLibrary, MTLResourceOptions, MTLSize,
+    MTLDispatchType, MTLGPUFamily, MTLLibrary, MTLResourceOptions, MTLSize,
 };
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -44,9 +44,31 @@ const _: fn() = || {
 /// The most bytes one [`Arg::Bytes`] may hold (Metal's limit for `setBytes`).
 const MAX_BYTES_ARG: usize = 4096;
 
-/// Whether this machine has a Metal device.
+/// Whether this machine has a Metal device that runs the kernels.
 pub fn available() -> bool {
-    autoreleasepool(|_| MTLCreateSystemDefaultDevice().is_some())
+    autoreleasepool(|_| device().is_ok())
+}
+
+/// The system's default Metal device, if it runs the kernels: an Apple GPU of
+/// family 7 or later (M1, A14 and later), as the kernels use SIMD-group
+/// reductions (`simd_sum`). Older GPUs lack them, and so, by reports, does
+/// the paravirtual GPU of a macOS virtual machine.
+fn device() -> Result<Retained<ProtocolObject<dyn MTLDevice>>> {
+    let device = MTLCreateSystemDefaultDevice().ok_or_else(|| {
+        Error::Gpu(
+            "no Metal device: this Mac's GPU does not support Metal, or this process cannot \
+             reach it (e.g. in a virtual machine)"
+                .into(),
+        )
+    })?;
+    if !device.supportsFamily(MTLGPUFamily::Apple7) {
+        return Err(Error::Gpu(format!(
+            "{}: the kernels need an Apple GPU of family 7 or later (M1 or later) for SIMD-group \
+             reductions",
+            device.name()
+        )));
+    }
+    Ok(device)
 }
 
 /// The system's default Metal device and one command queue on it.
@@ -98,16 +120,11 @@ pub struct Pipeline {
 }
 
 impl Metal {
-    /// The system's default Metal device.
+    /// The system's default Metal device, if it runs the kernels (an Apple
+    /// GPU of family 7 or later: M1, A14 and later).
     pub fn new() -> Result<Metal> {
         autoreleasepool(|_| {
-            let device = MTLCreateSystemDefaultDevice().ok_or_else(|| {
-                Error::Gpu(
-                    "no Metal device: this Mac's GPU does not support Metal, or this process \
-                     cannot reach it (e.g. in a virtual machine)"
-                        .into(),
-                )
-            })?;
+            let device = device()?;
             let queue = device.newCommandQueue().ok_or_else(|| {
                 Error::Gpu(format!(
                     "{}: Metal could not make a command queue",
