@@ -841,7 +841,20 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(model: Arc<Model>, options: &BatchOptions) -> Result<Self> {
-        let mut batcher = Batcher::new(model.clone(), options)?;
+        Self::start(Batcher::new(model, options)?, options)
+    }
+
+    /// An engine on `dev` (see [`Batcher::with_device`]).
+    pub fn with_device(
+        model: Arc<Model>,
+        options: &BatchOptions,
+        dev: Box<dyn EngineDevice>,
+    ) -> Result<Self> {
+        Self::start(Batcher::with_device(model, options, dev)?, options)
+    }
+
+    fn start(mut batcher: Batcher, options: &BatchOptions) -> Result<Self> {
+        let model = batcher.model().clone();
         let shared = Arc::new(Shared::default());
         let dev = batcher.device();
         let device = dev.name();
