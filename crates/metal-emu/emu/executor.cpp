@@ -28,7 +28,10 @@
 #include <string>
 #include <vector>
 
-#if !defined(__x86_64__)
+// Other architectures switch with glibc's ucontext (TINYLLM_EMU_UCONTEXT
+// forces it, to test it here).
+#if !defined(__x86_64__) || defined(TINYLLM_EMU_UCONTEXT)
+#define EMU_UCONTEXT 1
 #include <ucontext.h>
 #endif
 
@@ -48,7 +51,7 @@ constexpr u32 SIMD = 32;
 // Context switch
 // ---------------------------------------------------------------------------
 
-#if defined(__x86_64__)
+#if !EMU_UCONTEXT
 
 // tinyllm_emu_switch(save, to): saves the callee-saved registers, MXCSR and
 // the x87 control word on the current stack, stores the stack pointer in
@@ -133,7 +136,7 @@ struct Context {
     ucontext_t uc;
 };
 
-void (*g_start_fn)(void *);
+thread_local void (*g_start_fn)(void *);
 void fiber_trampoline(unsigned hi, unsigned lo) {
     void *arg = (void *)(((uintptr_t)hi << 32) | (uintptr_t)lo);
     g_start_fn(arg);

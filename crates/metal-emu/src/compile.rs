@@ -53,12 +53,22 @@ const FLAGS: &[&str] = &[
 /// Flags for this machine's CPU: F16C turns half conversions into single
 /// instructions instead of library calls (4x faster on half-heavy kernels;
 /// both round to nearest even).
-fn cpu_flags() -> &'static [&'static str] {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
-        return &["-mf16c"];
-    }
-    &[]
+/// Then `$TINYLLM_EMU_CFLAGS`, split at spaces: `-O0 -g` to step through a
+/// kernel in gdb, `-DTINYLLM_EMU_UCONTEXT` to test the executor's portable
+/// context switch.
+fn cpu_flags() -> &'static [String] {
+    static FLAGS: OnceLock<Vec<String>> = OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let mut flags = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("f16c") {
+            flags.push("-mf16c".to_string());
+        }
+        if let Ok(extra) = std::env::var("TINYLLM_EMU_CFLAGS") {
+            flags.extend(extra.split_whitespace().map(str::to_string));
+        }
+        flags
+    })
 }
 
 /// The longest compiler message an error quotes, in bytes.
@@ -191,11 +201,51 @@ fn run(cmd: &mut Command) -> Result<std::process::Output, String> {
     }
 }
 
-/// The cache directory.
+/// Cached libraries unused for this long are deleted.
+const CACHE_DAYS: u64 = 7;
+
+/// The cache directory; the first call of a process prunes it.
 fn cache_dir() -> Result<PathBuf, String> {
+    static PRUNED: OnceLock<()> = OnceLock::new();
     let dir = std::env::temp_dir().join("tinyllm-metal-emu");
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    PRUNED.get_or_init(|| prune(&dir));
     Ok(dir)
+}
+
+/// Deletes what no process used for CACHE_DAYS (a use touches the file):
+/// libraries, their sources, and runtimes. A process that has one loaded
+/// keeps its mapping.
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let old = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() > CACHE_DAYS * 86400)
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("rt-") {
+            if old(&path.join("executor.o")) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        } else if old(&path) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Marks a cached file as used now.
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
 }
 
 /// The directory holding the shim headers and the compiled executor for
@@ -205,12 +255,14 @@ fn runtime(clang: &Clang) -> Result<(PathBuf, String), String> {
     RUNTIME_DIR
         .get_or_init(|| {
             let mut parts: Vec<&[u8]> = vec![VERSION.as_bytes(), clang.version.as_bytes()];
-            parts.extend(FLAGS.iter().chain(cpu_flags()).map(|f| f.as_bytes()));
+            parts.extend(FLAGS.iter().map(|f| f.as_bytes()));
+            parts.extend(cpu_flags().iter().map(|f| f.as_bytes()));
             parts.extend(RUNTIME.iter().map(|f| f.1.as_bytes()));
             let key = hash(&parts);
             let dir = cache_dir()?.join(format!("rt-{key}"));
             let object = dir.join("executor.o");
             if object.exists() {
+                touch(&object);
                 return Ok((dir, key));
             }
             std::fs::create_dir_all(&dir)
@@ -265,6 +317,8 @@ pub(crate) fn library(source: &str) -> Result<PathBuf, String> {
     let dir = cache_dir()?;
     let so = dir.join(format!("{key}.so"));
     if so.exists() {
+        touch(&so);
+        touch(&dir.join(format!("{key}.cpp")));
         return Ok(so);
     }
     let cpp = dir.join(format!("{key}.cpp"));
@@ -344,10 +398,11 @@ fn lint_file(clang: &Clang, rt: &Path, cpp: &Path) -> Result<(), String> {
 /// compiles as bit casts, where Metal converts the values: one message per
 /// source line. `(float4)int4_value` gives 4.2e-45 for 3 here, 3.0 on a Mac.
 pub(crate) fn vector_cast_traps(dump: &str, runtime_dir: &str) -> Vec<String> {
+    let lines: Vec<&str> = dump.lines().collect();
     let mut file = String::new();
     let mut line = 0u32;
     let mut found: Vec<String> = Vec::new();
-    for text in dump.lines() {
+    for (at, text) in lines.iter().enumerate() {
         let mut first: Option<(String, u32)> = None;
         for word in text.split([' ', '<', '>', ',']) {
             let word = word.strip_prefix("Spelling=").unwrap_or(word);
@@ -355,8 +410,7 @@ pub(crate) fn vector_cast_traps(dump: &str, runtime_dir: &str) -> Vec<String> {
                 if let Some(n) = rest.split(':').next().and_then(|n| n.parse().ok()) {
                     line = n;
                 }
-            } else if word.starts_with("col:") {
-            } else {
+            } else if !word.starts_with("col:") {
                 let mut parts = word.rsplitn(3, ':');
                 let (c, l, f) = (parts.next(), parts.next(), parts.next());
                 match (c.map(str::parse::<u32>), l.map(str::parse::<u32>), f) {
@@ -376,21 +430,24 @@ pub(crate) fn vector_cast_traps(dump: &str, runtime_dir: &str) -> Vec<String> {
         {
             continue;
         }
-        // The cast's type: the quoted text before " <BitCast>".
-        let Some(q) = text.find('\'') else { continue };
-        let ty = &text[q..text.len() - " <BitCast>".len()];
-        let pointer = ty.split(':').any(|t| {
-            let t = t.trim_matches('\'').trim_end();
-            t.ends_with('*') || t.ends_with('&')
-        });
-        if !ty.contains("ext_vector_type") || pointer {
+        // The cast's type, and its operand's (the child on the next line).
+        let Some(to) = node_type(text) else { continue };
+        let from = lines.get(at + 1).and_then(|l| node_type(l));
+        let Some(to_elem) = vector_element(&to) else {
+            continue;
+        };
+        // int4 <-> uint4 keeps the bits in Metal too.
+        let from_elem = from.as_deref().and_then(vector_element);
+        if let (Some(a), Some(b)) = (integer_bits(to_elem), from_elem.and_then(integer_bits))
+            && a == b
+        {
             continue;
         }
         let Some((f, l)) = first else { continue };
         if f.starts_with(runtime_dir) || f == LAUNCHER_FILE || f.ends_with("metal_stdlib") {
             continue;
         }
-        let name = ty.split('\'').nth(1).unwrap_or(ty);
+        let name = to.split('\'').nth(1).unwrap_or(&to);
         let msg = format!(
             "{f}:{l}: a cast to {name} between vector types reinterprets the bits in C++ but \
              converts the values in Metal: write {name}(x) to convert, or as_type<{name}>(x) \
@@ -401,6 +458,52 @@ pub(crate) fn vector_cast_traps(dump: &str, runtime_dir: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// The quoted type of an AST dump node, `'float4':'float __attribute__(...)'`.
+fn node_type(text: &str) -> Option<String> {
+    let q = text.find('\'')?;
+    let rest = &text[q..];
+    // Up to the last quote of the type (before ` <CastKind>` or ` lvalue`).
+    let mut end = 0;
+    let mut quotes = 0;
+    for (i, c) in rest.char_indices() {
+        if c == '\'' {
+            quotes += 1;
+            end = i + 1;
+        } else if quotes % 2 == 0 && c != ':' {
+            break;
+        }
+    }
+    Some(rest[..end].to_string())
+}
+
+/// The element type of a vector type's desugared spelling
+/// (`float __attribute__((ext_vector_type(4)))`), if not a pointer or a
+/// reference.
+fn vector_element(ty: &str) -> Option<&str> {
+    let desugared = ty.rsplit('\'').nth(1)?;
+    if desugared.trim_end().ends_with(['*', '&']) {
+        return None;
+    }
+    let (elem, _) = desugared.split_once(" __attribute__((ext_vector_type(")?;
+    Some(elem.trim())
+}
+
+/// The width of an integer element type, None for floats.
+fn integer_bits(elem: &str) -> Option<u32> {
+    Some(
+        match elem
+            .trim_start_matches("unsigned ")
+            .trim_start_matches("signed ")
+        {
+            "char" => 8,
+            "short" => 16,
+            "int" => 32,
+            "long" | "long long" => 64,
+            _ => return None,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -418,13 +521,23 @@ mod tests {
         let dump = "|-FunctionDecl 0x1 <k.metal:3:1, col:40> col:8 bad 'float4 (int4)'\n\
                     |   `-ReturnStmt 0x2 <line:5:22, col:37>\n\
                     |     `-CStyleCastExpr 0x3 <col:29, col:37> 'float4':'float __attribute__((ext_vector_type(4)))' <BitCast>\n\
-                    |     `-CStyleCastExpr 0x4 <line:6:2, col:37> 'float4 *' <BitCast>\n";
+                    |     `-CStyleCastExpr 0x4 <line:6:2, col:37> 'float4 *' <BitCast>\n\
+                    |     `-CStyleCastExpr 0x5 <line:7:2, col:37> 'uint4':'unsigned int __attribute__((ext_vector_type(4)))' <BitCast>\n\
+                    |       `-ImplicitCastExpr 0x6 <col:22, col:26> 'int4':'int __attribute__((ext_vector_type(4)))' <LValueToRValue> part_of_explicit_cast\n\
+                    |     `-CStyleCastExpr 0x7 <line:8:2, col:37> 'half4':'_Float16 __attribute__((ext_vector_type(4)))' <BitCast>\n\
+                    |       `-ImplicitCastExpr 0x8 <col:22, col:26> 'short4':'short __attribute__((ext_vector_type(4)))' <LValueToRValue> part_of_explicit_cast\n";
         let traps = vector_cast_traps(dump, "/rt");
-        assert_eq!(traps.len(), 1, "{traps:?}");
+        assert_eq!(traps.len(), 2, "{traps:?}");
         assert!(
             traps[0].starts_with("k.metal:5: a cast to float4"),
             "{}",
             traps[0]
+        );
+        // int4 -> uint4 keeps its bits in Metal; short4 -> half4 does not.
+        assert!(
+            traps[1].starts_with("k.metal:8: a cast to half4"),
+            "{}",
+            traps[1]
         );
     }
 }

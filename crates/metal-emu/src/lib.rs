@@ -173,6 +173,17 @@ pub struct Library {
     loaded: Arc<Loaded>,
 }
 
+impl Library {
+    /// The names of the library's kernels.
+    pub fn kernels(&self) -> Vec<&str> {
+        self.loaded
+            .kernels
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect()
+    }
+}
+
 /// One kernel of a [`Library`].
 #[derive(Clone, Debug)]
 pub struct Pipeline {

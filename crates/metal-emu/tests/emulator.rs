@@ -540,6 +540,14 @@ fn a_compile_error_names_the_metal_file_and_line() {
 }
 
 #[test]
+fn the_project_kernels_compile_and_pass_the_lint() {
+    let lib = Emulator::new()
+        .compile(&tinyllm_core::gpu::source::library())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(lib.kernels().contains(&"matvec"), "{:?}", lib.kernels());
+}
+
+#[test]
 fn a_kernel_parameter_without_attribute_is_an_error_with_its_line() {
     let src = source(
         "attr.metal",
