@@ -17,6 +17,8 @@
 // memory poisoned with NaN, makes a missing barrier show.
 #include "emu_abi.h"
 
+#include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +27,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -191,6 +194,14 @@ struct StackPool {
         return true;
     }
     char *stack(size_t i) const { return base + i * slot() + page; }
+    // Whether `p` is in one of the stacks' guard pages.
+    bool in_guard(const void *p) const {
+        const char *c = (const char *)p;
+        if (!base || c < base || c >= base + count * slot()) {
+            return false;
+        }
+        return (size_t)(c - base) % slot() < page;
+    }
     void release() {
         if (base) {
             munmap(base, count * slot());
@@ -198,7 +209,12 @@ struct StackPool {
         base = nullptr;
         count = 0;
     }
-    ~StackPool() { release(); }
+    ~StackPool() {
+        release();
+        free(alt);
+    }
+    // An alternate signal stack, for a fault on a guard page.
+    char *alt = nullptr;
 };
 
 thread_local StackPool g_stacks;
@@ -238,6 +254,13 @@ struct Run {
     // The first fault; the dispatch stops there.
     std::string err;
     u32 err_sg = ~0u;
+    // A memory fault (SIGSEGV or SIGBUS) while the threadgroups run jumps
+    // back to tinyllm_emu_dispatch.
+    sigjmp_buf jump;
+    volatile bool jumpable = false;
+    const void *fault_addr = nullptr;
+    int fault_sig = 0;
+    u32 fault_thread = ~0u;
 };
 
 thread_local Run *g_run = nullptr;
@@ -350,6 +373,49 @@ void fail(Run &r, std::string msg, u32 sg = ~0u) {
         r.err = std::move(msg);
         r.err_sg = sg;
     }
+}
+
+// Dispatches running in this process (the signal handler reads the
+// thread-local run only when some are).
+std::atomic<int> g_running{0};
+struct sigaction g_prev_segv;
+struct sigaction g_prev_bus;
+
+void on_fault(int sig, siginfo_t *info, void *uc) {
+    if (g_running.load(std::memory_order_relaxed) > 0) {
+        Run *r = g_run;
+        if (r && r->jumpable) {
+            r->jumpable = false;
+            r->fault_addr = info->si_addr;
+            r->fault_sig = sig;
+            r->fault_thread = r->cur ? r->cur->index : ~0u;
+            siglongjmp(r->jump, 1);
+        }
+    }
+    // Not a kernel's: the handler that was there before (the Rust
+    // runtime's stack-overflow report, Python's faulthandler, or the
+    // default action, which the faulting instruction then meets again).
+    const struct sigaction &prev = sig == SIGBUS ? g_prev_bus : g_prev_segv;
+    if (prev.sa_flags & SA_SIGINFO) {
+        if (prev.sa_sigaction) {
+            prev.sa_sigaction(sig, info, uc);
+        }
+    } else if (prev.sa_handler == SIG_DFL) {
+        signal(sig, SIG_DFL);
+    } else if (prev.sa_handler != SIG_IGN) {
+        prev.sa_handler(sig);
+    }
+}
+
+bool install_fault_handler() {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_prev_segv);
+    sigaction(SIGBUS, &sa, &g_prev_bus);
+    return true;
 }
 
 void fiber_main(void *p) {
@@ -595,12 +661,45 @@ EXPORT int tinyllm_emu_dispatch(const KernelInfo *k, const Launch *l, char *err,
         memset(r.tg0, 0, l->shared);
         r.tg_bytes = l->shared;
     }
+    static bool handler = install_fault_handler();
+    (void)handler;
+    // A fault on a fiber's guard page needs another stack to report from.
+    constexpr size_t ALT_BYTES = 64 * 1024;
+    stack_t old_alt;
+    sigaltstack(nullptr, &old_alt);
+    const bool own_alt = (old_alt.ss_flags & SS_DISABLE) != 0;
+    if (own_alt) {
+        if (!stacks.alt) {
+            stacks.alt = (char *)malloc(ALT_BYTES);
+        }
+        stack_t alt;
+        alt.ss_sp = stacks.alt;
+        alt.ss_size = ALT_BYTES;
+        alt.ss_flags = 0;
+        sigaltstack(&alt, nullptr);
+    }
     Run *outer = g_run;
     g_run = &r;
+    g_running.fetch_add(1);
 
     std::vector<u32> sg_order, lane_order, thread_order;
     bool ok = true;
-    if (r.tg_bytes > THREADGROUP_LIMIT) {
+    if (sigsetjmp(r.jump, 1) != 0) {
+        // A kernel thread (or a combine step) touched memory it must not.
+        ok = false;
+        if (stacks.in_guard(r.fault_addr)) {
+            fail(r, format("thread %u overflowed its %zu KiB stack (too much private memory?)",
+                           r.fault_thread, STACK_BYTES / 1024));
+        } else {
+            std::string who = r.fault_thread == ~0u
+                                  ? std::string("in a SIMD-group operation")
+                                  : format("in thread %u", r.fault_thread);
+            fail(r, format("%s at address %p %s: an access outside a buffer? (each buffer of "
+                           "the emulator is followed by a guard page)",
+                           r.fault_sig == SIGBUS ? "bus error" : "invalid memory access",
+                           r.fault_addr, who.c_str()));
+        }
+    } else if (r.tg_bytes > THREADGROUP_LIMIT) {
         fail(r, format("[[threadgroup(0)]] memory of %llu bytes exceeds the %llu bytes of "
                        "Apple GPUs",
                        (unsigned long long)r.tg_bytes, (unsigned long long)THREADGROUP_LIMIT));
@@ -610,17 +709,28 @@ EXPORT int tinyllm_emu_dispatch(const KernelInfo *k, const Launch *l, char *err,
         std::vector<u32> perm;
         u64 m = groups < (1u << 24) ? groups : (1u << 24);
         order(perm, (u32)m, l, r.rng);
+        r.jumpable = true;
         for (u64 i = 0; ok && i < groups; ++i) {
             u64 g = i < m ? perm[i] : i;
             ok = run_group(r, g, stacks, sg_order, lane_order, thread_order);
         }
     } else {
+        r.jumpable = true;
         for (u64 i = 0; ok && i < groups; ++i) {
             u64 g = l->order == 1 ? groups - 1 - i : i;
             ok = run_group(r, g, stacks, sg_order, lane_order, thread_order);
         }
     }
+    r.jumpable = false;
+    g_running.fetch_sub(1);
     g_run = outer;
+    if (own_alt) {
+        stack_t off;
+        off.ss_sp = nullptr;
+        off.ss_size = 0;
+        off.ss_flags = SS_DISABLE;
+        sigaltstack(&off, nullptr);
+    }
     for (TgVar &v : r.vars) {
         free(v.mem);
     }

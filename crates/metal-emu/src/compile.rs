@@ -41,6 +41,9 @@ const FLAGS: &[&str] = &[
     "-fno-exceptions",
     "-fno-rtti",
     "-fno-math-errno",
+    // Large frames probe each page, so that a fiber overflowing its stack
+    // meets its guard page instead of the next fiber's stack.
+    "-fstack-clash-protection",
     "-fexcess-precision=16",
     "-ffp-contract=fast",
     "-Werror=double-promotion",

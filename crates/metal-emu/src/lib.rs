@@ -22,6 +22,10 @@
 //! - a barrier that not every thread reaches;
 //! - a simdgroup matrix operation whose operands differ between lanes;
 //! - more than 32 KiB of threadgroup memory;
+//! - an access past the end of a buffer: each buffer of [`Gpu::buffer`] is
+//!   followed by a page nothing may touch, and a fault there (or anywhere)
+//!   during a dispatch is reported, with the thread, instead of killing the
+//!   process; so is a thread that overflows its 128 KiB stack;
 //! - a missing argument, a `constant T&` argument shorter than `T`, an
 //!   offset that is not a multiple of the element's alignment.
 //!
@@ -48,8 +52,10 @@
 //! - whether Apple's compiler accepts the source (a macOS job that runs
 //!   `xcrun metal -c` does);
 //! - address-space mistakes (all of them are plain memory here);
-//! - races between threadgroups (they run one after another), and
-//!   out-of-bounds reads and writes (they touch host memory, or crash);
+//! - races between threadgroups (they run one after another);
+//! - out-of-bounds accesses that stay within the host page a buffer ends in
+//!   (4 KiB here: a 64-byte buffer hides overruns of up to 4032 bytes),
+//!   before a buffer's start, or in memory from [`Gpu::wrap`];
 //! - atomics, textures, function constants, bool vectors, `packed_float3`,
 //!   `simdgroup_matrix::thread_elements`, `quad_*` functions and several
 //!   `[[threadgroup(n)]]` parameters (only n = 0), none of which it supports.
@@ -86,7 +92,6 @@ mod compile;
 mod ffi;
 mod rewrite;
 
-use std::alloc::Layout;
 use std::sync::Arc;
 
 use tinyllm_core::error::{Error, Result};
@@ -148,8 +153,8 @@ pub struct Buffer {
 struct Memory {
     ptr: *mut u8,
     len: usize,
-    /// The allocation's layout, if this buffer owns its memory.
-    owned: Option<Layout>,
+    /// The mapping (start, length), if this buffer owns its memory.
+    owned: Option<(*mut libc::c_void, usize)>,
 }
 
 // SAFETY: a Memory is a plain span of bytes; who writes it when is the
@@ -160,10 +165,47 @@ unsafe impl Sync for Memory {}
 
 impl Drop for Memory {
     fn drop(&mut self) {
-        if let Some(layout) = self.owned {
-            // SAFETY: allocated in Emulator::buffer with this layout.
-            unsafe { std::alloc::dealloc(self.ptr, layout) };
+        if let Some((map, len)) = self.owned {
+            // SAFETY: mapped in Memory::map, and no longer used.
+            unsafe { libc::munmap(map, len) };
         }
+    }
+}
+
+impl Memory {
+    /// `bytes` zeroed bytes at a PAGE-aligned address, followed (after
+    /// rounding up to the host's page) by a page no access is allowed to:
+    /// a kernel that reads or writes past the end faults there, and the
+    /// executor reports it.
+    fn map(bytes: usize) -> Option<Memory> {
+        // SAFETY: sysconf has no preconditions.
+        let host = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        let data = bytes.max(1).checked_next_multiple_of(host)?;
+        let total = data.checked_add(host)?.checked_add(PAGE)?;
+        // SAFETY: a new anonymous private mapping.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        let start = (map as usize).next_multiple_of(PAGE);
+        let ptr = start as *mut u8;
+        // SAFETY: [start + data, + host) is within the mapping (start is at
+        // most PAGE - 1 bytes past its beginning).
+        unsafe { libc::mprotect(ptr.add(data).cast(), host, libc::PROT_NONE) };
+        Some(Memory {
+            ptr,
+            len: bytes,
+            owned: Some((map, total)),
+        })
     }
 }
 
@@ -214,7 +256,7 @@ enum RecordedArg {
     Bytes(Box<[u128]>, usize),
 }
 
-/// The alignment (and size granule) of buffers: Apple's page size.
+/// The alignment of buffers: Apple's page size.
 const PAGE: usize = 16384;
 
 /// The most bytes Metal's setBytes takes.
@@ -383,23 +425,9 @@ impl Gpu for Emulator {
     }
 
     fn buffer(&self, bytes: usize) -> Result<Buffer> {
-        let size = bytes.max(1).div_ceil(PAGE) * PAGE;
-        let layout = Layout::from_size_align(size, PAGE)
-            .map_err(|_| Error::Gpu(format!("a buffer of {bytes} bytes is too large")))?;
-        // SAFETY: the layout's size is nonzero.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(Error::Gpu(format!(
-                "out of memory for a buffer of {bytes} bytes"
-            )));
-        }
-        Ok(Buffer {
-            mem: Arc::new(Memory {
-                ptr,
-                len: bytes,
-                owned: Some(layout),
-            }),
-        })
+        let mem = Memory::map(bytes)
+            .ok_or_else(|| Error::Gpu(format!("out of memory for a buffer of {bytes} bytes")))?;
+        Ok(Buffer { mem: Arc::new(mem) })
     }
 
     unsafe fn wrap(&self, ptr: *const u8, len: usize) -> Result<Buffer> {

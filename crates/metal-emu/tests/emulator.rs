@@ -471,6 +471,50 @@ fn an_unguarded_read_of_threadgroup_memory_reads_nan() {
     assert!(got[63].is_nan(), "{}", got[63]);
 }
 
+#[test]
+fn an_access_past_a_buffer_is_an_error_and_the_emulator_goes_on() {
+    let mut gpu = Emulator::new();
+    let lib = library("faults.metal");
+    let out = gpu.buffer(16 * 4).unwrap();
+    // 16 floats (a 4 KiB page), then the guard page, which thread 1 writes.
+    let err = run_one(
+        &mut gpu,
+        &lib,
+        "write_past_end",
+        &[Arg::Buffer(&out, 0), Arg::Bytes(&1024u32.to_le_bytes())],
+        Grid::linear(1, 8),
+    )
+    .unwrap_err();
+    assert!(err.contains("kernel write_past_end"), "{err}");
+    assert!(err.contains("invalid memory access"), "{err}");
+    assert!(err.contains("in thread 1"), "{err}");
+    // Within the buffer, the same kernel runs.
+    run_one(
+        &mut gpu,
+        &lib,
+        "write_past_end",
+        &[Arg::Buffer(&out, 0), Arg::Bytes(&2u32.to_le_bytes())],
+        Grid::linear(1, 8),
+    )
+    .unwrap();
+    assert_eq!(download::<f32>(&gpu, &out, 3), [1.0, 0.0, 1.0]);
+}
+
+#[test]
+fn a_thread_overflowing_its_stack_is_an_error() {
+    let mut gpu = Emulator::new();
+    let out = gpu.buffer(32 * 4).unwrap();
+    let err = run_one(
+        &mut gpu,
+        &library("faults.metal"),
+        "deep_stack",
+        &[Arg::Buffer(&out, 0)],
+        Grid::linear(1, 32),
+    )
+    .unwrap_err();
+    assert!(err.contains("overflowed its 128 KiB stack"), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // Compile-time checks
 // ---------------------------------------------------------------------------

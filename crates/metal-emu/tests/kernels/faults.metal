@@ -99,3 +99,21 @@ kernel void unguarded_read(device const float *in [[buffer(0)]],
     threadgroup_barrier(mem_flags::mem_threadgroup);
     out[i] = t[tid] + t[tid + 1];
 }
+
+// Writes `stride` floats apart: past the end of a small buffer.
+kernel void write_past_end(device float *out [[buffer(0)]],
+                           constant uint &stride [[buffer(1)]],
+                           uint i [[thread_position_in_grid]]) {
+    out[i * stride] = 1.0f;
+}
+
+// A private array larger than a thread's stack (Apple GPUs would spill it
+// to device memory; here the fiber's stack overflows).
+kernel void deep_stack(device float *out [[buffer(0)]],
+                       uint i [[thread_position_in_grid]]) {
+    volatile float big[65536];
+    for (uint j = 0; j < 65536; j += 1024) {
+        big[j] = float(j);
+    }
+    out[i] = big[i * 1024];
+}
