@@ -111,12 +111,14 @@ pub(crate) fn clang() -> Result<&'static Clang, String> {
                     continue;
                 };
                 let text = String::from_utf8_lossy(&out.stdout);
-                let Some(version) = text
-                    .lines()
-                    .next()
-                    .and_then(|l| l.split("version ").nth(1))
-                    .and_then(|v| v.split_whitespace().next())
-                else {
+                let first = text.lines().next().unwrap_or_default();
+                let version = first
+                    .contains("clang")
+                    .then(|| first.split("version ").nth(1))
+                    .flatten()
+                    .and_then(|v| v.split_whitespace().next());
+                let Some(version) = version else {
+                    found.push(format!("{c} (not clang: {first})"));
                     continue;
                 };
                 let major: u32 = version

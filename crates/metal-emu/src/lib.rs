@@ -256,6 +256,16 @@ enum RecordedArg {
     Bytes(Box<[u128]>, usize),
 }
 
+// The engine moves a GPU device, and its buffers and pipelines, between
+// threads (EngineDevice: Send).
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Emulator>();
+    send::<Buffer>();
+    send::<Pipeline>();
+    send::<Library>();
+};
+
 /// The alignment of buffers: Apple's page size.
 const PAGE: usize = 16384;
 
