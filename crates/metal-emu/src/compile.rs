@@ -1,10 +1,11 @@
 //! Compiling a rewritten Metal source with clang into a shared object,
 //! cached on disk, and the vector-cast lint over clang's AST dump.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::rewrite::{self, LAUNCHER_FILE};
 
@@ -313,12 +314,27 @@ fn translation_unit(source: &str) -> Result<(String, Vec<rewrite::Kernel>), Stri
 }
 
 /// Compiles `source` into a shared object (or finds it in the cache) and
-/// returns its path.
+/// returns its path. Threads compiling the same source wait for the first.
 pub(crate) fn library(source: &str) -> Result<PathBuf, String> {
+    type Cells = HashMap<String, Arc<OnceLock<Result<PathBuf, String>>>>;
+    static BUILDS: Mutex<Option<Cells>> = Mutex::new(None);
     let clang = clang()?;
     let (rt, rt_key) = runtime(clang)?;
     let (tu, _) = translation_unit(source)?;
     let key = hash(&[tu.as_bytes(), rt_key.as_bytes()]);
+    let lock = || BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    let cell = lock()
+        .get_or_insert_with(HashMap::new)
+        .entry(key.clone())
+        .or_default()
+        .clone();
+    let result = cell.get_or_init(|| build(clang, &rt, &tu, &key)).clone();
+    // Done: later calls find the file (or try again after an error).
+    lock().get_or_insert_with(HashMap::new).remove(&key);
+    result
+}
+
+fn build(clang: &Clang, rt: &Path, tu: &str, key: &str) -> Result<PathBuf, String> {
     let dir = cache_dir()?;
     let so = dir.join(format!("{key}.so"));
     if so.exists() {
@@ -335,7 +351,7 @@ pub(crate) fn library(source: &str) -> Result<PathBuf, String> {
         .args(FLAGS)
         .args(cpu_flags())
         .arg("-I")
-        .arg(&rt)
+        .arg(rt)
         .arg("-shared")
         .arg(&cpp)
         .arg(rt.join("executor.o"))
@@ -346,7 +362,7 @@ pub(crate) fn library(source: &str) -> Result<PathBuf, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("running {}: {e}", clang.path.display()))?;
-    let lint = lint_file(clang, &rt, &cpp);
+    let lint = lint_file(clang, rt, &cpp);
     let out = compile
         .wait_with_output()
         .map_err(|e| format!("running clang: {e}"))?;
