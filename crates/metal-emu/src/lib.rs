@@ -68,6 +68,27 @@
 //! `x * 0.5` (a double) does not compile either (`-Werror=double-promotion`):
 //! write `0.5f`.
 //!
+//! # For kernel writers
+//!
+//! - Every kernel parameter needs its attribute: `[[buffer(n)]]` (n up to
+//!   30), `[[threadgroup(0)]]` (sized by `Grid::shared`), or a built-in
+//!   position (`uint`, `ushort`, or 2- and 3-vectors of them).
+//! - A SIMD-group function must be reached by every lane of the SIMD group,
+//!   in the same call: a lane that returned early counts as divergence here,
+//!   though Metal would run the function over the lanes left.
+//! - Write `0.5f`, not `0.5`; convert vectors with `float4(x)`, never
+//!   `(float4)x`. Comparisons of vectors give int vectors here (bool vectors
+//!   are unsupported): use them through `all`, `any` and `select`.
+//! - Simdgroup matrices are 8x8; `simdgroup_load` with transpose reads
+//!   element (r, c) from source row `origin.y + c`, column `origin.x + r`
+//!   (the emulator's reading of Apple's documentation: to be safe, offset
+//!   the pointer and pass origin 0).
+//! - Limits as on Apple GPUs: 1024 threads and 32 KiB of threadgroup memory
+//!   per threadgroup; and 128 KiB of stack per thread.
+//! - Run every test in each of [`Order::ALL`].
+//! - To step through a kernel: `TINYLLM_EMU_CFLAGS="-O0 -g"`, then gdb; the
+//!   C++ that was compiled is `$TMPDIR/tinyllm-metal-emu/<hash>.cpp`.
+//!
 //! # Example
 //!
 //! ```no_run
