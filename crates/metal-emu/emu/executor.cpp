@@ -11,9 +11,10 @@
 // the barrier) is a divergence, reported with the kernel, the threadgroup
 // and the source lines, and the dispatch stops.
 //
-// Threads run to their next meeting point one after another, so a thread
-// reads threadgroup memory before or after the others write it depending
-// on the order: running forward, backward and shuffled, with threadgroup
+// Each SIMD group runs ahead of the others as far as it can (to a barrier
+// or its end, through its SIMD-group functions), so a thread reads
+// threadgroup memory before or after other groups write it depending on
+// the order: running forward, backward and shuffled, with threadgroup
 // memory poisoned with NaN, makes a missing barrier show.
 #include "emu_abi.h"
 
@@ -494,64 +495,69 @@ bool run_group(Run &r, u64 g, StackPool &stacks, std::vector<u32> &sg_order,
 
     char cerr[512];
     for (;;) {
-        // Run every ready thread to its next meeting point.
-        for (u32 i : thread_order) {
-            Thread &t = r.th[i];
-            if (t.st == READY) {
-                r.cur = &t;
-                switch_context(r.sched, t.ctx);
-                r.cur = nullptr;
-                if (!r.err.empty()) {
-                    return false;
-                }
-            }
-        }
-        // SIMD groups whose lanes all wait at the same function go on.
-        bool met = false;
+        // Each SIMD group in turn runs ahead as far as it can: its lanes run
+        // to their next meeting point, and while they all meet at the same
+        // SIMD-group function they go on, before any other group runs. So a
+        // group reads threadgroup memory that another group has not written
+        // yet unless a barrier stands between them, whatever SIMD-group
+        // functions lie on the way.
         for (u32 s : sg_order) {
             u32 from = s * SIMD;
             u32 to = from + SIMD < n ? from + SIMD : n;
-            u32 at_simd = 0;
-            u32 f = ~0u;
-            bool same = true;
-            for (u32 i = from; i < to; ++i) {
-                if (r.th[i].st == AT_SIMD) {
-                    ++at_simd;
-                    if (f == ~0u) {
-                        f = i;
-                    } else if (!same_site(r.th[i].meet->site, r.th[f].meet->site) ||
-                               r.th[i].meet->combine != r.th[f].meet->combine) {
-                        same = false;
+            for (;;) {
+                for (u32 i : thread_order) {
+                    if (i < from || i >= to) {
+                        continue;
+                    }
+                    Thread &t = r.th[i];
+                    if (t.st == READY) {
+                        r.cur = &t;
+                        switch_context(r.sched, t.ctx);
+                        r.cur = nullptr;
+                        if (!r.err.empty()) {
+                            return false;
+                        }
                     }
                 }
+                u32 at_simd = 0;
+                u32 f = ~0u;
+                bool same = true;
+                for (u32 i = from; i < to; ++i) {
+                    if (r.th[i].st == AT_SIMD) {
+                        ++at_simd;
+                        if (f == ~0u) {
+                            f = i;
+                        } else if (!same_site(r.th[i].meet->site, r.th[f].meet->site) ||
+                                   r.th[i].meet->combine != r.th[f].meet->combine) {
+                            same = false;
+                        }
+                    }
+                }
+                if (at_simd == 0) {
+                    break;
+                }
+                const Site &site = r.th[f].meet->site;
+                if (at_simd != to - from || !same) {
+                    fail(r,
+                         format("%s: lanes of a SIMD group diverge at %s: %s",
+                                where(site).c_str(), site.op,
+                                describe(r, from, to, "lanes", from).c_str()),
+                         s);
+                    return false;
+                }
+                Meet *lanes[SIMD] = {};
+                for (u32 i = from; i < to; ++i) {
+                    lanes[i - from] = r.th[i].meet;
+                }
+                cerr[0] = 0;
+                if (const char *e = r.th[f].meet->combine(lanes, cerr, sizeof cerr)) {
+                    fail(r, format("%s: %s: %s", where(site).c_str(), site.op, e), s);
+                    return false;
+                }
+                for (u32 i = from; i < to; ++i) {
+                    r.th[i].st = READY;
+                }
             }
-            if (at_simd == 0) {
-                continue;
-            }
-            const Site &site = r.th[f].meet->site;
-            if (at_simd != to - from || !same) {
-                fail(r,
-                     format("%s: lanes of a SIMD group diverge at %s: %s", where(site).c_str(),
-                            site.op, describe(r, from, to, "lanes", from).c_str()),
-                     s);
-                return false;
-            }
-            Meet *lanes[SIMD] = {};
-            for (u32 i = from; i < to; ++i) {
-                lanes[i - from] = r.th[i].meet;
-            }
-            cerr[0] = 0;
-            if (const char *e = r.th[f].meet->combine(lanes, cerr, sizeof cerr)) {
-                fail(r, format("%s: %s: %s", where(site).c_str(), site.op, e), s);
-                return false;
-            }
-            for (u32 i = from; i < to; ++i) {
-                r.th[i].st = READY;
-            }
-            met = true;
-        }
-        if (met) {
-            continue;
         }
         // Otherwise every thread waits at a barrier or returned.
         u32 at_barrier = 0;
