@@ -264,3 +264,90 @@ kernel void embed(constant MatvecArgs &a [[buffer(0)]], device const uchar *w [[
     FOR_TYPE(a.type, CALL)
 #undef CALL
 }
+
+// ---------------------------------------------------------------------------
+// Prompt products: many tokens through one matrix with simdgroup matrices
+// ---------------------------------------------------------------------------
+
+// A threadgroup computes a tile of MM_ROWS rows by MM_TOKENS tokens. For
+// each chunk of 32 columns it dequantizes the tile's rows into threadgroup
+// memory (one thread a row) and copies the tokens' activations beside them;
+// each of its four SIMD groups then multiplies 8 of the rows by all the
+// tokens, as 8x8 matrices. Grid: (ceil(rows / MM_ROWS), ceil(tokens /
+// MM_TOKENS)) threadgroups of 128 threads.
+#define MM_ROWS 32
+#define MM_TOKENS 32
+
+template <typename W>
+inline void matmul_tile(constant MatvecArgs &a, device const uchar *w, device const float *x,
+                        device float *out, threadgroup float *wt, threadgroup float *xt,
+                        uint2 group, uint tid, uint sg) {
+    const uint r0 = group.x * MM_ROWS;
+    const uint t0 = group.y * MM_TOKENS;
+    const uint chunks = (a.cols + QK - 1) / QK;
+    simdgroup_float8x8 acc[MM_TOKENS / 8];
+    for (uint j = 0; j < MM_TOKENS / 8; ++j) {
+        acc[j] = make_filled_simdgroup_matrix<float, 8, 8>(0.0f);
+    }
+    for (uint c = 0; c < chunks; ++c) {
+        const uint n = min(uint(QK), a.cols - c * QK);
+        if (tid < MM_ROWS) {
+            float v[QK];
+            if (r0 + tid < a.rows) {
+                W::chunk(w, r0 + tid, c, a.cols, v);
+            } else {
+                for (uint j = 0; j < QK; ++j) {
+                    v[j] = 0.0f;
+                }
+            }
+            for (uint j = 0; j < QK; ++j) {
+                wt[tid * QK + j] = v[j];
+            }
+        }
+        // 128 threads copy MM_TOKENS rows of 32 activations, 8 values each.
+        for (uint i = tid; i < MM_TOKENS * QK; i += 128) {
+            const uint t = i / QK;
+            const uint j = i % QK;
+            xt[i] = (t0 + t < a.tokens && j < n) ? x[ulong(t0 + t) * a.ld_in + c * QK + j] : 0.0f;
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        for (uint k = 0; k < QK; k += 8) {
+            simdgroup_float8x8 wm;
+            simdgroup_load(wm, wt + sg * 8 * QK + k, QK);
+            for (uint j = 0; j < MM_TOKENS / 8; ++j) {
+                // The tokens' activations, transposed: (k, token).
+                simdgroup_float8x8 xm;
+                simdgroup_load(xm, xt + j * 8 * QK + k, QK, ulong2(0, 0), true);
+                simdgroup_multiply_accumulate(acc[j], wm, xm, acc[j]);
+            }
+        }
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+    // Through threadgroup memory (rows, tokens), then out with its edges.
+    for (uint j = 0; j < MM_TOKENS / 8; ++j) {
+        simdgroup_store(acc[j], wt + sg * 8 * MM_TOKENS + j * 8, MM_TOKENS);
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (uint i = tid; i < MM_ROWS * MM_TOKENS; i += 128) {
+        const uint r = i % MM_ROWS;
+        const uint t = i / MM_ROWS;
+        if (r0 + r < a.rows && t0 + t < a.tokens) {
+            device float *o = out + ulong(t0 + t) * a.ld_out + r0 + r;
+            const float s = wt[r * MM_TOKENS + t];
+            *o = a.accumulate ? *o + s : s;
+        }
+    }
+}
+
+// As `matvec`, for more tokens than it takes at once.
+kernel void matmul(constant MatvecArgs &a [[buffer(0)]], device const uchar *w [[buffer(1)]],
+                   device const float *x [[buffer(2)]], device float *out [[buffer(3)]],
+                   uint2 group [[threadgroup_position_in_grid]],
+                   uint tid [[thread_index_in_threadgroup]],
+                   uint sg [[simdgroup_index_in_threadgroup]]) {
+    threadgroup float wt[MM_ROWS * QK];
+    threadgroup float xt[MM_TOKENS * QK];
+#define CALL(W) matmul_tile<W>(a, w, x, out, wt, xt, group, tid, sg)
+    FOR_TYPE(a.type, CALL)
+#undef CALL
+}

@@ -31,6 +31,10 @@ use std::sync::Arc;
 const MV_ROWS: u32 = 4;
 const MV_GROUPS: u32 = 2;
 const MV_TOKENS: u32 = 8;
+/// Rows and tokens of a `matmul` tile (`MM_ROWS`, `MM_TOKENS`), which
+/// takes products of more than [`MV_TOKENS`] tokens; 128 threads.
+const MM_ROWS: u32 = 32;
+const MM_TOKENS: u32 = 32;
 
 /// Alignment and length granule of memory wrapped without a copy (Apple
 /// Silicon's pages; a multiple of every other page size in use).
@@ -40,6 +44,7 @@ const WRAP_GRANULE: usize = 16384;
 #[derive(Debug)]
 struct Pipelines<P> {
     matvec: P,
+    matmul: P,
     embed: P,
     rmsnorm: P,
     norm_heads: P,
@@ -149,6 +154,7 @@ impl<G: Gpu> GpuDevice<G> {
         let pipe = |name: &str| gpu.pipeline(&library, name);
         let p = Pipelines {
             matvec: pipe("matvec")?,
+            matmul: pipe("matmul")?,
             embed: pipe("embed")?,
             rmsnorm: pipe("rmsnorm")?,
             norm_heads: pipe("norm_heads")?,
@@ -339,14 +345,28 @@ impl<G: Gpu> GpuDevice<G> {
             accumulate: u32::from(accumulate),
             pad: 0,
         };
-        let grid = Grid {
-            groups: [
-                (m.rows as u32).div_ceil(MV_ROWS * MV_GROUPS),
-                (tokens as u32).div_ceil(MV_TOKENS),
-                1,
-            ],
-            threads: [SIMD_WIDTH * MV_GROUPS, 1, 1],
-            shared: 0,
+        let (rows, n) = (m.rows as u32, tokens as u32);
+        let (pipe, grid) = if n > MV_TOKENS {
+            let groups = [rows.div_ceil(MM_ROWS), n.div_ceil(MM_TOKENS), 1];
+            (
+                &self.p.matmul,
+                Grid {
+                    groups,
+                    threads: [128, 1, 1],
+                    shared: 0,
+                },
+            )
+        } else {
+            let groups = [rows.div_ceil(MV_ROWS * MV_GROUPS), n.div_ceil(MV_TOKENS), 1];
+            let threads = [SIMD_WIDTH * MV_GROUPS, 1, 1];
+            (
+                &self.p.matvec,
+                Grid {
+                    groups,
+                    threads,
+                    shared: 0,
+                },
+            )
         };
         let (w, base) = &self.weights[m.file];
         let (from, to) = (
@@ -354,7 +374,7 @@ impl<G: Gpu> GpuDevice<G> {
             slot(&self.acts, &self.normed, &self.out, to),
         );
         self.gpu.dispatch(
-            &self.p.matvec,
+            pipe,
             &[
                 Arg::Bytes(a.bytes()),
                 Arg::Buffer(w, base + m.offset),
