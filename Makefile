@@ -20,18 +20,20 @@ install: ## Build the Rust core (release) and install the package
 	$(PYTHON) -m pip install .
 
 .PHONY: install-test
-install-test: ## Install the package with its test tools (pytest, mypy, ruff, ...)
-	$(PYTHON) -m pip install '.[test]'
+install-test: ## Install the package with its test tools, and the Metal emulator as a device
+	MATURIN_PEP517_ARGS="--features pyo3/abi3-py310,metal-emulator" $(PYTHON) -m pip install '.[test]'
 
 .PHONY: test
 test: install-test test-rust test-python ## Install, then run every Rust and Python test
 
 .PHONY: test-rust
-test-rust: ## Rust unit and integration tests (engine, kernels, run.c's story)
+test-rust: ## Rust unit and integration tests (engine, kernels, run.c's story, the GPU on the Metal emulator)
+	tools/need-clang.sh
 	cargo test --workspace
 
 .PHONY: test-python
 test-python: ## Python tests of the installed package
+	tools/need-clang.sh
 	$(PYTHON) -m pytest tests
 
 .PHONY: test-aarch64

@@ -72,6 +72,30 @@ fn to_py_err(e: Error) -> PyErr {
     }
 }
 
+/// An engine on the Metal emulator (`device="metal-emulator"`): the GPU
+/// backend's kernels run on the CPU, for tests on machines without a Mac.
+#[cfg(feature = "metal-emulator")]
+fn emulated_engine(model: Arc<Model>, options: &BatchOptions) -> Result<CoreEngine, Error> {
+    let s = &options.session;
+    let dev = tinyllm_core::gpu::GpuDevice::new(
+        model.clone(),
+        tinyllm_metal_emu::Emulator::new(),
+        s.batch()?,
+        s.context(&model)?,
+        s.kv_cache,
+    )?;
+    CoreEngine::with_device(model, options, Box::new(dev))
+}
+
+#[cfg(not(feature = "metal-emulator"))]
+fn emulated_engine(_: Arc<Model>, _: &BatchOptions) -> Result<CoreEngine, Error> {
+    Err(Error::InvalidArgument(
+        "device=\"metal-emulator\" is only in builds with the metal-emulator feature (make \
+         install-test)"
+            .into(),
+    ))
+}
+
 /// The engine behind `tinyllm.Model`: a model shared by every thread that
 /// calls it, a scheduler that decodes their requests together, and the
 /// bytes of each token for streaming text (llama2.c's tokenizer, or a table
@@ -143,11 +167,15 @@ impl Engine {
         device: &str,
     ) -> PyResult<Self> {
         let kv_cache = KvType::from_name(kv_cache).map_err(to_py_err)?;
-        let device = DeviceKind::from_name(device).map_err(to_py_err)?;
+        let emulated = device == "metal-emulator";
+        let device = match emulated {
+            true => DeviceKind::Cpu,
+            false => DeviceKind::from_name(device).map_err(to_py_err)?,
+        };
         // The GPU reads every weight type as the file stores it, so the
         // CPU's rearranged copies would only cost memory.
         let model = py
-            .detach(|| match device.uses_metal() {
+            .detach(|| match device.uses_metal() || emulated {
                 true => Model::open_as_stored(&path),
                 false => Model::open(&path),
             })
@@ -162,7 +190,12 @@ impl Engine {
             },
             max_sequences,
         };
-        let engine = CoreEngine::new(Arc::new(model), &options).map_err(to_py_err)?;
+        let model = Arc::new(model);
+        let engine = match emulated {
+            true => emulated_engine(model, &options),
+            false => CoreEngine::new(model, &options),
+        }
+        .map_err(to_py_err)?;
         Ok(Engine {
             engine,
             detok: Mutex::new(None),
