@@ -70,9 +70,12 @@ fuzz-replay: ## Run the saved findings (fuzz/regressions/<target>/) once each
 	tools/fuzz.sh replay $(FUZZ_TARGETS)
 
 .PHONY: lint
-lint: ## rustfmt, clippy -D warnings (the fuzz crate, and the core for macOS too), ruff, mypy
+lint: ## rustfmt, clippy -D warnings (the fuzz crate, and the core for macOS too), the Metal kernels' cast lint, ruff, mypy
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p tinyllm-python --features metal-emulator -- -D warnings
+	tools/need-clang.sh
+	cargo run -q -p tinyllm-metal-emu --example compile_library
 	cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 	$(MAKE) lint-apple
