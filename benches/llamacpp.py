@@ -490,9 +490,11 @@ def bench(
     n_gen: int = 128,
     reps: int = 5,
     depth: int = 0,
+    gpu: bool = False,
 ) -> BenchResult:
     """Time ``gguf`` with ``llama-bench``: prompt (pp``n_prompt``) and generation (tg``n_gen``),
-    each after ``depth`` tokens already in the KV cache.
+    each after ``depth`` tokens already in the KV cache; every layer on the GPU
+    (a Metal build) if ``gpu``, else none.
 
     Speeds are llama-bench's mean over ``reps`` repetitions, in tokens/s, with
     their standard deviations.  A count of 0 skips that test.
@@ -506,6 +508,7 @@ def bench(
             "-n", str(n_gen),
             "-r", str(reps),
             "-d", str(depth),
+            "-ngl", "99" if gpu else "0",
             "-o", "json",
         ]
     )  # fmt: skip

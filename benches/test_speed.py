@@ -13,6 +13,10 @@ as shipped by both engines.
 
 Peers alternate with tinyllm round by round, so both see the same load on
 this shared machine. Nothing here asserts a speed.
+
+``TINYLLM_BENCH_DEVICES`` (default ``cpu``) adds devices: ``cpu,metal`` on a
+Mac runs every case on the GPU too, beside llama.cpp with every layer on its
+Metal backend (``-ngl 99``; llama.cpp's CPU rows run with ``-ngl 0``).
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ PROMPT = 512
 GENERATE = 128
 ROUNDS = 3
 
+DEVICES = os.environ.get("TINYLLM_BENCH_DEVICES", "cpu").split(",")
+
 CASES = [
-    (shape, quant)
+    (shape, quant, device)
+    for device in DEVICES
     for shape in selected_shapes()
     for quant in (["f32"] if shape in ("stories260K", "110M") else []) + ["f16", "q8_0", "q4"]
 ]
@@ -57,10 +64,16 @@ def prompt_ids(n: int, vocab: int) -> list[int]:
     return [1] + [3 + (i * 37) % (vocab - 3) for i in range(n - 1)]
 
 
-def open_model(shape: str, quant: str) -> tinyllm.Model:
+def open_model(shape: str, quant: str, device: str = "cpu") -> tinyllm.Model:
     path, tok = tinyllm_file(shape, quant)
-    m = tinyllm.Model(path, tok, n_threads=THREADS)
+    m = tinyllm.Model(path, tok, n_threads=THREADS, device=device)
     return m
+
+
+def engine_name(m: tinyllm.Model) -> str:
+    """tinyllm and what computed: the CPU's kernel tier, or the GPU."""
+    device = m.info["device"]
+    return f"tinyllm ({m.info['isa'] if device == 'cpu' else device})"
 
 
 def prompt_rate(m: tinyllm.Model, n: int) -> float:
@@ -85,9 +98,9 @@ def test_memory_bandwidth(benchmark) -> None:  # type: ignore[no-untyped-def]
     benchmark.extra_info["gb_per_s"] = bw / 1e9
 
 
-@pytest.mark.parametrize(("shape", "quant"), CASES)
-def test_tinyllm(benchmark, shape: str, quant: str) -> None:  # type: ignore[no-untyped-def]
-    m = open_model(shape, quant)
+@pytest.mark.parametrize(("shape", "quant", "device"), CASES)
+def test_tinyllm(benchmark, shape: str, quant: str, device: str) -> None:  # type: ignore[no-untyped-def]
+    m = open_model(shape, quant, device)
     n_prompt = min(PROMPT, m.context_length - 1)
     bpt = m.info["bytes_per_token"]
     pp: list[float] = []
@@ -103,7 +116,7 @@ def test_tinyllm(benchmark, shape: str, quant: str) -> None:  # type: ignore[no-
     benchmark.extra_info.update(
         prompt_tokens_per_s=p, gen_tokens_per_s=g, gen_gb_per_s=g * bpt / 1e9
     )
-    engine = f"tinyllm ({m.info['isa']})"
+    engine = engine_name(m)
     record(shape, quant, f"prompt {n_prompt}", engine, p, p * batches * bpt / n_prompt / 1e9)
     record(shape, quant, f"generate {GENERATE}", engine, g, g * bpt / 1e9)
 
@@ -114,13 +127,14 @@ needs_llamacpp = pytest.mark.skipif(
 
 
 @needs_llamacpp
-@pytest.mark.parametrize(("shape", "quant"), [c for c in CASES if c[1] in PEER_TYPES])
-def test_against_llamacpp(benchmark, shape: str, quant: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("shape", "quant", "device"), [c for c in CASES if c[1] in PEER_TYPES])
+def test_against_llamacpp(benchmark, shape: str, quant: str, device: str) -> None:  # type: ignore[no-untyped-def]
     qtype = PEER_TYPES[quant]
     gguf = gguf_file(shape, qtype)
-    m = open_model(shape, quant)
+    m = open_model(shape, quant, device)
     n_prompt = min(PROMPT, m.context_length - 1)
-    against_llamacpp(benchmark, m, gguf, n_prompt, shape, quant, f"llama.cpp {qtype}")
+    peer = f"llama.cpp {qtype}" + (" (Metal)" if device != "cpu" else "")
+    against_llamacpp(benchmark, m, gguf, n_prompt, shape, quant, peer)
 
 
 def against_llamacpp(  # type: ignore[no-untyped-def]
@@ -137,7 +151,10 @@ def against_llamacpp(  # type: ignore[no-untyped-def]
         nonlocal size
         ours["pp"].append(prompt_rate(m, n_prompt))
         ours["tg"].append(generate_rate(m, GENERATE))
-        r = llamacpp.bench(gguf, threads=THREADS, n_prompt=n_prompt, n_gen=GENERATE, reps=1)
+        gpu = m.info["device"] != "cpu"
+        r = llamacpp.bench(
+            gguf, threads=THREADS, n_prompt=n_prompt, n_gen=GENERATE, reps=1, gpu=gpu
+        )
         theirs["pp"].append(float(r["prompt_tokens_per_s"] or 0))
         theirs["tg"].append(float(r["gen_tokens_per_s"] or 0))
         size = r["model_size_bytes"]
@@ -148,7 +165,8 @@ def against_llamacpp(  # type: ignore[no-untyped-def]
     for phase, key in [(f"prompt {n_prompt}", "pp"), (f"generate {GENERATE}", "tg")]:
         a, b = med(ours[key]), med(theirs[key])
         gen = key == "tg"
-        record(shape, quant, phase, f"tinyllm x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
+        ours_name = "tinyllm" if m.info["device"] == "cpu" else "tinyllm (GPU)"
+        record(shape, quant, phase, f"{ours_name} x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
         record(shape, quant, phase, peer, b, b * size / 1e9 if gen else None)
         benchmark.extra_info[f"{key}_ratio"] = a / b
 
