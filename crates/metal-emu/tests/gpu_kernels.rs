@@ -652,10 +652,18 @@ fn stored_keys_and_values_land_in_their_pages_and_attention_matches_softmax() {
             for (q_heads, kv_heads, head_dim, window) in
                 [(4, 2, 40, 0), (2, 2, 8, 0), (6, 2, 64, 50)]
             {
-                attention_case(order, f16, q_heads, kv_heads, head_dim, window);
+                attention_case(order, f16, q_heads, kv_heads, head_dim, window, 150);
             }
         }
     }
+}
+
+#[test]
+fn attention_over_a_long_context_matches_softmax() {
+    // 2,100 positions over 33 pages in a scrambled order: the online
+    // softmax rescales across 66 blocks of positions.
+    attention_case(Order::Random(11), true, 8, 2, 64, 0, 2100);
+    attention_case(Order::Forward, false, 4, 4, 128, 1000, 2100);
 }
 
 fn attention_case(
@@ -665,6 +673,7 @@ fn attention_case(
     kv_heads: usize,
     head_dim: usize,
     window: usize,
+    len: usize,
 ) {
     let mut rig = Rig::new(order);
     let mut rng = Rng(42 + head_dim as u64);
@@ -675,12 +684,14 @@ fn attention_case(
         f16,
     };
     let layer = 1;
-    // Two sequences: one 150 positions long over pages out of order, one
-    // of 3 positions; the pass stores and attends with the last tokens of
-    // each (several tokens of the first, as a prompt chunk would).
-    let lists: [Vec<u32>; 2] = [vec![4, 1, 3], vec![0]];
-    let lens = [150usize, 3];
-    let n_pages = 5;
+    // Two sequences: one `len` positions long over pages out of order, one
+    // of 3 positions in page 0; the pass stores and attends with the last
+    // tokens of each (several tokens of the first, as a prompt chunk would).
+    let pages0 = len.div_ceil(PAGE);
+    let scrambled = (0..pages0).map(|i| (i * 7 % pages0) as u32 + 1).collect();
+    let lists: [Vec<u32>; 2] = [scrambled, vec![0]];
+    let lens = [len, 3usize];
+    let n_pages = pages0 + 1;
     let mut bytes = vec![0u8; n_pages * cache.page_bytes()];
     // Earlier positions: written by the host in the cache's type.
     let mut keys = [vec![], vec![]];
@@ -710,10 +721,16 @@ fn attention_case(
     let mut info = Vec::new();
     let mut pages = lists[0].clone();
     pages.extend(&lists[1]);
-    for pos in 140..150 {
-        info.push(TokenInfo { pos, pages: 0 });
+    for pos in len - 10..len {
+        info.push(TokenInfo {
+            pos: pos as u32,
+            pages: 0,
+        });
     }
-    info.push(TokenInfo { pos: 2, pages: 3 });
+    info.push(TokenInfo {
+        pos: 2,
+        pages: pages0 as u32,
+    });
     let n = info.len();
     let kv = kv_heads * head_dim;
     let (mut k_new, mut v_new) = (vec![0f32; n * kv], vec![0f32; n * kv]);
