@@ -83,6 +83,10 @@ pub struct GpuDevice<G: Gpu> {
     /// Pages the cache buffer holds.
     kv_pages: usize,
     inv_freq: Vec<f32>,
+    /// Host scratch of `begin`, kept so a pass allocates nothing.
+    info_host: Vec<TokenInfo>,
+    cos_host: Vec<f32>,
+    sin_host: Vec<f32>,
     /// The pass: tokens, logit rows and hidden rows.
     n: usize,
     logit_rows: Vec<u32>,
@@ -229,6 +233,9 @@ impl<G: Gpu> GpuDevice<G> {
             out_len: c.vocab_size,
             kv: alloc(layout.page_bytes())?,
             kv_pages: 1,
+            info_host: Vec::with_capacity(max_batch),
+            cos_host: vec![0.0; max_batch * half],
+            sin_host: vec![0.0; max_batch * half],
             inv_freq: c.rope_frequencies(w.rope_factors.as_ref().map(|d| w.vector(d))),
             own_bytes: own,
             gpu,
@@ -520,9 +527,12 @@ impl<G: Gpu> Device for GpuDevice<G> {
         let c = &self.model.config;
         assert!(plan.tokens.iter().all(|&t| (t as usize) < c.vocab_size));
         let half = c.head_dim / 2;
-        let mut info = Vec::with_capacity(n);
-        let mut cos = vec![0.0f32; n * half];
-        let mut sin = vec![0.0f32; n * half];
+        let mut info = std::mem::take(&mut self.info_host);
+        let (mut cos, mut sin) = (
+            std::mem::take(&mut self.cos_host),
+            std::mem::take(&mut self.sin_host),
+        );
+        info.clear();
         for entry in &plan.entries {
             let len = entry.tokens.len();
             assert!(
@@ -560,8 +570,9 @@ impl<G: Gpu> Device for GpuDevice<G> {
         self.write(&self.tokens, &plan.tokens);
         self.write(&self.info, slice_bytes(&info));
         self.write(&self.pages, &plan.pages);
-        self.write(&self.cos, &cos);
-        self.write(&self.sin, &sin);
+        self.write(&self.cos, &cos[..n * half]);
+        self.write(&self.sin, &sin[..n * half]);
+        (self.info_host, self.cos_host, self.sin_host) = (info, cos, sin);
         self.logit_rows.clear();
         self.logit_rows
             .extend(plan.logit_rows.iter().map(|&r| r as u32));
@@ -610,11 +621,9 @@ impl<G: Gpu> Device for GpuDevice<G> {
     }
 
     fn matmul(&mut self, input: Buf, products: &[(&MatrixDesc, Buf)]) {
-        let c = &self.model.config;
-        let wi = input.width(c);
-        let outs: Vec<(&MatrixDesc, usize)> =
-            products.iter().map(|&(m, o)| (m, o.width(c))).collect();
-        for (&(m, out), (_, wo)) in products.iter().zip(outs) {
+        let wi = input.width(&self.model.config);
+        for &(m, out) in products {
+            let wo = out.width(&self.model.config);
             self.product(
                 m,
                 Slot::Act(index(input)),
