@@ -145,8 +145,15 @@ struct KvArgs {
     ulong page_bytes;
     float scale;
     uint ld_q;
+    // attention: positions per tile, query heads per threadgroup (of one
+    // KV head's), and the ranges of positions split across threadgroups
+    // (1: none) with their length.
+    uint tile;
+    uint group_heads;
+    uint splits;
+    uint split_len;
 };
-static_assert(sizeof(KvArgs) == 48, "KvArgs");
+static_assert(sizeof(KvArgs) == 64, "KvArgs");
 
 // What the host knows of each token of a pass.
 struct TokenInfo {

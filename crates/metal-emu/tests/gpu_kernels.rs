@@ -11,6 +11,7 @@
 //! Tolerances are named: Metal compiles with fast math, so results are
 //! compared to float64 sums within bounds, never bit for bit.
 
+use tinyllm_core::gpu::attention::AttentionPlan;
 use tinyllm_core::gpu::layout::{Args, KvArgs, MatvecArgs, RowArgs, TokenInfo, slice_bytes};
 use tinyllm_core::gpu::{Arg, Gpu, Grid, source};
 use tinyllm_core::kernels::reference;
@@ -633,6 +634,7 @@ impl Cache {
             page_bytes: self.page_bytes() as u64,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
             ld_q: (q_heads * self.head_dim) as u32,
+            ..KvArgs::default()
         }
     }
 
@@ -645,28 +647,12 @@ impl Cache {
     }
 }
 
-#[test]
-fn stored_keys_and_values_land_in_their_pages_and_attention_matches_softmax() {
-    for order in ORDERS {
-        for f16 in [false, true] {
-            for (q_heads, kv_heads, head_dim, window) in
-                [(4, 2, 40, 0), (2, 2, 8, 0), (6, 2, 64, 50)]
-            {
-                attention_case(order, f16, q_heads, kv_heads, head_dim, window, 150);
-            }
-        }
-    }
-}
-
-#[test]
-fn attention_over_a_long_context_matches_softmax() {
-    // 2,100 positions over 33 pages in a scrambled order: the online
-    // softmax rescales across 66 blocks of positions.
-    attention_case(Order::Random(11), true, 8, 2, 64, 0, 2100);
-    attention_case(Order::Forward, false, 4, 4, 128, 1000, 2100);
-}
-
-fn attention_case(
+/// One attention check: the model's heads, the cache's type and window,
+/// how long the first sequence is, how many of its last tokens the pass
+/// takes (a prompt chunk, or 1 to decode), and the fewest positions a
+/// range of them is split into (`usize::MAX`: never split).
+#[derive(Clone, Copy, Debug)]
+struct AttCase {
     order: Order,
     f16: bool,
     q_heads: usize,
@@ -674,7 +660,107 @@ fn attention_case(
     head_dim: usize,
     window: usize,
     len: usize,
-) {
+    chunk: usize,
+    min_split: usize,
+}
+
+#[test]
+fn stored_keys_and_values_land_in_their_pages_and_attention_matches_softmax() {
+    for order in ORDERS {
+        for f16 in [false, true] {
+            for (q_heads, kv_heads, head_dim, window) in [
+                (4, 2, 40, 0),
+                (2, 2, 8, 0),
+                (6, 2, 64, 50),
+                (40, 2, 16, 0),
+                (2, 1, 136, 0),
+            ] {
+                attention_case(AttCase {
+                    order,
+                    f16,
+                    q_heads,
+                    kv_heads,
+                    head_dim,
+                    window,
+                    len: 150,
+                    chunk: 10,
+                    min_split: usize::MAX,
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_split_into_ranges_merges_to_the_softmax() {
+    // Ranges of 32 positions (a tile each), decoding and prompt chunks, a
+    // window that leaves some ranges empty for some rows.
+    for (chunk, window, order) in [
+        (1, 0, Order::Forward),
+        (10, 0, Order::Reverse),
+        (10, 70, Order::Random(3)),
+    ] {
+        for (q_heads, kv_heads, head_dim) in [(8, 2, 64), (3, 3, 24)] {
+            attention_case(AttCase {
+                order,
+                f16: true,
+                q_heads,
+                kv_heads,
+                head_dim,
+                window,
+                len: 150,
+                chunk,
+                min_split: 32,
+            });
+        }
+    }
+}
+
+#[test]
+fn attention_over_a_long_context_matches_softmax() {
+    // 2,100 positions over 33 pages in a scrambled order: the online
+    // softmax rescales across 66 tiles, split into ranges (the plan's own
+    // choice for so few threadgroups).
+    let case = AttCase {
+        order: Order::Random(11),
+        f16: true,
+        q_heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+        window: 0,
+        len: 2100,
+        chunk: 10,
+        min_split: 256,
+    };
+    attention_case(case);
+    attention_case(AttCase {
+        order: Order::Forward,
+        f16: false,
+        q_heads: 4,
+        kv_heads: 4,
+        head_dim: 128,
+        window: 1000,
+        chunk: 1,
+        ..case
+    });
+    attention_case(AttCase {
+        min_split: usize::MAX,
+        ..case
+    });
+}
+
+fn attention_case(case: AttCase) {
+    let AttCase {
+        order,
+        f16,
+        q_heads,
+        kv_heads,
+        head_dim,
+        window,
+        len,
+        chunk,
+        min_split,
+    } = case;
     let mut rig = Rig::new(order);
     let mut rng = Rng(42 + head_dim as u64);
     let cache = Cache {
@@ -716,12 +802,12 @@ fn attention_case(
             }
         }
     }
-    // The pass's tokens: positions 140..150 of sequence 0, 2 of sequence 1;
-    // their keys and values go in through store_kv.
+    // The pass's tokens: the last `chunk` positions of sequence 0, 2 of
+    // sequence 1; their keys and values go in through store_kv.
     let mut info = Vec::new();
     let mut pages = lists[0].clone();
     pages.extend(&lists[1]);
-    for pos in len - 10..len {
+    for pos in len - chunk..len {
         info.push(TokenInfo {
             pos: pos as u32,
             pages: 0,
@@ -793,6 +879,23 @@ fn attention_case(
     // Attention of every query head of every token.
     let q = rng.vec(n * q_heads * head_dim);
     let (qb, ob) = (rig.upload(&q), rig.upload(&vec![f32::NAN; q.len()]));
+    let mut plan = AttentionPlan {
+        min_split,
+        ..AttentionPlan::default()
+    };
+    let runs = [(0, chunk, len - chunk), (chunk, 1, 2)];
+    plan.plan(runs, q_heads, kv_heads, head_dim, window);
+    assert_eq!(
+        plan.splits > 1,
+        min_split < len,
+        "{case:?}: {} ranges of {}",
+        plan.splits,
+        plan.split_len
+    );
+    let mut a = a;
+    plan.apply(&mut a);
+    let bb = rig.upload(&plan.blocks);
+    let partial = rig.upload(&vec![f32::NAN; plan.partial_floats.max(1)]);
     rig.run(
         "attention",
         &[
@@ -802,13 +905,22 @@ fn attention_case(
             Arg::Buffer(&ob, 0),
             Arg::Buffer(&ib, 0),
             Arg::Buffer(&pb, 0),
+            Arg::Buffer(&bb, 0),
+            Arg::Buffer(&partial, 0),
         ],
-        Grid {
-            groups: [n as u32, q_heads as u32, 1],
-            threads: [32, 1, 1],
-            shared: 0,
-        },
+        plan.grid,
     );
+    if plan.splits > 1 {
+        rig.run(
+            "attention_merge",
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&partial, 0),
+                Arg::Buffer(&ob, 0),
+            ],
+            plan.merge,
+        );
+    }
     let got: Vec<f32> = rig.read(&ob, q.len());
     let group = q_heads / kv_heads;
     for (t, i) in info.iter().enumerate() {
@@ -847,8 +959,7 @@ fn attention_case(
             for d in 0..head_dim {
                 assert!(
                     (out[d] as f64 - want[d] as f64).abs() <= ATTENTION_TOL * vmax,
-                    "attention {order:?} f16 {f16} window {window}: token {t} head {h} dim {d}: \
-                     {} vs {}",
+                    "attention {case:?}: token {t} head {h} dim {d}: {} vs {}",
                     out[d],
                     want[d]
                 );

@@ -16,6 +16,7 @@
 //! A pass records every operation into one batch of work, which `logits`
 //! submits and waits for.
 
+use super::attention::AttentionPlan;
 use super::layout::{Args, KvArgs, MatvecArgs, RowArgs, TokenInfo, slice_bytes, weight_code};
 use super::{Arg, Gpu, Grid, SIMD_WIDTH, source};
 use crate::config::RopeStyle;
@@ -53,6 +54,7 @@ struct Pipelines<P> {
     swiglu: P,
     store_kv: P,
     attention: P,
+    attention_merge: P,
 }
 
 /// The forward pass on a GPU.
@@ -73,6 +75,12 @@ pub struct GpuDevice<G: Gpu> {
     info: G::Buffer,
     pages: G::Buffer,
     pages_len: usize,
+    /// The pass's cut of attention, its blocks, and the ranges' partial
+    /// results.
+    att: AttentionPlan,
+    blocks: G::Buffer,
+    partial: G::Buffer,
+    partial_len: usize,
     cos: G::Buffer,
     sin: G::Buffer,
     rows: G::Buffer,
@@ -167,6 +175,7 @@ impl<G: Gpu> GpuDevice<G> {
             swiglu: pipe("swiglu")?,
             store_kv: pipe("store_kv")?,
             attention: pipe("attention")?,
+            attention_merge: pipe("attention_merge")?,
         };
 
         let mut weights = Vec::new();
@@ -225,6 +234,10 @@ impl<G: Gpu> GpuDevice<G> {
             info: alloc(max_batch * size_of::<TokenInfo>())?,
             pages: alloc(4 * max_batch)?,
             pages_len: max_batch,
+            att: AttentionPlan::default(),
+            blocks: alloc(8 * max_batch)?,
+            partial: alloc(4)?,
+            partial_len: 1,
             cos: alloc(f * half)?,
             sin: alloc(f * half)?,
             rows: alloc(f)?,
@@ -293,6 +306,7 @@ impl<G: Gpu> GpuDevice<G> {
         let (len, cap) = match which {
             Grown::Pages => (&mut self.pages_len, need),
             Grown::Out => (&mut self.out_len, need),
+            Grown::Partial => (&mut self.partial_len, need),
         };
         if *len >= cap {
             return Ok(());
@@ -304,6 +318,7 @@ impl<G: Gpu> GpuDevice<G> {
         match which {
             Grown::Pages => self.pages = buf,
             Grown::Out => self.out = buf,
+            Grown::Partial => self.partial = buf,
         }
         Ok(())
     }
@@ -411,7 +426,7 @@ impl<G: Gpu> GpuDevice<G> {
 
     fn kv_args(&self, layer: usize) -> KvArgs {
         let c = &self.model.config;
-        KvArgs {
+        let mut a = KvArgs {
             tokens: self.n as u32,
             layer: layer as u32,
             kv_heads: c.n_kv_heads as u32,
@@ -423,7 +438,10 @@ impl<G: Gpu> GpuDevice<G> {
             page_bytes: self.layout.page_bytes() as u64,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             ld_q: c.q_dim() as u32,
-        }
+            ..KvArgs::default()
+        };
+        self.att.apply(&mut a);
+        a
     }
 
     /// `normed (rows, D) = rmsnorm(X[rows], norm)` for the listed rows.
@@ -488,6 +506,7 @@ fn slot<'a, B>(acts: &'a [B; 8], normed: &'a B, out: &'a B, s: Slot) -> &'a B {
 enum Grown {
     Pages,
     Out,
+    Partial,
 }
 
 impl<G: Gpu + Send> EngineDevice for GpuDevice<G>
@@ -566,6 +585,16 @@ impl<G: Gpu> Device for GpuDevice<G> {
         if let Err(e) = self.grow(Grown::Pages, plan.pages.len()) {
             panic!("the GPU could not grow its page list: {e}");
         }
+        let c = &self.model.config;
+        let runs = plan
+            .entries
+            .iter()
+            .map(|e| (e.tokens.start, e.tokens.len(), e.start));
+        self.att.plan(runs, c.n_heads, c.n_kv_heads, c.head_dim, 0);
+        if let Err(e) = self.grow(Grown::Partial, self.att.partial_floats) {
+            panic!("the GPU could not grow its attention scratch: {e}");
+        }
+        self.write(&self.blocks, &self.att.blocks);
         self.n = n;
         self.write(&self.tokens, &plan.tokens);
         self.write(&self.info, slice_bytes(&info));
@@ -747,13 +776,22 @@ impl<G: Gpu> Device for GpuDevice<G> {
                 Arg::Buffer(&self.acts[index(Buf::Att)], 0),
                 Arg::Buffer(&self.info, 0),
                 Arg::Buffer(&self.pages, 0),
+                Arg::Buffer(&self.blocks, 0),
+                Arg::Buffer(&self.partial, 0),
             ],
-            Grid {
-                groups: [self.n as u32, a.q_heads, 1],
-                threads: [SIMD_WIDTH, 1, 1],
-                shared: 0,
-            },
+            self.att.grid,
         );
+        if a.splits > 1 {
+            self.gpu.dispatch(
+                &self.p.attention_merge,
+                &[
+                    Arg::Bytes(a.bytes()),
+                    Arg::Buffer(&self.partial, 0),
+                    Arg::Buffer(&self.acts[index(Buf::Att)], 0),
+                ],
+                self.att.merge,
+            );
+        }
     }
 
     fn logits(&mut self, norm: &VectorDesc, classifier: &MatrixDesc, out: &mut [f32]) {

@@ -65,6 +65,13 @@ pub struct KvArgs {
     pub page_bytes: u64,
     pub scale: f32,
     pub ld_q: u32,
+    /// `attention`'s cut ([`super::attention::AttentionPlan`]): positions
+    /// per tile, query heads per threadgroup, position ranges and their
+    /// length.
+    pub tile: u32,
+    pub group_heads: u32,
+    pub splits: u32,
+    pub split_len: u32,
 }
 
 /// `TokenInfo`: a token's position and where its sequence's page list
@@ -79,7 +86,7 @@ pub struct TokenInfo {
 // The sizes `common.h` asserts too.
 const _: () = assert!(size_of::<MatvecArgs>() == 32);
 const _: () = assert!(size_of::<RowArgs>() == 32);
-const _: () = assert!(size_of::<KvArgs>() == 48);
+const _: () = assert!(size_of::<KvArgs>() == 64);
 const _: () = assert!(size_of::<TokenInfo>() == 8);
 
 // SAFETY: each is #[repr(C)] of 4- and 8-byte fields laid out without

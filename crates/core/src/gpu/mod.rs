@@ -15,6 +15,7 @@
 //! sequence of dispatches of a forward pass and their arguments) is shared,
 //! so what the emulator runs is what a Mac runs.
 
+pub mod attention;
 pub mod device;
 pub mod layout;
 #[cfg(target_os = "macos")]
