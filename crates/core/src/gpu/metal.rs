@@ -8,7 +8,9 @@
 //!
 //! - Buffers use shared storage: one memory that the CPU and the GPU both see
 //!   (Apple Silicon's unified memory), so [`Gpu::contents`] is a plain pointer.
-//! - Kernels are compiled with Metal's default options, fast math on.
+//! - Kernels are compiled with Metal's default options, fast math on, once
+//!   per process and device: every model's device shares the library and
+//!   its pipelines.
 //! - A step (everything recorded between two [`Gpu::run`]s) is one command
 //!   buffer with one serial compute encoder, made at its first dispatch.
 //! - A problem found while recording (the command buffer could not be made,
@@ -26,9 +28,11 @@ use objc2_metal::{
     MTLComputeCommandEncoder, MTLComputePipelineState, MTLCreateSystemDefaultDevice, MTLDevice,
     MTLDispatchType, MTLGPUFamily, MTLLibrary, MTLResourceOptions, MTLSize,
 };
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::hash::{Hash, Hasher};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 // MTLCreateSystemDefaultDevice finds no device unless the program links
 // CoreGraphics (objc2-metal's documentation).
@@ -103,9 +107,25 @@ pub struct Buffer(Retained<ProtocolObject<dyn MTLBuffer>>);
 // `Gpu::contents`'s contract, whichever thread writes.
 unsafe impl Send for Buffer {}
 
-/// Compiled kernels.
+/// Compiled kernels, and the pipelines made of them so far.
+#[derive(Clone, Debug)]
+pub struct Library(Arc<Compiled>);
+
 #[derive(Debug)]
-pub struct Library(Retained<ProtocolObject<dyn MTLLibrary>>);
+struct Compiled {
+    library: Retained<ProtocolObject<dyn MTLLibrary>>,
+    pipelines: Mutex<HashMap<String, Pipeline>>,
+}
+
+// SAFETY: Metal's libraries and compute pipeline states are immutable once
+// made and documented as safe to use from any thread; the map is behind
+// its mutex.
+unsafe impl Send for Compiled {}
+// SAFETY: as above.
+unsafe impl Sync for Compiled {}
+
+/// The libraries compiled in this process, by device and source.
+static LIBRARIES: Mutex<Vec<((u64, u64), Library)>> = Mutex::new(Vec::new());
 
 /// One kernel's compute pipeline state.
 #[derive(Clone, Debug)]
@@ -265,24 +285,45 @@ impl Gpu for Metal {
     }
 
     fn compile(&self, source: &str) -> Result<Library> {
-        autoreleasepool(|_| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        source.hash(&mut hasher);
+        let key = (self.device.registryID(), hasher.finish());
+        let mut cache = LIBRARIES.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, library)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(library.clone());
+        }
+        let library = autoreleasepool(|_| {
             // No options: Metal's defaults, fast math on.
             self.device
                 .newLibraryWithSource_options_error(&NSString::from_str(source), None)
-                .map(Library)
                 .map_err(|e| {
                     Error::Gpu(format!(
                         "the Metal compiler rejected the kernels: {}",
                         e.localizedDescription()
                     ))
                 })
-        })
+        })?;
+        let library = Library(Arc::new(Compiled {
+            library,
+            pipelines: Mutex::new(HashMap::new()),
+        }));
+        cache.push((key, library.clone()));
+        Ok(library)
     }
 
     fn pipeline(&self, library: &Library, name: &str) -> Result<Pipeline> {
-        autoreleasepool(|_| {
+        let mut made = library
+            .0
+            .pipelines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = made.get(name) {
+            return Ok(p.clone());
+        }
+        let pipeline = autoreleasepool(|_| {
             let function = library
                 .0
+                .library
                 .newFunctionWithName(&NSString::from_str(name))
                 .ok_or_else(|| Error::Gpu(format!("no kernel named {name:?} in the library")))?;
             let state = self
@@ -303,7 +344,9 @@ impl Gpu for Metal {
                 state,
                 name: name.into(),
             })
-        })
+        })?;
+        made.insert(name.into(), pipeline.clone());
+        Ok(pipeline)
     }
 
     fn dispatch(&mut self, pipeline: &Pipeline, args: &[Arg<'_, Buffer>], grid: Grid) {
