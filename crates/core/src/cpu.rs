@@ -9,7 +9,7 @@
 //! of a sequence).
 
 use crate::config::{Config, RopeStyle};
-use crate::forward::{Buf, Device, EngineDevice, Entry, Plan};
+use crate::forward::{Buf, Device, EngineDevice, Entry, Plan, rotary_angles};
 use crate::kernels::{Kernels, padded_ld};
 use crate::kv_cache::{KvType, PAGE, PageLayout};
 use crate::model::Model;
@@ -303,10 +303,8 @@ impl EngineDevice for CpuDevice {
 
 impl Device for CpuDevice {
     fn begin(&mut self, plan: &Plan) {
-        let n = plan.len();
-        assert!(n >= 1 && n <= self.max_batch);
-        let vocab = self.model.config.vocab_size;
-        assert!(plan.tokens.iter().all(|&t| (t as usize) < vocab));
+        let (vocab, half) = (self.model.config.vocab_size, self.model.config.head_dim / 2);
+        plan.check(self.max_batch, self.max_len, vocab);
         self.tokens.clone_from(&plan.tokens);
         self.entries.clone_from(&plan.entries);
         self.pages.clone_from(&plan.pages);
@@ -317,32 +315,18 @@ impl Device for CpuDevice {
         if let Some(id) = plan.pages.iter().copied().max() {
             self.ensure_page(id);
         }
-        let half = self.model.config.head_dim / 2;
         for (e, entry) in plan.entries.iter().enumerate() {
             let len = entry.tokens.len();
-            assert!(
-                len >= 1 && entry.start + len <= self.max_len,
-                "the context was checked"
-            );
-            assert!(
-                entry.pages.len() * PAGE >= entry.start + len,
-                "pages were reserved"
-            );
             for t in 0..len {
                 self.row_entry.push(e);
-                // Rotary angles of the token's position             (head_dim/2)
-                let (row, pos) = (entry.tokens.start + t, (entry.start + t) as f32);
-                for j in 0..half {
-                    let a = pos * self.inv_freq[j];
-                    self.cos[row * half + j] = a.cos();
-                    self.sin[row * half + j] = a.sin();
-                }
+                let r = (entry.tokens.start + t) * half..(entry.tokens.start + t + 1) * half;
+                let (cos, sin) = (&mut self.cos[r.clone()], &mut self.sin[r]);
+                rotary_angles(&self.inv_freq, entry.start + t, cos, sin);
             }
             for t0 in (0..len).step_by(ATT_TOKENS) {
                 self.blocks.push((e, t0, ATT_TOKENS.min(len - t0)));
             }
         }
-        assert_eq!(self.row_entry.len(), n);
     }
 
     fn embed(&mut self, table: &MatrixDesc) {

@@ -17,6 +17,7 @@
 //! `hidden_dim` and `V` for `vocab_size`.
 
 use crate::config::Config;
+use crate::kv_cache::PAGE;
 use crate::weights::{MatrixDesc, VectorDesc, Weights};
 use std::ops::Range;
 
@@ -83,8 +84,41 @@ impl Plan {
         self.tokens.len()
     }
 
+    /// Asserts what the engine promises a device: 1 to `max_batch` tokens
+    /// of the vocabulary, every entry within the context of `max_len`
+    /// positions and within the pages reserved for it. A failure is a bug of
+    /// the engine, not bad input.
+    pub fn check(&self, max_batch: usize, max_len: usize, vocab: usize) {
+        let n = self.len();
+        assert!(n >= 1 && n <= max_batch);
+        assert!(self.tokens.iter().all(|&t| (t as usize) < vocab));
+        let mut rows = 0;
+        for e in &self.entries {
+            let len = e.tokens.len();
+            assert!(
+                len >= 1 && e.start + len <= max_len,
+                "the context was checked"
+            );
+            assert!(e.pages.len() * PAGE >= e.start + len, "pages were reserved");
+            assert_eq!(e.tokens.start, rows, "entries follow each other");
+            rows += len;
+        }
+        assert_eq!(rows, n);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+}
+
+/// The rotary cosines and sines of position `pos` for each pair of a head
+/// (`inv_freq`: [`crate::config::Config::rope_frequencies`]), in f32 as
+/// Hugging Face computes them; every device uses these.
+pub fn rotary_angles(inv_freq: &[f32], pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+    for (j, &f) in inv_freq.iter().enumerate() {
+        let a = pos as f32 * f;
+        cos[j] = a.cos();
+        sin[j] = a.sin();
     }
 }
 

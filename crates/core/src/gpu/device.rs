@@ -21,7 +21,7 @@ use super::layout::{Args, KvArgs, MatvecArgs, RowArgs, TokenInfo, slice_bytes, w
 use super::{Arg, Gpu, Grid, SIMD_WIDTH, source};
 use crate::config::RopeStyle;
 use crate::error::{Error, Result};
-use crate::forward::{Buf, Device, EngineDevice, Plan};
+use crate::forward::{Buf, Device, EngineDevice, Plan, rotary_angles};
 use crate::kv_cache::{KvType, PAGE, PageLayout};
 use crate::model::Model;
 use crate::weights::{MatrixDesc, VectorDesc};
@@ -542,41 +542,23 @@ where
 impl<G: Gpu> Device for GpuDevice<G> {
     fn begin(&mut self, plan: &Plan) {
         let n = plan.len();
-        assert!(n >= 1 && n <= self.max_batch);
         let c = &self.model.config;
-        assert!(plan.tokens.iter().all(|&t| (t as usize) < c.vocab_size));
+        plan.check(self.max_batch, self.max_len, c.vocab_size);
         let half = c.head_dim / 2;
         let mut info = std::mem::take(&mut self.info_host);
-        let (mut cos, mut sin) = (
-            std::mem::take(&mut self.cos_host),
-            std::mem::take(&mut self.sin_host),
-        );
         info.clear();
         for entry in &plan.entries {
-            let len = entry.tokens.len();
-            assert!(
-                len >= 1 && entry.start + len <= self.max_len,
-                "the context was checked"
-            );
-            assert!(
-                entry.pages.len() * PAGE >= entry.start + len,
-                "pages were reserved"
-            );
-            for t in 0..len {
+            for t in 0..entry.tokens.len() {
                 let (row, pos) = (entry.tokens.start + t, entry.start + t);
                 info.push(TokenInfo {
                     pos: pos as u32,
                     pages: entry.pages.start as u32,
                 });
-                // Rotary angles of the token's position, as the CPU computes them.
-                for j in 0..half {
-                    let a = pos as f32 * self.inv_freq[j];
-                    cos[row * half + j] = a.cos();
-                    sin[row * half + j] = a.sin();
-                }
+                let r = row * half..(row + 1) * half;
+                let (cos, sin) = (&mut self.cos_host[r.clone()], &mut self.sin_host[r]);
+                rotary_angles(&self.inv_freq, pos, cos, sin);
             }
         }
-        assert_eq!(info.len(), n);
         if let Some(id) = plan.pages.iter().copied().max()
             && let Err(e) = self.ensure_page(id as usize)
         {
@@ -599,9 +581,9 @@ impl<G: Gpu> Device for GpuDevice<G> {
         self.write(&self.tokens, &plan.tokens);
         self.write(&self.info, slice_bytes(&info));
         self.write(&self.pages, &plan.pages);
-        self.write(&self.cos, &cos[..n * half]);
-        self.write(&self.sin, &sin[..n * half]);
-        (self.info_host, self.cos_host, self.sin_host) = (info, cos, sin);
+        self.write(&self.cos, &self.cos_host[..n * half]);
+        self.write(&self.sin, &self.sin_host[..n * half]);
+        self.info_host = info;
         self.logit_rows.clear();
         self.logit_rows
             .extend(plan.logit_rows.iter().map(|&r| r as u32));
