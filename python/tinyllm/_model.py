@@ -77,11 +77,12 @@ class Model:
         kv_cache: how the KV cache stores keys and values: ``"f16"``
             (default), ``"f32"`` or ``"q8_0"`` (needs a ``head_dim`` that is
             a multiple of 32).
-        device: what computes: ``"cpu"`` (default), ``"metal"`` (the GPU
-            of a Mac; weight types without a GPU kernel, llama2.c's int8
-            groups, and ``kv_cache="q8_0"`` raise ``ValueError``) or
-            ``"auto"`` (Metal on a Mac with a GPU, else the CPU).
-            ``info["device"]`` says which runs the model.
+        device: what computes: ``"auto"`` (default: Metal on a Mac whose
+            GPU runs this model, else the CPU), ``"cpu"``, or ``"metal"``
+            (the GPU of a Mac; weight types without a GPU kernel, llama2.c's
+            int8 groups, and ``kv_cache="q8_0"`` raise ``ValueError``, where
+            ``"auto"`` runs them on the CPU). ``info["device"]`` says which
+            runs the model.
 
     Any number of threads may call :meth:`generate`, :meth:`stream`,
     :meth:`logits` and the chat methods of one model at once: calls that
@@ -108,7 +109,7 @@ class Model:
         context_length: int | None = None,
         max_sequences: int | None = None,
         kv_cache: str = "f16",
-        device: str = "cpu",
+        device: str = "auto",
     ) -> None:
         path = _path("path", path)
         if n_threads is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "file_info",
     "gguf_metadata",
     "isa",
+    "metal_available",
     "read_bandwidth",
 ]
 
@@ -35,7 +36,7 @@ class Engine:
         max_batch: int | None = None,
         max_sequences: int | None = None,
         kv_cache: str = "f16",
-        device: str = "cpu",
+        device: str = "auto",
     ) -> Engine: ...
     def use_llama2c_tokenizer(self, path: str | None = None) -> Llama2cTokenizer: ...
     def set_pieces(
@@ -88,6 +89,7 @@ class Stream:
     def stats(self) -> dict[str, Any]: ...
 
 def available_isas() -> list[str]: ...
+def metal_available() -> bool: ...
 def isa() -> str: ...
 def convert(
     src: str,

@@ -64,9 +64,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--device",
-        default="cpu",
-        choices=["cpu", "metal", "auto"],
-        help="what computes: the CPU (default), a Mac's GPU, or Metal where there is one",
+        default="auto",
+        choices=["auto", "cpu", "metal"],
+        help="what computes: a Mac's GPU where it runs the model, else the CPU (auto, the "
+        "default); the CPU; or a Mac's GPU",
     )
 
 
@@ -83,12 +84,14 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int | None) -> None:
 
 
 def version_text() -> str:
-    """What ``tinyllm --version`` prints: the package's version and the
-    kernels the engine runs on this CPU."""
+    """What ``tinyllm --version`` prints: the package's version, the device
+    ``"auto"`` picks here and the kernels the engine runs on this CPU."""
     from tinyllm import __version__, _tinyllm
 
     tiers = ", ".join(_tinyllm.available_isas())
-    return f"tinyllm {__version__} (device cpu, kernels {_tinyllm.isa()}; this CPU runs {tiers})"
+    device = "metal" if _tinyllm.metal_available() else "cpu"
+    kernels = _tinyllm.isa()
+    return f"tinyllm {__version__} (device {device}, kernels {kernels}; this CPU runs {tiers})"
 
 
 class _Version(argparse.Action):

@@ -23,17 +23,19 @@ pub struct SessionOptions {
     pub max_batch: Option<usize>,
     /// How the KV cache stores keys and values (default f16).
     pub kv_cache: KvType,
-    /// What computes (default the CPU).
+    /// What computes (default: Metal on a Mac whose GPU runs the model,
+    /// else the CPU).
     pub device: DeviceKind,
 }
 
 /// What runs the forward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceKind {
-    /// Metal on a Mac with a GPU, else the CPU.
+    /// Metal on a Mac with a GPU that runs the model (see
+    /// [`crate::gpu::device::supports`]), else the CPU.
+    #[default]
     Auto,
     /// The CPU.
-    #[default]
     Cpu,
     /// The GPU of a Mac, through Metal.
     Metal,
@@ -51,7 +53,23 @@ impl DeviceKind {
         }
     }
 
-    /// Whether this choice runs on Metal here.
+    /// What runs `model` with a cache of `kv`: `Auto` becomes `Metal` on a
+    /// Mac whose GPU runs this model, else `Cpu`.
+    pub fn resolve(self, model: &Model, kv: KvType) -> DeviceKind {
+        match self {
+            DeviceKind::Auto
+                if DeviceKind::metal_available()
+                    && crate::gpu::device::supports(model, kv).is_ok() =>
+            {
+                DeviceKind::Metal
+            }
+            DeviceKind::Auto => DeviceKind::Cpu,
+            d => d,
+        }
+    }
+
+    /// Whether this choice may run on Metal here (before the model is
+    /// known: `Auto` on a Mac with a GPU).
     pub fn uses_metal(self) -> bool {
         match self {
             DeviceKind::Cpu => false,
@@ -82,7 +100,7 @@ impl SessionOptions {
         max_batch: usize,
         context: usize,
     ) -> Result<Box<dyn EngineDevice>> {
-        if !self.device.uses_metal() {
+        if self.device.resolve(model, self.kv_cache) == DeviceKind::Cpu {
             let threads = self.threads()?;
             let dev = CpuDevice::new(model.clone(), threads, max_batch, context, self.kv_cache)?;
             return Ok(Box::new(dev));

@@ -154,7 +154,7 @@ impl Engine {
     /// Opens a model (a file, or a Hugging Face directory). Text streams
     /// once a vocabulary is attached: `use_llama2c_tokenizer` or `set_pieces`.
     #[new]
-    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None, max_sequences=None, kv_cache="f16", device="cpu"))]
+    #[pyo3(signature = (path, *, n_threads=None, context_length=None, max_batch=None, max_sequences=None, kv_cache="f16", device="auto"))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
@@ -173,10 +173,16 @@ impl Engine {
             false => DeviceKind::from_name(device).map_err(to_py_err)?,
         };
         // The GPU reads every weight type as the file stores it, so the
-        // CPU's rearranged copies would only cost memory.
+        // CPU's rearranged copies would only cost memory; a model "auto"
+        // leaves to the CPU is opened again (the file is mapped, not read).
         let model = py
             .detach(|| match device.uses_metal() || emulated {
-                true => Model::open_as_stored(&path),
+                true => Model::open_as_stored(&path).and_then(|m| {
+                    match emulated || device.resolve(&m, kv_cache) == DeviceKind::Metal {
+                        true => Ok(m),
+                        false => Model::open(&path),
+                    }
+                }),
                 false => Model::open(&path),
             })
             .map_err(to_py_err)?;
@@ -934,6 +940,13 @@ fn isa() -> &'static str {
     tinyllm_core::kernels::Kernels::best().isa().name()
 }
 
+/// Whether this machine has a GPU the Metal backend runs on (a Mac with an
+/// Apple GPU of family 7 or later), which `device="auto"` then picks.
+#[pyfunction]
+fn metal_available() -> bool {
+    tinyllm_core::session::DeviceKind::metal_available()
+}
+
 /// The names of the kernel tiers this CPU runs, best last.
 #[pyfunction]
 fn available_isas() -> Vec<&'static str> {
@@ -951,6 +964,7 @@ fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Llama2cTokenizer>()?;
     m.add_function(wrap_pyfunction!(gguf_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
+    m.add_function(wrap_pyfunction!(metal_available, m)?)?;
     m.add_function(wrap_pyfunction!(isa, m)?)?;
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(file_info, m)?)?;

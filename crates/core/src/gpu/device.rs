@@ -129,6 +129,35 @@ fn index(b: Buf) -> usize {
     }
 }
 
+/// Whether the GPU backend runs `model` with a cache of `kv`: every weight
+/// type has a kernel, heads are at most 256 values, and the cache is f16 or
+/// f32. `device="auto"` runs a model it does not on the CPU.
+pub fn supports(model: &Model, kv: KvType) -> Result<()> {
+    let (c, w) = (&model.config, &model.weights);
+    if kv == KvType::Q8_0 {
+        return Err(Error::InvalidArgument(
+            "the GPU keeps its KV cache in \"f16\" or \"f32\", not \"q8_0\"".into(),
+        ));
+    }
+    let all = w.layers.iter().flat_map(|l| l.matrices().map(|(_, m)| m));
+    for m in all.chain([&w.embedding, &w.classifier]) {
+        if weight_code(m.dtype).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "weights of type {} have no GPU kernel; use device=\"cpu\" or convert the \
+                 model (e.g. to q8_0)",
+                m.dtype.name()
+            )));
+        }
+    }
+    if c.head_dim > 8 * SIMD_WIDTH as usize {
+        return Err(Error::InvalidArgument(format!(
+            "the GPU's attention takes heads of up to 256 values; this model's have {}",
+            c.head_dim
+        )));
+    }
+    Ok(())
+}
+
 impl<G: Gpu> GpuDevice<G> {
     /// A device on `gpu` for `model`: batches of up to `max_batch` tokens,
     /// sequences of up to `max_len` positions, a cache of `kv` values.
@@ -141,27 +170,7 @@ impl<G: Gpu> GpuDevice<G> {
     ) -> Result<Self> {
         let c = &model.config;
         let w = &model.weights;
-        if kv == KvType::Q8_0 {
-            return Err(Error::InvalidArgument(
-                "the GPU keeps its KV cache in \"f16\" or \"f32\", not \"q8_0\"".into(),
-            ));
-        }
-        let all = w.layers.iter().flat_map(|l| l.matrices().map(|(_, m)| m));
-        for m in all.chain([&w.embedding, &w.classifier]) {
-            if weight_code(m.dtype).is_none() {
-                return Err(Error::InvalidArgument(format!(
-                    "weights of type {} have no GPU kernel; use device=\"cpu\" or convert the \
-                     model (e.g. to q8_0)",
-                    m.dtype.name()
-                )));
-            }
-        }
-        if c.head_dim > 8 * SIMD_WIDTH as usize {
-            return Err(Error::InvalidArgument(format!(
-                "the GPU's attention takes heads of up to 256 values; this model's have {}",
-                c.head_dim
-            )));
-        }
+        supports(&model, kv)?;
         let library = gpu.compile(&source::library())?;
         let pipe = |name: &str| gpu.pipeline(&library, name);
         let p = Pipelines {
