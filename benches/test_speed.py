@@ -16,7 +16,10 @@ this shared machine. Nothing here asserts a speed.
 
 ``TINYLLM_BENCH_DEVICES`` (default ``cpu``) adds devices: ``cpu,metal`` on a
 Mac runs every case on the GPU too, beside llama.cpp with every layer on its
-Metal backend (``-ngl 99``; llama.cpp's CPU rows run with ``-ngl 0``).
+Metal backend (``-ngl 99``; llama.cpp's CPU rows run with ``-ngl 0``), and
+beside mlx-lm on the GPU when it is installed (``pip install mlx-lm``; see
+``benches/mlxlm.py``): the same weights as a Hugging Face directory, float16
+or quantized by mlx-lm at tinyllm's bits per weight.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import mlxlm
 import pytest
 
 import tinyllm
@@ -35,6 +39,7 @@ from tinyllm import _tinyllm
 
 from conftest import (
     BANDWIDTH,
+    CACHE,
     PEER_TYPES,
     gguf_file,
     llamacpp,
@@ -167,6 +172,45 @@ def against_llamacpp(  # type: ignore[no-untyped-def]
         gen = key == "tg"
         ours_name = "tinyllm" if m.info["device"] == "cpu" else "tinyllm (GPU)"
         record(shape, quant, phase, f"{ours_name} x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
+        record(shape, quant, phase, peer, b, b * size / 1e9 if gen else None)
+        benchmark.extra_info[f"{key}_ratio"] = a / b
+
+
+@pytest.mark.skipif(not mlxlm.available(), reason="pip install mlx-lm (on a Mac)")
+@pytest.mark.parametrize(
+    ("shape", "quant", "device"), [c for c in CASES if c[2] == "metal" and c[1] in mlxlm.QUANTS]
+)
+def test_against_mlx(benchmark, shape: str, quant: str, device: str) -> None:  # type: ignore[no-untyped-def]
+    src, _ = source_file(shape)
+    if quant != "f16" and not mlxlm.same_matrices_quantized(mlxlm.hf_dir(src, CACHE)):
+        pytest.skip(f"{shape}: mlx-lm would leave matrices float16 that tinyllm quantizes")
+    path = mlxlm.model_dir(src, quant, CACHE)
+    m = open_model(shape, quant, device)
+    n_prompt = min(PROMPT, m.context_length - 1)
+    ids = prompt_ids(n_prompt, m.config.vocab_size)
+    ours: dict[str, list[float]] = {"pp": [], "tg": []}
+    theirs: dict[str, list[float]] = {"pp": [], "tg": []}
+    size = 0
+
+    def alternate() -> None:
+        nonlocal size
+        ours["pp"].append(prompt_rate(m, n_prompt))
+        ours["tg"].append(generate_rate(m, GENERATE))
+        r = mlxlm.bench(path, ids, GENERATE)
+        theirs["pp"].append(r["prompt_tokens_per_s"])
+        theirs["tg"].append(r["gen_tokens_per_s"])
+        size = r["model_size_bytes"]
+
+    benchmark.pedantic(alternate, rounds=ROUNDS, warmup_rounds=1)
+    med = statistics.median
+    bpt = m.info["bytes_per_token"]
+    recipe = mlxlm.QUANTS[quant]
+    peer = "mlx-lm " + (f"{recipe[0]}-bit/{recipe[1]}" if recipe else "f16")
+    name = engine_name(m)
+    for phase, key in [(f"prompt {n_prompt}", "pp"), (f"generate {GENERATE}", "tg")]:
+        a, b = med(ours[key]), med(theirs[key])
+        gen = key == "tg"
+        record(shape, quant, phase, f"{name} x{a / b:.2f}", a, a * bpt / 1e9 if gen else None)
         record(shape, quant, phase, peer, b, b * size / 1e9 if gen else None)
         benchmark.extra_info[f"{key}_ratio"] = a / b
 
