@@ -6,14 +6,22 @@ Shapes are chosen with ``TINYLLM_BENCH_SHAPES`` (default
 ``stories260K,15M,110M``; add ``1.1B`` for the TinyLlama shape, whose f32
 file is 4.4 GB). llama.cpp runs beside tinyllm when ``TINYLLM_LLAMACPP``
 names the directory of its programs (see ``benches/llamacpp.py``).
+
+Every benchmark row records the machine it ran on (see :class:`Machine`):
+the CPU, the kernel tier and the memory read bandwidth, measured once per
+run, in its ``extra_info`` and in the JSON's ``machine_info``
+(``--benchmark-json``), so that runs on different machines can be told
+apart.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import llamacpp  # noqa: E402
 
 import tinyllm  # noqa: E402
+from tinyllm import _tinyllm  # noqa: E402
 
 import llama2c_format  # noqa: E402
 
@@ -57,6 +66,56 @@ def cpu_name() -> str:
     name = fields.get("model name\t", fields.get("model name", "?")).strip()
     fam, model = fields.get("cpu family\t", "").strip(), fields.get("model\t\t", "").strip()
     return f"{name} (family {fam} model {model})" if fam else name
+
+
+#: The threads the benchmarks run on (their ``THREADS``).
+BENCH_THREADS = min(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What every benchmark row records of the machine it ran on."""
+
+    #: The CPU's model name, family and model (:func:`cpu_name`).
+    cpu: str
+    #: The kernel tier the engine runs (``TINYLLM_ISA`` may force a slower
+    #: one) and every tier this CPU runs, best last.
+    isa: str
+    isas: list[str]
+    #: Memory read bandwidth, in GB/s, on ``read_threads`` threads (the
+    #: benchmarks') and on one thread.
+    read_threads: int
+    read_gb_per_s: float
+    read_gb_per_s_1_thread: float
+
+
+@functools.cache
+def machine() -> Machine:
+    """The machine, measured on first use (a few seconds) and kept for the run."""
+    both = _tinyllm.read_bandwidth(BENCH_THREADS)
+    BANDWIDTH.append(both)
+    return Machine(
+        cpu=cpu_name(),
+        isa=_tinyllm.isa(),
+        isas=_tinyllm.available_isas(),
+        read_threads=BENCH_THREADS,
+        read_gb_per_s=both / 1e9,
+        read_gb_per_s_1_thread=_tinyllm.read_bandwidth(1) / 1e9,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _machine_in_every_row(request: pytest.FixtureRequest) -> None:
+    """Puts :func:`machine` into the ``extra_info`` of every benchmark (a test
+    may still override a key)."""
+    if "benchmark" in request.fixturenames:
+        request.getfixturevalue("benchmark").extra_info.update(asdict(machine()))
+
+
+def pytest_benchmark_update_machine_info(
+    config: pytest.Config, machine_info: dict[str, Any]
+) -> None:
+    machine_info["tinyllm"] = asdict(machine())
 
 
 def selected_shapes() -> list[str]:
@@ -135,6 +194,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     tr = terminalreporter
     bw = max(BANDWIDTH) if BANDWIDTH else None
     title = f"tokens/s and GB/s of weights streamed, one run on {cpu_name()}"
+    title += f", kernels {_tinyllm.isa()}"
     if bw:
         title += f" (measured read bandwidth {bw / 1e9:.1f} GB/s)"
     tr.section(title)

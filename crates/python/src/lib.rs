@@ -923,13 +923,21 @@ fn shortest(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
-/// Measures the memory read bandwidth (bytes per second) the engine's f32
-/// product reaches streaming a buffer of `bytes` on `n_threads` threads.
+/// Measures the memory read bandwidth (bytes per second): the best of
+/// `reps` passes of `n_threads` threads (default: the physical cores)
+/// streaming a buffer of `bytes` (default: four times the last-level cache,
+/// 1 to 4 GiB), with nothing but loads.
 #[pyfunction]
-#[pyo3(signature = (n_threads=None, bytes=1 << 30, reps=5))]
-fn read_bandwidth(py: Python<'_>, n_threads: Option<usize>, bytes: usize, reps: usize) -> f64 {
+#[pyo3(signature = (n_threads=None, bytes=None, reps=5))]
+fn read_bandwidth(
+    py: Python<'_>,
+    n_threads: Option<usize>,
+    bytes: Option<usize>,
+    reps: usize,
+) -> f64 {
     let threads = n_threads.unwrap_or_else(tinyllm_core::machine::physical_cores);
     let pool = ThreadPool::new(threads.clamp(1, 1024));
+    let bytes = bytes.unwrap_or_else(tinyllm_core::machine::read_buffer_bytes);
     py.detach(|| tinyllm_core::machine::read_bandwidth(&pool, bytes.min(1 << 34), reps))
 }
 
