@@ -83,7 +83,7 @@ class Machine:
     isa: str
     isas: list[str]
     #: Memory read bandwidth, in GB/s, on ``read_threads`` threads (the
-    #: benchmarks') and on one thread.
+    #: benchmarks') and on one thread (the kernels' benchmark divides by it).
     read_threads: int
     read_gb_per_s: float
     read_gb_per_s_1_thread: float
@@ -107,7 +107,7 @@ def machine() -> Machine:
 @pytest.fixture(autouse=True)
 def _machine_in_every_row(request: pytest.FixtureRequest) -> None:
     """Puts :func:`machine` into the ``extra_info`` of every benchmark (a test
-    may still override a key)."""
+    may still override a key, as the kernels' benchmark does ``isa``)."""
     if "benchmark" in request.fixturenames:
         request.getfixturevalue("benchmark").extra_info.update(asdict(machine()))
 
@@ -135,6 +135,24 @@ class Result:
 
 RESULTS: list[Result] = []
 BANDWIDTH: list[float] = []
+
+
+@dataclass
+class KernelRow:
+    """A decode kernel's cache-resident rate (``test_kernels.py``)."""
+
+    isa: str
+    weight_type: str
+    bytes: int
+    gb_per_s: float
+    read_gb_per_s: float
+
+
+KERNELS: list[KernelRow] = []
+
+#: Cache-resident GB/s over one thread's memory read rate that leaves memory
+#: the limit of decoding even where it is twice as fast (issue 15's target).
+KERNEL_TARGET_RATIO = 2.0
 
 
 def record(
@@ -189,6 +207,8 @@ def gguf_file(shape: str, qtype: str) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if KERNELS:
+        kernel_summary(terminalreporter)
     if not RESULTS:
         return
     tr = terminalreporter
@@ -208,4 +228,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         tr.write_line(
             f"{r.model:<12} {r.weights:<8} {r.phase:<13} {r.engine:<24} {r.tokens_per_s:>10.1f}"
             f" {gbs} {frac:>6}"
+        )
+
+
+def kernel_summary(tr: pytest.TerminalReporter) -> None:
+    """The decode kernels' cache-resident GB/s over one thread's read rate."""
+    read = KERNELS[0].read_gb_per_s
+    tr.section(
+        f"decode kernels, weights in cache, 1 thread, on {cpu_name()}"
+        f" (memory read {read:.1f} GB/s on 1 thread)"
+    )
+    tr.write_line(f"{'tier':<13} {'weights':<9} {'KiB':>6} {'GB/s':>7} {'x read':>7}")
+    for k in KERNELS:
+        ratio = k.gb_per_s / k.read_gb_per_s
+        flag = "" if ratio >= KERNEL_TARGET_RATIO else f"  below {KERNEL_TARGET_RATIO:g}x"
+        tr.write_line(
+            f"{k.isa:<13} {k.weight_type:<9} {k.bytes / 1024:>6.0f} {k.gb_per_s:>7.1f}"
+            f" {ratio:>7.2f}{flag}"
         )

@@ -21,6 +21,8 @@ __all__ = [
     "file_info",
     "gguf_metadata",
     "isa",
+    "kernel_bandwidth",
+    "kernel_weight_types",
     "metal_available",
     "read_bandwidth",
 ]
@@ -120,3 +122,11 @@ class Llama2cTokenizer:
 def read_bandwidth(
     n_threads: int | None = None, bytes: int | None = None, reps: int = 5
 ) -> float: ...
+def kernel_weight_types() -> list[str]: ...
+def kernel_bandwidth(
+    weight_type: str,
+    isa: str | None = None,
+    bytes: int | None = None,
+    cols: int = 2048,
+    seconds: float = 0.2,
+) -> dict[str, Any]: ...

@@ -1,7 +1,11 @@
 //! Facts about the machine the engine measures for itself.
 
+use crate::kernels::Kernels;
 use crate::pool::ThreadPool;
-use std::time::Instant;
+use crate::quant::{self, Block, BlockQ4K, BlockQ6K, BlockQ8Act, Interleaved, QK, QK_K};
+use crate::weights::DType;
+use half::{bf16, f16};
+use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
 // The memory read ceiling
@@ -185,6 +189,305 @@ fn read_lines_avx2(lines: &[Line]) -> u64 {
     w.iter().fold(0, |a, v| a ^ v)
 }
 
+// ---------------------------------------------------------------------------
+// The decode kernels with their weights in cache
+// ---------------------------------------------------------------------------
+
+/// Every weight type whose decode product the CPU runs, in the order of
+/// `weights::DType` (llama2.c's groups with its usual group size, 64).
+pub const KERNEL_TYPES: [DType; 11] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0x4,
+    DType::Q4_0x4,
+    DType::Q4K,
+    DType::Q6K,
+    DType::Q8Group { group_size: 64 },
+];
+
+/// What [`kernel_rate`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelRate {
+    /// The matrix: `rows` of `cols` weights.
+    pub rows: usize,
+    pub cols: usize,
+    /// Bytes of weights (scales included) each product reads.
+    pub bytes: usize,
+    /// Those bytes over the fastest product's time.
+    pub bytes_per_second: f64,
+    /// The largest difference between an output and the f64 sum of the
+    /// values the stored weights and the kernel's input stand for, over the
+    /// root mean square of those sums: a few 1e-7 from rounding; a wrong
+    /// kernel is off by about 1.
+    pub error: f64,
+}
+
+/// One timed call: the product into `out`, one output per row.
+type Run = Box<dyn Fn(&Kernels, &mut [f32])>;
+
+/// A float type's product (`Kernels::matmul_f32_into` and its siblings).
+type FloatProduct<T> = unsafe fn(&Kernels, &[T], usize, &[f32], usize, usize, *mut f32, usize);
+
+/// A decode product ready to time: the weights in the layout the engine
+/// keeps, the input in the form the type's kernel takes, and the values
+/// both stand for.
+struct Product {
+    bytes: usize,
+    run: Run,
+    weights: Vec<f32>,
+    input: Vec<f32>,
+}
+
+/// Times the decode product (one token: matrix times vector) of a `dtype`
+/// matrix of about `bytes` (rows of `cols` weights, `cols` rounded up to a
+/// multiple of 256) with `kernels`, on the calling thread alone, for about
+/// `seconds`. Small enough a matrix stays in cache from one product to the
+/// next, so the rate is what the kernel's instructions allow, not memory:
+/// set beside [`read_bandwidth`] on one thread, it says whether the kernel
+/// or memory limits decoding. The activations are quantized once, outside
+/// the timing (decoding quantizes a vector once for several matrices).
+pub fn kernel_rate(
+    kernels: &Kernels,
+    dtype: DType,
+    bytes: usize,
+    cols: usize,
+    seconds: f64,
+) -> KernelRate {
+    let cols = cols.max(1).next_multiple_of(QK_K);
+    let row_bytes = dtype
+        .matrix_bytes(4, cols)
+        .expect("a whole number of blocks")
+        / 4;
+    let rows = (bytes / row_bytes).max(4).next_multiple_of(4);
+    let p = product(kernels, dtype, rows, cols);
+    let mut out = vec![0.0f32; rows];
+
+    (p.run)(kernels, &mut out);
+    let want: Vec<f64> = p
+        .weights
+        .chunks_exact(cols)
+        .map(|w| {
+            w.iter()
+                .zip(&p.input)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum()
+        })
+        .collect();
+    let rms = (want.iter().map(|v| v * v).sum::<f64>() / rows as f64).sqrt();
+    let worst = out
+        .iter()
+        .zip(&want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(
+            0.0f64,
+            |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
+        );
+
+    // Warm the caches (and the core's clock), then time batches long
+    // enough for the clock's resolution; the fastest batch counts (the
+    // others lost time to interruptions).
+    let budget = Duration::from_secs_f64(seconds.max(1e-3));
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while calls < 3 || start.elapsed() < budget / 10 {
+        (p.run)(kernels, &mut out);
+        calls += 1;
+    }
+    let per_call = start.elapsed().as_secs_f64() / calls as f64;
+    let batch = ((budget.as_secs_f64() / 10.0 / per_call) as u32).max(1);
+    let mut best = f64::INFINITY;
+    for _ in 0..9 {
+        let t = Instant::now();
+        for _ in 0..batch {
+            (p.run)(kernels, &mut out);
+        }
+        best = best.min(t.elapsed().as_secs_f64() / batch as f64);
+    }
+    std::hint::black_box(&out);
+    KernelRate {
+        rows,
+        cols,
+        bytes: p.bytes,
+        bytes_per_second: p.bytes as f64 / best,
+        error: worst / rms.max(f64::MIN_POSITIVE),
+    }
+}
+
+/// Values in [-1, 1) from a xorshift generator, the same for every run.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// The `rows x cols` decode product of `dtype`, with values of its own.
+fn product(kernels: &Kernels, dtype: DType, rows: usize, cols: usize) -> Product {
+    let w = values(rows * cols, 0x9e37_79b9_7f4a_7c15);
+    let x = values(cols, 0x2545_f491_4f6c_dd1d);
+    let nb = cols / QK;
+    // The activation blocks the quantized kernels take, and their values.
+    let mut acts = vec![quant::quantize_act(&[0.0; QK]); nb];
+    kernels.quantize_act(&x, &mut acts);
+    let act_values: Vec<f32> = acts
+        .iter()
+        .flat_map(|a| a.qs.map(|q| a.d * q as f32))
+        .collect();
+
+    fn floats<T: Copy + Send + Sync + 'static>(
+        w: &[f32],
+        x: Vec<f32>,
+        to: fn(f32) -> T,
+        from: fn(T) -> f32,
+        run: FloatProduct<T>,
+    ) -> Product {
+        let stored: Vec<T> = w.iter().map(|&v| to(v)).collect();
+        let weights = stored.iter().map(|&v| from(v)).collect();
+        let cols = x.len();
+        let input = x.clone();
+        Product {
+            bytes: std::mem::size_of_val(stored.as_slice()),
+            // SAFETY: `out` is the caller's `&mut` of one output per row.
+            run: Box::new(move |k, out| unsafe {
+                run(k, &stored, cols, &x, cols, 1, out.as_mut_ptr(), out.len())
+            }),
+            weights,
+            input,
+        }
+    }
+    fn blocks<B: Block + crate::kernels::QuantBlocks>(
+        w: &[f32],
+        acts: Vec<BlockQ8Act>,
+        input: Vec<f32>,
+    ) -> Product {
+        let stored: Vec<B> = quant::quantize_row(w);
+        let mut weights = vec![0.0; w.len()];
+        quant::dequantize_row(&stored, &mut weights);
+        let nb = acts.len();
+        Product {
+            bytes: std::mem::size_of_val(stored.as_slice()),
+            // SAFETY: `out` is the caller's `&mut` of one output per row.
+            run: Box::new(move |k, out| unsafe {
+                k.matmul_quant_into(&stored, nb, &acts, 1, out.as_mut_ptr(), out.len())
+            }),
+            weights,
+            input,
+        }
+    }
+    fn groups<I: Interleaved + crate::kernels::QuantGroups>(
+        w: &[f32],
+        acts: Vec<BlockQ8Act>,
+        input: Vec<f32>,
+    ) -> Product {
+        let nb = acts.len();
+        let plain: Vec<I::Row> = quant::quantize_row(w);
+        let mut weights = vec![0.0; w.len()];
+        quant::dequantize_row(&plain, &mut weights);
+        let stored: Vec<I> = plain
+            .chunks_exact(4 * nb)
+            .flat_map(|four| quant::interleave::<I>(four, nb))
+            .collect();
+        Product {
+            bytes: std::mem::size_of_val(stored.as_slice()),
+            // SAFETY: `out` is the caller's `&mut` of one output per row.
+            run: Box::new(move |k, out| unsafe {
+                k.matmul_quant4_into(&stored, nb, &acts, 1, out.as_mut_ptr(), out.len())
+            }),
+            weights,
+            input,
+        }
+    }
+    fn super_blocks<B: quant::SuperBlock + crate::kernels::KQuantBlocks>(
+        stored: Vec<B>,
+        acts: Vec<BlockQ8Act>,
+        input: Vec<f32>,
+    ) -> Product {
+        let mut weights = vec![0.0; stored.len() * QK_K];
+        quant::dequantize_row_k(&stored, &mut weights);
+        let nsb = acts.len() / (QK_K / QK);
+        Product {
+            bytes: std::mem::size_of_val(stored.as_slice()),
+            // SAFETY: `out` is the caller's `&mut` of one output per row.
+            run: Box::new(move |k, out| unsafe {
+                k.matmul_kquant_into(&stored, nsb, &acts, 1, out.as_mut_ptr(), out.len())
+            }),
+            weights,
+            input,
+        }
+    }
+    // k-quant blocks of arbitrary bits with small scales (tinyllm has no
+    // k-quant quantizer; the speed does not depend on the values).
+    let bits = |i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    let scale = |i: usize| f16::from_f32(0.002 + 0.01 * (bits(i) as f32 / 255.0));
+    let nsb = rows * cols / QK_K;
+
+    match dtype {
+        DType::F32 => floats(&w, x, |v| v, |v| v, Kernels::matmul_f32_into),
+        DType::F16 => floats(&w, x, f16::from_f32, f16::to_f32, Kernels::matmul_f16_into),
+        DType::BF16 => floats(
+            &w,
+            x,
+            bf16::from_f32,
+            bf16::to_f32,
+            Kernels::matmul_bf16_into,
+        ),
+        DType::Q8_0 => blocks::<quant::BlockQ8_0>(&w, acts, act_values),
+        DType::Q4_0 => blocks::<quant::BlockQ4_0>(&w, acts, act_values),
+        DType::Q4_1 => blocks::<quant::BlockQ4_1>(&w, acts, act_values),
+        DType::Q8_0x4 => groups::<quant::BlockQ8_0x4>(&w, acts, act_values),
+        DType::Q4_0x4 => groups::<quant::BlockQ4_0x4>(&w, acts, act_values),
+        DType::Q4K => {
+            let stored = (0..nsb)
+                .map(|i| BlockQ4K {
+                    d: scale(i),
+                    dmin: scale(i + 1),
+                    scales: std::array::from_fn(|j| bits(i * 144 + j)),
+                    qs: std::array::from_fn(|j| bits(i * 144 + 12 + j)),
+                })
+                .collect();
+            super_blocks::<BlockQ4K>(stored, acts, act_values)
+        }
+        DType::Q6K => {
+            let stored = (0..nsb)
+                .map(|i| BlockQ6K {
+                    ql: std::array::from_fn(|j| bits(i * 210 + j)),
+                    qh: std::array::from_fn(|j| bits(i * 210 + 128 + j)),
+                    scales: std::array::from_fn(|j| bits(i * 210 + 192 + j) as i8),
+                    d: scale(i),
+                })
+                .collect();
+            super_blocks::<BlockQ6K>(stored, acts, act_values)
+        }
+        DType::Q8Group { group_size: gs } => {
+            let (mut wq, mut ws) = (vec![0i8; w.len()], vec![0.0f32; w.len() / gs]);
+            kernels.quantize_q8g(&w, gs, &mut wq, &mut ws);
+            let (mut xq, mut xs) = (vec![0i8; cols], vec![0.0f32; cols / gs]);
+            kernels.quantize_q8g(&x, gs, &mut xq, &mut xs);
+            let at = |q: &[i8], s: &[f32], j: usize| q[j] as f32 * s[j / gs];
+            let weights = (0..w.len()).map(|j| at(&wq, &ws, j)).collect();
+            let input = (0..cols).map(|j| at(&xq, &xs, j)).collect();
+            Product {
+                bytes: wq.len() + 4 * ws.len(),
+                // SAFETY: `out` is the caller's `&mut` of one output per row.
+                run: Box::new(move |k, out| unsafe {
+                    k.matmul_q8g_into(&wq, &ws, cols, gs, &xq, &xs, 1, out.as_mut_ptr(), out.len())
+                }),
+                weights,
+                input,
+            }
+        }
+    }
+}
+
 /// The physical cores this process may run on: logical CPUs that share a
 /// core (SMT siblings) count once. Decoding is bound by memory and by the
 /// vector units, which siblings share, so a second thread per core only
@@ -216,6 +519,27 @@ fn linux_cores() -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use crate::kernels::{Isa, Kernels};
+
+    #[test]
+    fn every_kernel_rate_is_positive_and_its_product_right_on_every_tier() {
+        for kernels in Isa::ALL.into_iter().filter_map(Kernels::for_isa) {
+            for dtype in super::KERNEL_TYPES {
+                let r = super::kernel_rate(kernels, dtype, 16 << 10, 512, 1e-3);
+                let what = format!("{} {}", kernels.isa().name(), dtype.name());
+                assert!(r.bytes_per_second > 0.0, "{what}");
+                assert_eq!(
+                    r.bytes,
+                    dtype.matrix_bytes(r.rows, r.cols).unwrap(),
+                    "{what}"
+                );
+                // f32 rounding of 512-term sums: well under 1e-5 of the
+                // outputs' size; a wrong kernel is off by about 1.
+                assert!(r.error < 1e-5, "{what}: error {}", r.error);
+            }
+        }
+    }
+
     #[test]
     fn read_bandwidth_reads_a_small_buffer() {
         let pool = crate::pool::ThreadPool::new(2);

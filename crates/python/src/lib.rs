@@ -941,6 +941,76 @@ fn read_bandwidth(
     py.detach(|| tinyllm_core::machine::read_bandwidth(&pool, bytes.min(1 << 34), reps))
 }
 
+/// The weight types whose decode products `kernel_bandwidth` times: every
+/// one the CPU kernels run.
+#[pyfunction]
+fn kernel_weight_types() -> Vec<&'static str> {
+    tinyllm_core::machine::KERNEL_TYPES
+        .iter()
+        .map(|d| d.name())
+        .collect()
+}
+
+/// Times one decode kernel (a matrix times one vector) on the calling
+/// thread with its weights in cache: a `weight_type` matrix of about
+/// `bytes` (default: half the L2 cache), rows of `cols` weights, for about
+/// `seconds`, with the kernels of tier `isa` (default: the engine's).
+///
+/// Returns a dict: `weight_type`, `isa`, `rows`, `cols`, `bytes` (of
+/// weights per product), `gb_per_s` (of weights) and `error` (the largest
+/// difference from the f64 product over the outputs' root mean square).
+///
+/// Raises:
+///     ValueError: an unknown weight type, or a tier this CPU lacks.
+#[pyfunction]
+#[pyo3(signature = (weight_type, isa=None, bytes=None, cols=2048, seconds=0.2))]
+fn kernel_bandwidth<'py>(
+    py: Python<'py>,
+    weight_type: &str,
+    isa: Option<&str>,
+    bytes: Option<usize>,
+    cols: usize,
+    seconds: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    use tinyllm_core::kernels::{Isa, Kernels};
+    use tinyllm_core::machine;
+    let dtype = *machine::KERNEL_TYPES
+        .iter()
+        .find(|d| d.name() == weight_type)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown weight type {weight_type:?} (one of {:?})",
+                kernel_weight_types()
+            ))
+        })?;
+    let kernels = match isa {
+        None => Kernels::best(),
+        Some(name) => Isa::from_name(name)
+            .and_then(Kernels::for_isa)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("this CPU does not run kernel tier {name:?}"))
+            })?,
+    };
+    if !(cols > 0 && cols <= 1 << 20 && seconds.is_finite() && seconds > 0.0) {
+        return Err(PyValueError::new_err(
+            "cols must be 1 to 2**20 and seconds positive",
+        ));
+    }
+    let bytes = bytes
+        .unwrap_or_else(|| machine::cache_bytes(2).map_or(256 << 10, |l2| l2 / 2))
+        .min(1 << 30);
+    let r = py.detach(|| machine::kernel_rate(kernels, dtype, bytes, cols, seconds.min(60.0)));
+    let d = PyDict::new(py);
+    d.set_item("weight_type", dtype.name())?;
+    d.set_item("isa", kernels.isa().name())?;
+    d.set_item("rows", r.rows)?;
+    d.set_item("cols", r.cols)?;
+    d.set_item("bytes", r.bytes)?;
+    d.set_item("gb_per_s", r.bytes_per_second / 1e9)?;
+    d.set_item("error", r.error)?;
+    Ok(d)
+}
+
 /// The kernel tier the engine runs on: the fastest this CPU supports, or
 /// the one `TINYLLM_ISA` names.
 #[pyfunction]
@@ -977,6 +1047,8 @@ fn _tinyllm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert, m)?)?;
     m.add_function(wrap_pyfunction!(file_info, m)?)?;
     m.add_function(wrap_pyfunction!(read_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_weight_types, m)?)?;
+    m.add_function(wrap_pyfunction!(kernel_bandwidth, m)?)?;
     // Re-exported, so `tinyllm._tinyllm.ModelFormatError` is still the class.
     m.add("ModelFormatError", m.py().get_type::<ModelFormatError>())?;
     m.add(
