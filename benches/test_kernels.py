@@ -16,7 +16,8 @@ twice as fast (issue 15's target for every type and tier).
 
 Each product is checked against f64 sums of the same values before it is
 timed. Nothing here asserts a speed; the table at the end lists every row,
-and the JSON (``--benchmark-json``) has them in ``extra_info``.
+and the JSON (``--benchmark-json``) has them in ``extra_info``. (The times
+pytest-benchmark prints are of whole calls, making the matrix included.)
 """
 
 from __future__ import annotations

@@ -221,8 +221,8 @@ pub struct KernelRate {
     pub bytes_per_second: f64,
     /// The largest difference between an output and the f64 sum of the
     /// values the stored weights and the kernel's input stand for, over the
-    /// root mean square of those sums: a few 1e-7 from rounding; a wrong
-    /// kernel is off by about 1.
+    /// root mean square of those sums: about 1e-6 from f32 rounding; a
+    /// wrong kernel is off by about 1.
     pub error: f64,
 }
 
@@ -245,7 +245,7 @@ struct Product {
 /// Times the decode product (one token: matrix times vector) of a `dtype`
 /// matrix of about `bytes` (rows of `cols` weights, `cols` rounded up to a
 /// multiple of 256) with `kernels`, on the calling thread alone, for about
-/// `seconds`. Small enough a matrix stays in cache from one product to the
+/// `seconds`. A matrix that small stays in cache from one product to the
 /// next, so the rate is what the kernel's instructions allow, not memory:
 /// set beside [`read_bandwidth`] on one thread, it says whether the kernel
 /// or memory limits decoding. The activations are quantized once, outside
