@@ -25,6 +25,7 @@ const READ_CHUNK_LINES: usize = 64 * 1024;
 
 /// How far ahead of the loads the software prefetches run: 64 lines
 /// (4 KiB, a page).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_LINES: usize = 64;
 
 /// The memory read bandwidth, in bytes per second, that `pool`'s threads
