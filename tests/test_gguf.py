@@ -132,3 +132,72 @@ def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> 
     want = np.asarray(fixture["logits"])
     scale = np.asarray(fixture["max_abs_logit"])[:, None]
     assert (np.abs(got - want) / scale).max() < 1e-4
+
+
+def interleave_rotary_rows(w: np.ndarray, heads: int) -> np.ndarray:
+    """Q/K rows as llama.cpp's converter stores Llama-like models: each
+    head's pairs ``(j, j + head_dim / 2)`` moved next to each other."""
+    rows = w.shape[0]
+    return w.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
+
+
+def test_granite_gguf_file_gives_transformers_logits(tmp_path: Path) -> None:
+    # The multipliers come from granite.* keys, the Q/K rows interleaved as
+    # llama.cpp's converter writes them; the weights are the fixture's own.
+    import gguf_writer
+    import hf_models
+
+    spec = hf_models.spec("granite")
+    c = spec.config
+    meta: dict[str, object] = {
+        "general.architecture": "granite",
+        "granite.block_count": c["num_hidden_layers"],
+        "granite.context_length": c["max_position_embeddings"],
+        "granite.embedding_length": c["hidden_size"],
+        "granite.feed_forward_length": c["intermediate_size"],
+        "granite.attention.head_count": c["num_attention_heads"],
+        "granite.attention.head_count_kv": c["num_key_value_heads"],
+        "granite.rope.freq_base": float(c["rope_theta"]),
+        "granite.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
+        "granite.vocab_size": c["vocab_size"],
+        "granite.embedding_scale": float(c["embedding_multiplier"]),
+        "granite.residual_scale": float(c["residual_multiplier"]),
+        "granite.attention.scale": float(c["attention_multiplier"]),
+        "granite.logit_scale": float(c["logits_scaling"]),
+    }
+    # Llama 3's vocabulary, cut to Granite's size (as the directory tests
+    # borrow it): the first ids, the merges among them, no BOS or EOS.
+    vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-llama-bpe.gguf"))
+    n = c["vocab_size"]
+    tokens = vocab["tokenizer.ggml.tokens"][:n]
+    kept = set(tokens)
+    meta.update(
+        {
+            "tokenizer.ggml.model": vocab["tokenizer.ggml.model"],
+            "tokenizer.ggml.pre": vocab["tokenizer.ggml.pre"],
+            "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": vocab["tokenizer.ggml.token_type"][:n],
+            "tokenizer.ggml.merges": [
+                m
+                for m in vocab["tokenizer.ggml.merges"]
+                if {*m.split(" "), m.replace(" ", "")} <= kept
+            ],
+        }
+    )
+    heads = {"q_proj": c["num_attention_heads"], "k_proj": c["num_key_value_heads"]}
+    tensors = []
+    for k, v in spec.weights().items():
+        proj = k.split(".")[-2]
+        if proj in heads:
+            v = interleave_rotary_rows(v, heads[proj])
+        tensors.append((gguf_name(k), v))
+    path = tmp_path / "granite.gguf"
+    gguf_writer.write(path, meta, tensors)
+
+    fixture = json.loads((FIXTURES / "hf" / "granite.json").read_text(encoding="utf-8"))
+    m = f32_model(path)
+    assert m.info["family"] == "granite"
+    got = m.logits(fixture["input_ids"])[:, fixture["vocab_ids"]]
+    want = np.asarray(fixture["logits"])
+    scale = np.asarray(fixture["max_abs_logit"])[:, None]
+    assert (np.abs(got - want) / scale).max() < 1e-4

@@ -37,12 +37,15 @@ CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 #: tokenizer.json each spec's directory gets: Mistral's 32768-token
 #: SentencePiece vocabulary is not there; Llama 2's covers its first 32000
 #: ids (every token the tests generate). Qwen3 shares Qwen2's vocabulary.
+#: Granite's own 49155-token vocabulary is not there either; it borrows
+#: Llama 3's, whose first 49152 ids hold every token the tests generate.
 VOCABS = {
     "llama2": "ggml-vocab-llama-spm.gguf",
     "mistral": "ggml-vocab-llama-spm.gguf",
     "llama3": "ggml-vocab-llama-bpe.gguf",
     "qwen2": "ggml-vocab-qwen2.gguf",
     "qwen3": "ggml-vocab-qwen2.gguf",
+    "granite": "ggml-vocab-llama-bpe.gguf",
 }
 
 #: The f32 engine against transformers' f32 logits, relative to the largest
@@ -90,6 +93,10 @@ def add_tokenizer(path: Path, spec: str) -> Path:
         pytest.fail(f"the shared test models are missing: {vocab}")
     tok = tinyllm.Tokenizer.from_file(vocab)
     text, special = tok.to_json_str()
+    n = hf_models.SPECS[spec].vocab_size
+    if tok.vocab_size > n:
+        text = trim_tokenizer_json(text, n)
+        special.update(bos_id=None, eos_id=None, add_bos=False)
     (path / "tokenizer.json").write_text(text, encoding="utf-8")
     config: dict[str, Any] = {"add_bos_token": special["add_bos"]}
     for key, i in (("bos_token", special["bos_id"]), ("eos_token", special["eos_id"])):
@@ -97,6 +104,22 @@ def add_tokenizer(path: Path, spec: str) -> Path:
             config[key] = tok.id_to_token(i)
     (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+def trim_tokenizer_json(text: str, n: int) -> str:
+    """A byte-level BPE ``tokenizer.json`` cut to its first ``n`` ids (for
+    a model with a smaller vocabulary than the one it borrows): the merges
+    that make a dropped token go too, and the special tokens above ``n``
+    with the post-processor that would add them."""
+    j = json.loads(text)
+    vocab = {t: i for t, i in j["model"]["vocab"].items() if i < n}
+    j["model"]["vocab"] = vocab
+    j["model"]["merges"] = [
+        m for m in j["model"]["merges"] if m[0] in vocab and m[1] in vocab and m[0] + m[1] in vocab
+    ]
+    j["added_tokens"] = [t for t in j["added_tokens"] if t["id"] < n]
+    j["post_processor"] = None
+    return json.dumps(j, ensure_ascii=False)
 
 
 def write_dir(spec: str, path: Path, **kwargs: Any) -> Path:
@@ -197,7 +220,7 @@ def test_quantization_bounds_leave_room(name: str) -> None:
 
 def test_specs_have_the_promised_shapes() -> None:
     vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
-    vocab["qwen3"] = 151936
+    vocab.update(qwen3=151936, granite=49155)
     for name, spec in hf_models.SPECS.items():
         c = spec.config
         assert spec.vocab_size == vocab[name]
@@ -212,6 +235,9 @@ def test_specs_have_the_promised_shapes() -> None:
     assert hf_models.SPECS["qwen3"].head_dim == 32 != 64 // 4
     assert hf_models.SPECS["llama3"].config["rope_scaling"]["rope_type"] == "llama3"
     assert hf_models.SPECS["mistral"].config["sliding_window"] is None
+    # Granite's attention multiplier is not 1 / sqrt(head_dim).
+    granite = hf_models.SPECS["granite"]
+    assert granite.config["attention_multiplier"] != granite.head_dim**-0.5
 
 
 def _nearest_bf16(x: float) -> float:
@@ -454,3 +480,13 @@ def test_an_unknown_model_type_is_named(tmp_path: Path) -> None:
         f32_model(str(d), n_threads=2, context_length=CONTEXT)
     with pytest.raises(tinyllm.ModelFormatError, match="gpt_bigcode"):
         tinyllm.convert(d, tmp_path / "out.tllm", quant="q8_0", progress=False)
+
+
+@pytest.mark.parametrize("key", ["logits_scaling", "embedding_multiplier"])
+def test_granite_multipliers_must_be_positive(tmp_path: Path, key: str) -> None:
+    d = hf_models.write_hf_dir(
+        hf_models.spec("granite"), tmp_path / "g", config_overrides={key: 0.0}
+    )
+    add_tokenizer(d, "granite")
+    with pytest.raises(tinyllm.ModelFormatError, match=f"'{key}' = 0 is not a positive number"):
+        tinyllm.Model(d)

@@ -13,6 +13,18 @@ kernel void add_bias(constant RowArgs &a [[buffer(0)]], device float *buf [[buff
     }
 }
 
+// buf[t] *= factor for a.tokens rows of a.width values, a.ld apart. Grid:
+// a.tokens threadgroups of one SIMD group.
+kernel void scale(constant RowArgs &a [[buffer(0)]], device float *buf [[buffer(1)]],
+                  constant float &factor [[buffer(2)]],
+                  uint t [[threadgroup_position_in_grid]],
+                  uint lane [[thread_index_in_simdgroup]]) {
+    device float *row = buf + ulong(t) * a.ld;
+    for (uint i = lane; i < a.width; i += SIMD) {
+        row[i] *= factor;
+    }
+}
+
 // gate = silu(gate) * up over a.tokens * a.width values. Grid: enough
 // threads for every value, in threadgroups of any size.
 kernel void swiglu(constant RowArgs &a [[buffer(0)]], device float *gate [[buffer(1)]],

@@ -319,6 +319,45 @@ def _specs() -> dict[str, HFSpec]:
     gen = {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643}
     specs.append(HFSpec("qwen3", c, gen, seed=226, text_ids=(0, 151643), **TIED))
 
+    # Granite 3: a 49155-token vocabulary, tied classifier, and the four
+    # multipliers at values far enough from 1 to show (Granite 3.1 2B's
+    # embedding and residual multipliers are 12 and 0.22, its logits are
+    # divided by 8; the attention multiplier here is 1/16, not 1/sqrt(16)).
+    # Against the residual multiplier the projections get twice the gain,
+    # and against the logits' divisor the final norm 8 times TIED's.
+    c = _base_config(
+        "granite",
+        "GraniteForCausalLM",
+        vocab=49155,
+        eps=1e-5,
+        theta=10000.0,
+        max_pos=4096,
+        tied=True,
+        bos=0,
+        eos=0,
+    )
+    c.update(
+        attention_bias=False,
+        mlp_bias=False,
+        embedding_multiplier=12.0,
+        attention_multiplier=0.0625,
+        residual_multiplier=0.22,
+        logits_scaling=8.0,
+    )
+    gen = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
+    specs.append(
+        HFSpec(
+            "granite",
+            c,
+            gen,
+            seed=29,
+            gain=2.0,
+            text_ids=(1, 49152),
+            embed_scale=0.01,
+            head_gain=800.0,
+        )
+    )
+
     return {s.name: s for s in specs}
 
 

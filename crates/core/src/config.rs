@@ -50,10 +50,32 @@ pub struct Config {
     /// rotation, with gains of `head_dim` (Qwen3).
     #[serde(default, skip_serializing_if = "is_default")]
     pub qk_norm: bool,
+    /// Multiplies the token embeddings (Granite's `embedding_multiplier`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub embedding_scale: f32,
+    /// Multiplies each sub-layer's output before it joins the residual
+    /// stream (Granite's `residual_multiplier`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub residual_scale: f32,
+    /// The attention scores' scale when it is not `1 / sqrt(head_dim)`
+    /// (Granite's `attention_multiplier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_scale: Option<f32>,
+    /// What the logits are divided by (Granite's `logits_scaling`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub logit_scale: f32,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
 }
 
 /// The pairing of rotary embeddings. The same weights need the layout they
@@ -104,6 +126,10 @@ impl Default for Config {
             rope_scaling: None,
             attn_bias: false,
             qk_norm: false,
+            embedding_scale: 1.0,
+            residual_scale: 1.0,
+            attention_scale: None,
+            logit_scale: 1.0,
         }
     }
 }
@@ -117,6 +143,12 @@ impl Config {
     /// Width of all key (or value) heads together, `n_kv_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// What the attention scores `q . k` are multiplied by.
+    pub fn attn_scale(&self) -> f32 {
+        self.attention_scale
+            .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// The rotary frequency of each pair `j` of a head, `theta^(-2j /
@@ -230,6 +262,20 @@ impl Config {
                         format!("llama3 rope_scaling {:?} is invalid", self.rope_scaling),
                     ));
                 }
+            }
+        }
+        let scales = [
+            ("embedding_scale", self.embedding_scale),
+            ("residual_scale", self.residual_scale),
+            ("attention_scale", self.attn_scale()),
+            ("logit_scale", self.logit_scale),
+        ];
+        for (name, v) in scales {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::format(
+                    path,
+                    format!("{name} = {v} is invalid; it must be a positive number"),
+                ));
             }
         }
         // RMSNorm's epsilon only guards against dividing by zero (models use

@@ -442,6 +442,13 @@ impl Device for CpuDevice {
         }
     }
 
+    fn scale(&mut self, buf: Buf, factor: f32) {
+        let n = self.rows() * buf.width(&self.model.config);
+        buf_mut!(self, buf)[..n]
+            .iter_mut()
+            .for_each(|x| *x *= factor);
+    }
+
     fn norm_heads(&mut self, buf: Buf, gains: &VectorDesc) {
         let n = self.rows();
         let model = self.model.clone();
@@ -613,7 +620,7 @@ fn attention(d: &mut CpuDevice, layer: usize) {
     let (hd, q_dim) = (c.head_dim, c.q_dim());
     let n_kv = c.n_kv_heads;
     let group = c.n_heads / n_kv;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = c.attn_scale();
     let rows_max = ATT_TOKENS * group;
     let max_len = d.max_len;
     let layout = d.layout;

@@ -191,6 +191,8 @@ pub trait Device {
     fn swiglu(&mut self, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf);
     /// `buf[t] += bias`.
     fn add_bias(&mut self, buf: Buf, bias: &VectorDesc);
+    /// `buf[t] *= factor`.
+    fn scale(&mut self, buf: Buf, factor: f32);
     /// RMS-normalises every head of `buf` with `gains` (`head_dim` long).
     fn norm_heads(&mut self, buf: Buf, gains: &VectorDesc);
     /// Rotates every head of `buf` by its token's position.
@@ -248,8 +250,11 @@ pub fn forward<D: Device + ?Sized>(
     assert_eq!(hidden.len(), plan.hidden_rows.len() * c.dim);
     dev.begin(plan);
 
-    // x[t] = embedding[tokens[t]]                                     (T, D)
+    // x[t] = embedding[tokens[t]] (* embedding_scale)                 (T, D)
     dev.embed(&w.embedding);
+    if c.embedding_scale != 1.0 {
+        dev.scale(Buf::X, c.embedding_scale);
+    }
 
     for (l, lw) in w.layers.iter().enumerate() {
         // ---- attention ----------------------------------------------------
@@ -278,7 +283,10 @@ pub fn forward<D: Device + ?Sized>(
         // att = causal attention of q over each sequence's cache         (T, Q)
         dev.attention(l, Buf::Q, Buf::Att);
 
-        // x += att @ wo^T                                                (T, D)
+        // x += (att @ wo^T) * residual_scale                            (T, D)
+        if c.residual_scale != 1.0 {
+            dev.scale(Buf::Att, c.residual_scale);
+        }
         dev.matmul_add(Buf::Att, &lw.wo, Buf::X);
 
         // ---- feed-forward -------------------------------------------------
@@ -287,7 +295,10 @@ pub fn forward<D: Device + ?Sized>(
         // hb = silu(xb @ w1^T) * (xb @ w3^T)                             (T, H)
         dev.swiglu(Buf::Xb, &lw.w1, &lw.w3, Buf::Hb);
 
-        // x += hb @ w2^T                                                 (T, D)
+        // x += (hb @ w2^T) * residual_scale                             (T, D)
+        if c.residual_scale != 1.0 {
+            dev.scale(Buf::Hb, c.residual_scale);
+        }
         dev.matmul_add(Buf::Hb, &lw.w2, Buf::X);
     }
 
@@ -297,4 +308,7 @@ pub fn forward<D: Device + ?Sized>(
     }
     // ---- classifier: logits = rmsnorm(x[rows]) @ classifier^T      (rows, V)
     dev.logits(&w.final_norm, &w.classifier, out);
+    if c.logit_scale != 1.0 {
+        out.iter_mut().for_each(|v| *v /= c.logit_scale);
+    }
 }

@@ -569,6 +569,22 @@ fn norms_rotary_bias_and_swiglu_match_the_reference() {
                 .collect();
             close(&rig.read(&bb, x.len()), &want_b, 1e-7, "add_bias");
 
+            // scale: an exact multiple for a power of two, one rounding else
+            for factor in [0.25f32, 12.0, 0.22] {
+                let sb = rig.upload(&x);
+                rig.run(
+                    "scale",
+                    &[
+                        Arg::Bytes(a.bytes()),
+                        Arg::Buffer(&sb, 0),
+                        Arg::Bytes(&factor.to_le_bytes()),
+                    ],
+                    Grid::linear(tokens as u32, 32),
+                );
+                let want: Vec<f32> = x.iter().map(|v| v * factor).collect();
+                assert_eq!(rig.read::<f32>(&sb, x.len()), want, "scale {factor}");
+            }
+
             let up = rng.vec(x.len());
             let gate: Vec<f32> = x.iter().map(|v| v * 8.0).collect();
             let (gb2, ub) = (rig.upload(&gate), rig.upload(&up));

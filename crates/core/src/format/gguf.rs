@@ -15,8 +15,9 @@
 
 use super::table::{TensorRef, TensorTable};
 use super::{FileKind, ModelFile, Reader};
-use crate::config::{Config, RopeStyle};
+use crate::config::Config;
 use crate::error::{Error, Result, short};
+use crate::models::GGUF_FAMILIES;
 use crate::weights::DType;
 use memmap2::Mmap;
 use std::collections::HashSet;
@@ -329,16 +330,13 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("general.architecture is missing".into()))?
         .to_string();
-    // llama.cpp stores Llama's Q/K rows permuted into rotary pairs (2j,
-    // 2j+1); Qwen's it keeps as trained, pairs (j, j + head_dim/2).
-    let rope_style = match arch.as_str() {
-        "llama" => RopeStyle::Interleaved,
-        "qwen2" | "qwen3" => RopeStyle::Half,
-        _ => {
-            return Err(bad(format!(
-                "unsupported architecture '{arch}' (this build runs GGUF llama, qwen2 and qwen3 models)"
-            )));
-        }
+    let Some(&(_, rope_style, family_keys)) = GGUF_FAMILIES.iter().find(|(a, ..)| *a == arch)
+    else {
+        let known: Vec<&str> = GGUF_FAMILIES.iter().map(|(a, ..)| *a).collect();
+        return Err(bad(format!(
+            "unsupported architecture '{arch}' (this build runs GGUF {} models)",
+            known.join(", ")
+        )));
     };
     let has = |name: &str| g.tensors.iter().any(|t| t.name == name);
     let int = |key: &str| -> Result<usize> {
@@ -348,16 +346,18 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
             .map(|v| v as usize)
             .ok_or_else(|| bad(format!("{k} is missing or not an integer")))
     };
-    let float = |key: &str, default: f64| -> Result<f32> {
+    let number = |key: &str| -> Result<Option<f64>> {
         let k = format!("{arch}.{key}");
         match g.get(&k) {
-            None => Ok(default as f32),
+            None => Ok(None),
             Some(v) => v
                 .as_f64()
-                .map(|v| v as f32)
+                .map(Some)
                 .ok_or_else(|| bad(format!("{k} is not a number"))),
         }
     };
+    let float =
+        |key: &str, default: f64| -> Result<f32> { Ok(number(key)?.unwrap_or(default) as f32) };
     let dim = int("embedding_length")?;
     let n_heads = int("attention.head_count")?;
     let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
@@ -383,7 +383,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         (Err(_), Some(v)) => v,
         (Err(_), None) => embd.dims.get(1).copied().unwrap_or(0) as usize,
     };
-    let config = Config {
+    let mut config = Config {
         dim,
         hidden_dim: int("feed_forward_length")?,
         n_layers: int("block_count")?,
@@ -399,6 +399,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         qk_norm: has("blk.0.attn_q_norm.weight"),
         ..Config::default()
     };
+    family_keys(&number, &mut config)?;
     if let Some(kind) = g
         .get(&format!("{arch}.rope.scaling.type"))
         .and_then(Value::as_str)

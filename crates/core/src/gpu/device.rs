@@ -51,6 +51,7 @@ struct Pipelines<P> {
     norm_heads: P,
     rope: P,
     add_bias: P,
+    scale: P,
     swiglu: P,
     store_kv: P,
     attention: P,
@@ -181,6 +182,7 @@ impl<G: Gpu> GpuDevice<G> {
             norm_heads: pipe("norm_heads")?,
             rope: pipe("rope")?,
             add_bias: pipe("add_bias")?,
+            scale: pipe("scale")?,
             swiglu: pipe("swiglu")?,
             store_kv: pipe("store_kv")?,
             attention: pipe("attention")?,
@@ -445,7 +447,7 @@ impl<G: Gpu> GpuDevice<G> {
             row_bytes: self.layout.row_bytes as u32,
             kv_type: u32::from(self.layout.dtype == KvType::F16),
             page_bytes: self.layout.page_bytes() as u64,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            scale: c.attn_scale(),
             ld_q: c.q_dim() as u32,
             ..KvArgs::default()
         };
@@ -697,6 +699,19 @@ impl<G: Gpu> Device for GpuDevice<G> {
                 Arg::Bytes(a.bytes()),
                 Arg::Buffer(&self.acts[index(buf)], 0),
                 Arg::Buffer(&self.vectors, 4 * bias.offset),
+            ],
+            Grid::linear(self.n as u32, SIMD_WIDTH),
+        );
+    }
+
+    fn scale(&mut self, buf: Buf, factor: f32) {
+        let a = self.row_args(buf.width(&self.model.config));
+        self.gpu.dispatch(
+            &self.p.scale,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(buf)], 0),
+                Arg::Bytes(&factor.to_le_bytes()),
             ],
             Grid::linear(self.n as u32, SIMD_WIDTH),
         );

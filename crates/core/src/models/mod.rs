@@ -5,6 +5,7 @@
 //! variations of the block it uses. The Hugging Face tensor names, shared by
 //! all of them, map onto tinyllm's names here.
 
+pub mod granite;
 pub mod llama;
 pub mod mistral;
 pub mod qwen2;
@@ -19,12 +20,34 @@ use std::path::Path;
 pub type ReadConfig = fn(&HfConfig<'_>) -> Result<Config>;
 
 /// The families by `model_type`, with the function reading their configs.
-pub const FAMILIES: [(&str, ReadConfig); 4] = [
+pub const FAMILIES: [(&str, ReadConfig); 5] = [
+    ("granite", granite::config),
     ("llama", llama::config),
     ("mistral", mistral::config),
     ("qwen2", qwen2::config),
     ("qwen3", qwen3::config),
 ];
+
+/// A GGUF file's number `{arch}.{key}`, if the file has it.
+pub type GgufNumber<'a> = &'a dyn Fn(&str) -> Result<Option<f64>>;
+
+/// Reads what a family keeps in GGUF metadata beyond the keys every
+/// family shares.
+pub type ReadGguf = fn(GgufNumber<'_>, &mut Config) -> Result<()>;
+
+/// The GGUF architectures (llama.cpp's names): the rotary layout llama.cpp
+/// stores their Q/K rows in, and their own keys. llama.cpp permutes
+/// Llama-like rows into pairs (2j, 2j+1) and keeps Qwen's as trained.
+pub const GGUF_FAMILIES: [(&str, RopeStyle, ReadGguf); 4] = [
+    ("granite", RopeStyle::Interleaved, granite::gguf),
+    ("llama", RopeStyle::Interleaved, no_gguf_keys),
+    ("qwen2", RopeStyle::Half, no_gguf_keys),
+    ("qwen3", RopeStyle::Half, no_gguf_keys),
+];
+
+fn no_gguf_keys(_: GgufNumber<'_>, _: &mut Config) -> Result<()> {
+    Ok(())
+}
 
 /// Whether `name` is a family (or tinyllm architecture) the engine runs.
 pub fn is_known(name: &str) -> bool {
@@ -95,6 +118,16 @@ impl HfConfig<'_> {
         }
     }
 
+    /// A positive number (a multiplier or divisor), or `default`.
+    pub fn positive_or(&self, key: &str, default: f64) -> Result<f32> {
+        let v = self.float_or(key, default)?;
+        if v.is_finite() && v > 0.0 {
+            Ok(v)
+        } else {
+            Err(self.bad(format!("'{key}' = {v} is not a positive number")))
+        }
+    }
+
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
@@ -138,8 +171,7 @@ impl HfConfig<'_> {
             norm_eps: self.float_or("rms_norm_eps", 1e-6)?,
             rope_style: RopeStyle::Half,
             rope_scaling: self.rope_scaling()?,
-            attn_bias: false,
-            qk_norm: false,
+            ..Config::default()
         })
     }
 
