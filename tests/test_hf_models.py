@@ -46,6 +46,7 @@ VOCABS = {
     "qwen2": "ggml-vocab-qwen2.gguf",
     "qwen3": "ggml-vocab-qwen2.gguf",
     "granite": "ggml-vocab-llama-bpe.gguf",
+    "smollm3": "ggml-vocab-llama-bpe.gguf",
 }
 
 #: The f32 engine against transformers' f32 logits, relative to the largest
@@ -220,7 +221,7 @@ def test_quantization_bounds_leave_room(name: str) -> None:
 
 def test_specs_have_the_promised_shapes() -> None:
     vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
-    vocab.update(qwen3=151936, granite=49155)
+    vocab.update(qwen3=151936, granite=49155, smollm3=128256)
     for name, spec in hf_models.SPECS.items():
         c = spec.config
         assert spec.vocab_size == vocab[name]
@@ -489,4 +490,13 @@ def test_granite_multipliers_must_be_positive(tmp_path: Path, key: str) -> None:
     )
     add_tokenizer(d, "granite")
     with pytest.raises(tinyllm.ModelFormatError, match=f"'{key}' = 0 is not a positive number"):
+        tinyllm.Model(d)
+
+
+def test_smollm3_nope_flags_must_cover_every_layer(tmp_path: Path) -> None:
+    d = hf_models.write_hf_dir(
+        hf_models.spec("smollm3"), tmp_path / "s", config_overrides={"no_rope_layers": [1]}
+    )
+    add_tokenizer(d, "smollm3")
+    with pytest.raises(tinyllm.ModelFormatError, match="'no_rope_layers' must hold a 0 or 1"):
         tinyllm.Model(d)

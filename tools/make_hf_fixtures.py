@@ -95,6 +95,7 @@ CASES = [
     Case("qwen2", "qwen2"),
     Case("qwen3", "qwen3"),
     Case("granite", "granite"),
+    Case("smollm3", "smollm3"),
     Case("qwen2_bf16", "qwen2", dtype="bfloat16"),
     Case("llama2_sharded", "llama2", shards=2),
 ]

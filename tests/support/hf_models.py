@@ -358,6 +358,29 @@ def _specs() -> dict[str, HFSpec]:
         )
     )
 
+    # SmolLM3: Llama 3's vocabulary, tied classifier, and a NoPE layer each
+    # second (the default is each fourth; tinyllm reads both keys).
+    c = _base_config(
+        "smollm3",
+        "SmolLM3ForCausalLM",
+        vocab=128256,
+        eps=1e-6,
+        theta=5000000.0,
+        max_pos=65536,
+        tied=True,
+        bos=128000,
+        eos=128012,
+    )
+    c.update(
+        attention_bias=False,
+        mlp_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        no_rope_layer_interval=2,
+    )
+    gen = {"bos_token_id": 128000, "eos_token_id": 128012, "pad_token_id": 128004}
+    specs.append(HFSpec("smollm3", c, gen, seed=12, text_ids=(0, 128000), **TIED))
+
     return {s.name: s for s in specs}
 
 

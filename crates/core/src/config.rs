@@ -64,6 +64,10 @@ pub struct Config {
     /// What the logits are divided by (Granite's `logits_scaling`).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub logit_scale: f32,
+    /// The layers whose queries and keys are not rotated (SmolLM3's
+    /// "NoPE" layers), ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_rope_layers: Vec<usize>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -130,6 +134,7 @@ impl Default for Config {
             residual_scale: 1.0,
             attention_scale: None,
             logit_scale: 1.0,
+            no_rope_layers: Vec::new(),
         }
     }
 }
@@ -143,6 +148,11 @@ impl Config {
     /// Width of all key (or value) heads together, `n_kv_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// Whether layer `l` rotates its queries and keys.
+    pub fn rotates(&self, l: usize) -> bool {
+        self.no_rope_layers.binary_search(&l).is_err()
     }
 
     /// What the attention scores `q . k` are multiplied by.
@@ -263,6 +273,20 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !self.no_rope_layers.is_sorted_by(|a, b| a < b)
+            || self
+                .no_rope_layers
+                .last()
+                .is_some_and(|&l| l >= self.n_layers)
+        {
+            return Err(Error::format(
+                path,
+                format!(
+                    "no_rope_layers = {:?} is not an ascending list of layers below {}",
+                    self.no_rope_layers, self.n_layers
+                ),
+            ));
         }
         let scales = [
             ("embedding_scale", self.embedding_scale),

@@ -275,9 +275,12 @@ pub fn forward<D: Device + ?Sized>(
             dev.norm_heads(Buf::K, kn);
         }
 
-        // RoPE on the queries and the new keys, which then join the cache.
-        dev.rope(Buf::Q);
-        dev.rope(Buf::K);
+        // RoPE on the queries and the new keys (but in NoPE layers), which
+        // then join the cache.
+        if c.rotates(l) {
+            dev.rope(Buf::Q);
+            dev.rope(Buf::K);
+        }
         dev.store_kv(l, Buf::K, Buf::V);
 
         // att = causal attention of q over each sequence's cache         (T, Q)

@@ -10,6 +10,7 @@ pub mod llama;
 pub mod mistral;
 pub mod qwen2;
 pub mod qwen3;
+pub mod smollm3;
 
 use crate::config::{Config, RopeScaling, RopeStyle};
 use crate::error::{Error, Result};
@@ -20,12 +21,13 @@ use std::path::Path;
 pub type ReadConfig = fn(&HfConfig<'_>) -> Result<Config>;
 
 /// The families by `model_type`, with the function reading their configs.
-pub const FAMILIES: [(&str, ReadConfig); 5] = [
+pub const FAMILIES: [(&str, ReadConfig); 6] = [
     ("granite", granite::config),
     ("llama", llama::config),
     ("mistral", mistral::config),
     ("qwen2", qwen2::config),
     ("qwen3", qwen3::config),
+    ("smollm3", smollm3::config),
 ];
 
 /// A GGUF file's number `{arch}.{key}`, if the file has it.
@@ -38,11 +40,12 @@ pub type ReadGguf = fn(GgufNumber<'_>, &mut Config) -> Result<()>;
 /// The GGUF architectures (llama.cpp's names): the rotary layout llama.cpp
 /// stores their Q/K rows in, and their own keys. llama.cpp permutes
 /// Llama-like rows into pairs (2j, 2j+1) and keeps Qwen's as trained.
-pub const GGUF_FAMILIES: [(&str, RopeStyle, ReadGguf); 4] = [
+pub const GGUF_FAMILIES: [(&str, RopeStyle, ReadGguf); 5] = [
     ("granite", RopeStyle::Interleaved, granite::gguf),
     ("llama", RopeStyle::Interleaved, no_gguf_keys),
     ("qwen2", RopeStyle::Half, no_gguf_keys),
     ("qwen3", RopeStyle::Half, no_gguf_keys),
+    ("smollm3", RopeStyle::Interleaved, smollm3::gguf),
 ];
 
 fn no_gguf_keys(_: GgufNumber<'_>, _: &mut Config) -> Result<()> {
@@ -116,6 +119,21 @@ impl HfConfig<'_> {
                 .map(|v| v as f32)
                 .ok_or_else(|| self.bad(format!("'{key}' is not a number"))),
         }
+    }
+
+    /// A list of non-negative integers, if the key is there.
+    pub fn int_list(&self, key: &str) -> Result<Option<Vec<usize>>> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_u64().map(|x| x as usize))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .map(Some)
+            .ok_or_else(|| self.bad(format!("'{key}' is not a list of non-negative integers")))
     }
 
     /// A positive number (a multiplier or divisor), or `default`.
