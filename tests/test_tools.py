@@ -145,16 +145,72 @@ def test_calls_are_parsed_into_openai_shape(
     assert len({c["id"] for c in got}) == len(got)
 
 
+def assemble(deltas: list[dict[str, Any]]) -> dict[int, dict[str, str]]:
+    """Calls put together from ``tool_calls`` delta entries, as OpenAI's
+    client does: the id, type and name of the first, arguments joined."""
+    calls: dict[int, dict[str, str]] = {}
+    for d in deltas:
+        c = calls.setdefault(d["index"], {"id": "", "name": "", "arguments": ""})
+        if "id" in d:
+            assert not c["id"] and d["type"] == "function"
+            c.update(id=d["id"], name=d["function"]["name"])
+        c["arguments"] += d["function"]["arguments"]
+    return calls
+
+
 def test_the_splitter_never_streams_a_call_as_text() -> None:
     text = 'Let me add.<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>'
     for size in (1, 2, 3, 5, 7):
         s = _tools.CallSplitter("hermes")
         sent = "".join(s.push(text[i : i + size]) for i in range(0, len(text), size))
-        rest, calls = s.finish()
+        rest, _, calls = s.finish()
         assert sent + rest == "Let me add." and len(calls) == 1
     s = _tools.CallSplitter("hermes")
     sent = "".join(s.push(p) for p in ["a <tool", "_ca", "t> b"])  # not the trigger after all
     assert sent + s.finish()[0] == "a <tool_cat> b"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        (
+            "hermes",
+            '<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": "}{\\"]"}}\n</tool_call>'
+            '<tool_call>\n{"name": "we\\"ird", "arguments": {"n": [1, {"x": 2}]}}\n</tool_call>',
+        ),
+        ("llama3", '{"name": "add", "parameters": {"a": 1, "b": 2}}'),
+        (
+            "mistral",
+            '[TOOL_CALLS][{"name": "add", "arguments": {"a": 1}}, {"name": "f", "arguments": {}}]',
+        ),
+    ],
+)
+def test_streamed_arguments_go_out_in_fragments(fmt: str, text: str) -> None:
+    want = _tools.parse(fmt, text)[1]
+    assert want
+    for size in (1, 2, 3, 7, len(text)):
+        s = _tools.CallSplitter(fmt)
+        deltas: list[dict[str, Any]] = []
+        heads_before_end = 0
+        for i in range(0, len(text), size):
+            assert s.push(text[i : i + size]) == ""
+            new = s.call_deltas()
+            heads_before_end += sum("id" in d for d in new) if i + size < len(text) else 0
+            deltas += new
+        rest, last, calls = s.finish()
+        deltas += last
+        got = assemble(deltas)
+        assert rest == "" and list(got) == list(range(len(want)))
+        for i, w in enumerate(want):
+            assert got[i]["name"] == w["function"]["name"]
+            assert json.loads(got[i]["arguments"]) == json.loads(w["function"]["arguments"])
+            assert got[i]["id"] == calls[i]["id"]  # the message's ids are the streamed ones
+        if size == 1:
+            # each call's head went out before the reply ended, and its
+            # arguments in one fragment a character
+            assert heads_before_end == len(want)
+            n_args = sum(len(got[i]["arguments"]) for i in got)
+            assert sum(1 for d in deltas if "id" not in d) == n_args
     s = _tools.CallSplitter("llama3")
     assert s.push("  ") == "" and s.push("Hello") == "  Hello"
 
@@ -242,10 +298,14 @@ def test_streamed_calls_arrive_as_deltas(stories: tinyllm.Model) -> None:
         )
         deltas = [c["choices"][0]["delta"] for c in chunks]
         assert not "".join(d.get("content") or "" for d in deltas)  # no call as text
-        [calls] = [d["tool_calls"] for d in deltas if "tool_calls" in d]
+        calls = assemble([tc for d in deltas for tc in d.get("tool_calls", [])])
         want = whole["choices"][0]["message"]["tool_calls"]
-        assert [c["index"] for c in calls] == list(range(len(want)))
-        assert [c["function"] for c in calls] == [c["function"] for c in want]
+        assert list(calls) == list(range(len(want)))
+        for i, w in enumerate(want):
+            assert calls[i]["name"] == w["function"]["name"]
+            assert json.loads(calls[i]["arguments"]) == json.loads(w["function"]["arguments"])
+        # the arguments came as they were generated, in several deltas
+        assert sum("tool_calls" in d for d in deltas) > 2
         assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
         return
     pytest.fail("no seed made a call")

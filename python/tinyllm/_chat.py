@@ -503,26 +503,31 @@ def _reason(finish_reason: str | None) -> FinishReason | None:
 
 class Deltas:
     """The deltas of a streamed reply: its text as it comes, except that
-    what may be a tool call is held back and goes out at the end as a
-    ``tool_calls`` delta (with finish reason ``"tool_calls"``)."""
+    what may be a tool call goes out as ``tool_calls`` deltas (a call's
+    head, then its arguments in fragments) and the reply then finishes with
+    ``"tool_calls"``."""
 
     def __init__(self, plan: ToolPlan | None) -> None:
         self._splitter = plan.splitter() if plan is not None else None
 
-    def push(self, piece: str) -> str:
-        """The text of ``piece`` that may go out now."""
-        return self._splitter.push(piece) if self._splitter is not None else piece
+    def push(self, piece: str) -> list[dict[str, Any]]:
+        """The deltas ``piece`` makes ready: content, or tool calls."""
+        if self._splitter is None:
+            return [{"content": piece}] if piece else []
+        text = self._splitter.push(piece)
+        out: list[dict[str, Any]] = [{"content": text}] if text else []
+        out += [{"tool_calls": [c]} for c in self._splitter.call_deltas()]
+        return out
 
     def finish(self, finish_reason: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """The last deltas, and the reply's finish reason."""
         if self._splitter is None:
             return [], finish_reason
-        rest, calls = self._splitter.finish()
+        rest, call_deltas, calls = self._splitter.finish()
         deltas: list[dict[str, Any]] = [{"content": rest}] if rest else []
-        if calls:
-            deltas.append({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
-            if finish_reason == "stop":
-                finish_reason = "tool_calls"
+        deltas += [{"tool_calls": [c]} for c in call_deltas]
+        if (calls or self._splitter.streamed) and finish_reason == "stop":
+            finish_reason = "tool_calls"
         return deltas, finish_reason
 
 
@@ -541,9 +546,8 @@ def _chunks(
     deltas = Deltas(plan)
     yield chunk({"role": "assistant", "content": ""})
     for piece in reply:
-        text = deltas.push(piece)
-        if text:
-            yield chunk({"content": text})
+        for delta in deltas.push(piece):
+            yield chunk(cast(ChatCompletionDelta, delta))
     last_deltas, finish_reason = deltas.finish(reply.finish_reason)
     for delta in last_deltas:
         yield chunk(cast(ChatCompletionDelta, delta))

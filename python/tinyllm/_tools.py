@@ -298,19 +298,33 @@ def parse(fmt: str, text: str) -> tuple[str | None, list[dict[str, Any]]]:
     return (content or None) if calls else text, calls
 
 
+#: The head of a call object up to its arguments' value (matched once the
+#: value has begun): the name, then the arguments (``parameters`` in Llama
+#: 3's calls), as the grammars order them.
+_CALL_HEAD = re.compile(
+    r'\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*(?=[{\[])'
+)
+
+
 class CallSplitter:
     """Streams a reply's text while holding back what may be the start of a
     tool call, so that calls go out as ``tool_calls`` deltas, never as
-    content."""
+    content. A call goes out as OpenAI streams one: a first delta with its
+    index, id and name once the name is complete, then its arguments' JSON
+    text fragment by fragment as it is generated."""
 
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
         self.text = ""
         self.sent = 0  # characters of self.text already handed out
         self.calling = False
+        self.streamed: list[dict[str, Any]] = []  # the calls begun: id, name
+        self._scan = 0  # where the next call's head is looked for
+        self._args: tuple[int, int] | None = None  # (start, sent) of the open arguments
 
     def push(self, piece: str) -> str:
-        """Takes the next piece; returns the content that may go out now."""
+        """Takes the next piece; returns the content that may go out now
+        (the call deltas it made ready wait in :meth:`call_deltas`)."""
         self.text += piece
         if self.calling:
             return ""
@@ -318,6 +332,7 @@ class CallSplitter:
             at = self.text.find(OPEN, self.sent)
             if at >= 0:
                 self.calling = True
+                self._scan = at
                 return self._send(at)
             return self._send(len(self.text) - _partial(self.text, OPEN))
         # The other formats put a call first: the reply's start decides.
@@ -327,21 +342,89 @@ class CallSplitter:
             return ""  # undecided
         if head.startswith(marker):
             self.calling = True
+            self._scan = len(self.text) - len(head)
             return ""
         return self._send(len(self.text))
 
-    def finish(self) -> tuple[str, list[dict[str, Any]]]:
-        """At the end: the content still to send, and the calls (the complete
-        ones, if the reply was cut off)."""
+    def call_deltas(self) -> list[dict[str, Any]]:
+        """The ``tool_calls`` delta entries the text so far completes: a
+        call's head when its name is complete, then the new part of its
+        arguments."""
+        out: list[dict[str, Any]] = []
+        while self.calling:
+            if self._args is None:
+                m = _CALL_HEAD.search(self.text, self._scan)
+                if m is None:
+                    break
+                name = json.loads(f'"{m.group(1)}"')
+                head = {"id": _call_id(self.fmt), "type": "function"}
+                out.append(
+                    {
+                        "index": len(self.streamed),
+                        **head,
+                        "function": {"name": name, "arguments": ""},
+                    }
+                )
+                self.streamed.append({**head, "function": {"name": name, "arguments": ""}})
+                self._args = (m.end(), m.end())
+            start, sent = self._args
+            end = _json_value_end(self.text, start)
+            upto = len(self.text) if end is None else end
+            if upto > sent:
+                fragment = self.text[sent:upto]
+                self.streamed[-1]["function"]["arguments"] += fragment
+                out.append({"index": len(self.streamed) - 1, "function": {"arguments": fragment}})
+            if end is None:
+                self._args = (start, upto)
+                break
+            self._args = None
+            self._scan = end
+        return out
+
+    def finish(self) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+        """At the end: the content still to send, the call deltas still to
+        send, and the calls (the complete ones, if the reply was cut off)."""
+        deltas = self.call_deltas()
         calls = parse(self.fmt, self.text)[1]
-        if calls:
-            return "", calls
-        return self._send(len(self.text)), []
+        if not calls:
+            return ("" if self.streamed else self._send(len(self.text))), deltas, []
+        # Calls the stream did not make out (their arguments before their
+        # name) go out whole; those it did keep the ids they went out with.
+        for i, call in enumerate(calls):
+            if i < len(self.streamed):
+                call["id"] = self.streamed[i]["id"]
+            else:
+                deltas.append({"index": i, **call})
+        return "", deltas, calls
 
     def _send(self, end: int) -> str:
         out = self.text[self.sent : end]
         self.sent = max(self.sent, end)
         return out
+
+
+def _json_value_end(text: str, start: int) -> int | None:
+    """Where the JSON object or array starting at ``text[start]`` (after any
+    whitespace) ends, or None if ``text`` ends first."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
 
 
 def _partial(text: str, marker: str) -> int:

@@ -383,15 +383,16 @@ class Api:
         for i, r in enumerate(replies):
             deltas = Deltas(plan)
             while (piece := await to_thread.run_sync(_next, r)) is not None:
-                text = deltas.push(piece)
+                ready = deltas.push(piece)
                 extra: dict[str, Any] = {}
                 if logprobs:
                     extra["logprobs"] = {
                         "content": _chat_logprobs(tok, r.take_logprobs()),
                         "refusal": None,
                     }
-                if text or logprobs:
-                    yield _sse(chunk(i, {"content": text}, **extra))
+                    ready = ready or [{"content": ""}]
+                for j, delta in enumerate(ready):
+                    yield _sse(chunk(i, delta, **(extra if j == 0 else {})))
             last_deltas, finish_reason = deltas.finish(r.finish_reason)
             for delta in last_deltas:
                 yield _sse(chunk(i, delta))
