@@ -199,7 +199,7 @@ def hf_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], 
     def get(name: str, quant: str) -> Path:
         if (name, quant) not in made:
             spec = hf_models.SPECS[name]
-            tok = tinyllm.Tokenizer.from_file(MODELS / "vocab" / hf_tests.VOCABS[name])
+            tok = hf_tests.spec_tokenizer(name)
             out = directory / f"{name}-{quant}.tllm"
             tinyllm.export(spec.weights(), spec.config, out, tokenizer=tok, quant=quant)
             made[name, quant] = out
@@ -220,7 +220,7 @@ def test_hugging_face_names_give_transformers_logits(
     assert hf_tests.relative_errors(got, case).max() <= TOL
     assert got.argmax(-1).tolist() == case["argmax"]
     # the vocabulary travelled with it
-    source = tinyllm.Tokenizer.from_file(MODELS / "vocab" / hf_tests.VOCABS[name])
+    source = hf_tests.spec_tokenizer(name)
     text = "Hello <|im_start|> wörld\n  ok"
     assert m.tokenize(text) == source.encode(text)
     assert (m.tokenizer.bos_id, m.tokenizer.eos_ids) == (source.bos_id, source.eos_ids)

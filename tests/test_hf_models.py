@@ -86,6 +86,17 @@ def load_case(name: str) -> dict[str, Any]:
     return case
 
 
+def spec_tokenizer(spec: str) -> tinyllm.Tokenizer:
+    """The vocabulary ``spec`` borrows, cut to its size if it is larger
+    (as :func:`add_tokenizer` writes it)."""
+    tok = tinyllm.Tokenizer.from_file(MODELS / "vocab" / VOCABS[spec])
+    n = hf_models.SPECS[spec].vocab_size
+    if tok.vocab_size <= n:
+        return tok
+    text, _ = tok.to_json_str()
+    return tinyllm.Tokenizer.from_json_str(trim_tokenizer_json(text, n), {})
+
+
 def add_tokenizer(path: Path, spec: str) -> Path:
     """Writes the tokenizer.json and tokenizer_config.json of ``spec``'s
     vocabulary into the model directory ``path``."""

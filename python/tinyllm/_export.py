@@ -40,7 +40,19 @@ from tinyllm._tokenizer import Tokenizer
 __all__ = ["export", "export_model", "hf_config", "to_hf_rope_layout"]
 
 #: The Hugging Face ``model_type`` values the engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3")
+
+#: The keys a family's config holds beyond the common ones, handed on as
+#: given (the engine's reader of the family checks them).
+FAMILY_KEYS = {
+    "granite": (
+        "embedding_multiplier",
+        "attention_multiplier",
+        "residual_multiplier",
+        "logits_scaling",
+    ),
+    "smollm3": ("no_rope_layers", "no_rope_layer_interval"),
+}
 
 #: Keys of llama2.c's and Meta's ``ModelArgs``. ``dropout`` and
 #: ``max_batch_size`` are training and serving settings, ignored here.
@@ -329,6 +341,9 @@ def _from_hf(c: dict[str, Any]) -> _Config:
             hf[key] = value
     if tied is not None:
         hf["tie_word_embeddings"] = tied
+    for key in FAMILY_KEYS.get(model_type, ()):
+        if c.get(key) is not None:
+            hf[key] = c[key]
     return _Config(
         hf=hf,
         model_type=model_type,
