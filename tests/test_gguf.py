@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import tinyllm
+from tinyllm._export import to_hf_rope_layout
 
 from conftest import FIXTURES, MODELS, f32_model
 
@@ -136,9 +137,10 @@ def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> 
 
 def interleave_rotary_rows(w: np.ndarray, heads: int) -> np.ndarray:
     """Q/K rows as llama.cpp's converter stores Llama-like models: each
-    head's pairs ``(j, j + head_dim / 2)`` moved next to each other."""
-    rows = w.shape[0]
-    return w.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(w.shape)
+    head's pairs ``(j, j + head_dim / 2)`` moved next to each other (the
+    inverse of the exporter's ``to_hf_rope_layout``)."""
+    order = to_hf_rope_layout(np.arange(w.shape[0]), heads)
+    return w[np.argsort(order)]
 
 
 def test_granite_gguf_file_gives_transformers_logits(tmp_path: Path) -> None:
