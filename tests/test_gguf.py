@@ -203,3 +203,80 @@ def test_granite_gguf_file_gives_transformers_logits(tmp_path: Path) -> None:
     want = np.asarray(fixture["logits"])
     scale = np.asarray(fixture["max_abs_logit"])[:, None]
     assert (np.abs(got - want) / scale).max() < 1e-4
+
+
+#: Gemma's and OLMo 2's block tensors whose GGUF names differ from
+#: Llama's mapping.
+POST_NORMS_TO_GGUF = {
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"), [("gemma2", "gemma2"), ("gemma3", "gemma3"), ("olmo2", "olmo2")]
+)
+def test_post_norm_gguf_files_match_their_directories(tmp_path: Path, name: str, arch: str) -> None:
+    # As llama.cpp's converter writes Gemma and OLMo 2: Gemma's norms hold
+    # 1 + w, the rows keep Hugging Face's rotary layout, the settings are
+    # {arch}.* keys. llama.cpp has no key for query_pre_attn_scalar (it
+    # scales by 1 / sqrt(head_dim) but in the 27B models), so the model
+    # here uses head_dim; its directory is the reference.
+    import dataclasses
+
+    import gguf_writer
+    import hf_models
+    from test_hf_models import add_tokenizer
+
+    base = hf_models.SPECS[name]
+    spec = base
+    if base.is_gemma:
+        config = dict(base.config, query_pre_attn_scalar=base.head_dim)
+        spec = dataclasses.replace(base, config=config, name=name + "-qpas")
+    c = spec.config
+    meta: dict[str, object] = {
+        "general.architecture": arch,
+        f"{arch}.block_count": c["num_hidden_layers"],
+        f"{arch}.context_length": c["max_position_embeddings"],
+        f"{arch}.embedding_length": c["hidden_size"],
+        f"{arch}.feed_forward_length": c["intermediate_size"],
+        f"{arch}.attention.head_count": c["num_attention_heads"],
+        f"{arch}.attention.head_count_kv": c["num_key_value_heads"],
+        f"{arch}.attention.key_length": spec.head_dim,
+        f"{arch}.attention.value_length": spec.head_dim,
+        f"{arch}.rope.freq_base": float(c.get("rope_theta", 10000.0)),
+        f"{arch}.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
+    }
+    if base.is_gemma:
+        meta[f"{arch}.attention.sliding_window"] = c["sliding_window"]
+    if name == "gemma2":
+        meta[f"{arch}.attn_logit_softcapping"] = float(c["attn_logit_softcapping"])
+        meta[f"{arch}.final_logit_softcapping"] = float(c["final_logit_softcapping"])
+    elif name == "gemma3":
+        # layer 0 slides and layer 1 is global: a pattern of 2, not 6
+        meta[f"{arch}.attention.sliding_window_pattern"] = 2
+        meta[f"{arch}.rope.freq_base_swa"] = float(c["rope_local_base_freq"])
+        meta[f"{arch}.rope.scaling.type"] = "linear"
+        meta[f"{arch}.rope.scaling.factor"] = float(c["rope_scaling"]["factor"])
+    vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-llama-spm.gguf"))
+    meta.update({k: v for k, v in vocab.items() if k.startswith("tokenizer.")})
+    tensors = []
+    for k, v in spec.weights().items():
+        rest = k.split(".", 3)[-1]
+        if k.endswith("norm.weight") and base.is_gemma:
+            v = v + np.float32(1.0)
+        if rest in POST_NORMS_TO_GGUF:
+            tensors.append((f"blk.{k.split('.')[2]}.{POST_NORMS_TO_GGUF[rest]}", v))
+        else:
+            tensors.append((gguf_name(k), v))
+    path = tmp_path / f"{name}.gguf"
+    gguf_writer.write(path, meta, tensors)
+    directory = add_tokenizer(hf_models.write_hf_dir(spec, tmp_path / "dir"), name)
+
+    fixture = json.loads((FIXTURES / "hf" / f"{name}.json").read_text(encoding="utf-8"))
+    ids = [*fixture["input_ids"], *fixture["greedy"]]
+    got, want = f32_model(path), f32_model(directory)
+    assert got.info["family"] == want.info["family"]
+    a, b = got.logits(ids), want.logits(ids)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()

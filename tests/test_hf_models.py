@@ -14,6 +14,7 @@ on token ids.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -39,6 +40,8 @@ CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 #: ids (every token the tests generate). Qwen3 shares Qwen2's vocabulary.
 #: Granite's own 49155-token vocabulary is not there either; it borrows
 #: Llama 3's, whose first 49152 ids hold every token the tests generate.
+#: Gemma's (256000 tokens) and OLMo 2's (100352) would make each fixture
+#: model tens of MB: those specs have Llama 2's 32000 tokens.
 VOCABS = {
     "llama2": "ggml-vocab-llama-spm.gguf",
     "mistral": "ggml-vocab-llama-spm.gguf",
@@ -47,6 +50,9 @@ VOCABS = {
     "qwen3": "ggml-vocab-qwen2.gguf",
     "granite": "ggml-vocab-llama-bpe.gguf",
     "smollm3": "ggml-vocab-llama-bpe.gguf",
+    "gemma2": "ggml-vocab-llama-spm.gguf",
+    "gemma3": "ggml-vocab-llama-spm.gguf",
+    "olmo2": "ggml-vocab-llama-spm.gguf",
 }
 
 #: The f32 engine against transformers' f32 logits, relative to the largest
@@ -71,6 +77,11 @@ CONTEXT = 64
 
 #: q8_0: largest |difference| over the largest |logit|, any prompt position.
 Q8_0_MAX_REL = 0.12
+#: ... but for Gemma 2's fixture: its projections have a gain of 3 (with
+#: less, its post-norms left no continuation both clear and varied), which
+#: makes rounding weigh more: emulated 0.10 against 0.043 at gain 1, and
+#: tinyllm 0.13 (every argmax agreeing).
+Q8_0_MAX_REL_OF = {"gemma2": 0.25}
 #: q8_0: the least share of positions (prompt and continuation) whose
 #: argmax agrees.
 Q8_0_MIN_TOP1 = 0.85
@@ -224,7 +235,7 @@ def test_llama3_rope_scaling_is_visible_to_the_tolerance() -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_quantization_bounds_leave_room(name: str) -> None:
     emulated = load_case(name)["emulated_quant"]
-    assert emulated["q8_0"]["max_rel_err"] < Q8_0_MAX_REL / 2
+    assert emulated["q8_0"]["max_rel_err"] < Q8_0_MAX_REL_OF.get(name, Q8_0_MAX_REL) / 2
     assert emulated["q8_0"]["top1"] > Q8_0_MIN_TOP1
     assert emulated["q4_0_plain"]["rms_rel_err"] < Q4_RMS_REL
     assert emulated["q4_0_plain"]["top1"] > Q4_MIN_TOP1
@@ -232,7 +243,8 @@ def test_quantization_bounds_leave_room(name: str) -> None:
 
 def test_specs_have_the_promised_shapes() -> None:
     vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
-    vocab.update(qwen3=151936, granite=49155, smollm3=128256)
+    vocab.update(qwen3=151936, granite=49155, smollm3=128256, gemma2=32000, gemma3=32000)
+    vocab.update(olmo2=32000)
     for name, spec in hf_models.SPECS.items():
         c = spec.config
         assert spec.vocab_size == vocab[name]
@@ -243,13 +255,24 @@ def test_specs_have_the_promised_shapes() -> None:
         names = set(spec.shapes())
         assert ("lm_head.weight" in names) == (not spec.tied)
         assert ("model.layers.0.self_attn.q_proj.bias" in names) == (name == "qwen2")
-        assert ("model.layers.1.self_attn.k_norm.weight" in names) == (name == "qwen3")
+        has_qk_norm = name in ("qwen3", "gemma3", "olmo2")
+        assert ("model.layers.1.self_attn.k_norm.weight" in names) == has_qk_norm
+        post = spec.is_gemma or name == "olmo2"
+        assert ("model.layers.1.post_feedforward_layernorm.weight" in names) == post
+        assert ("model.layers.1.input_layernorm.weight" in names) == (name != "olmo2")
     assert hf_models.SPECS["qwen3"].head_dim == 32 != 64 // 4
     assert hf_models.SPECS["llama3"].config["rope_scaling"]["rope_type"] == "llama3"
     assert hf_models.SPECS["mistral"].config["sliding_window"] is None
     # Granite's attention multiplier is not 1 / sqrt(head_dim).
     granite = hf_models.SPECS["granite"]
     assert granite.config["attention_multiplier"] != granite.head_dim**-0.5
+    # Gemma's window is shorter than the prompts, and its features are at
+    # values of their own.
+    for name in ("gemma2", "gemma3"):
+        c = hf_models.SPECS[name].config
+        assert c["sliding_window"] < 12 and c["query_pre_attn_scalar"] != 32
+    assert hf_models.SPECS["gemma2"].config["attn_logit_softcapping"] != 50
+    assert hf_models.SPECS["gemma3"].config["layer_types"][0] == "sliding_attention"
 
 
 def _nearest_bf16(x: float) -> float:
@@ -449,7 +472,8 @@ def test_q8_0_file_stays_close(converted: dict[str, tinyllm.Model], case: dict[s
     got = converted["q8_0"].logits(sequence(case))
     err = relative_errors(got, case)
     top1 = float(np.mean(got.argmax(-1) == reference_argmax(case)))
-    assert err.max() <= Q8_0_MAX_REL and top1 >= Q8_0_MIN_TOP1, (err.max(), top1)
+    bound = Q8_0_MAX_REL_OF.get(case["case"], Q8_0_MAX_REL)
+    assert err.max() <= bound and top1 >= Q8_0_MIN_TOP1, (err.max(), top1)
 
 
 def test_q4_file_stays_close(converted: dict[str, tinyllm.Model], case: dict[str, Any]) -> None:
@@ -511,3 +535,36 @@ def test_smollm3_nope_flags_must_cover_every_layer(tmp_path: Path) -> None:
     add_tokenizer(d, "smollm3")
     with pytest.raises(tinyllm.ModelFormatError, match="'no_rope_layers' must hold a 0 or 1"):
         tinyllm.Model(d)
+
+
+# -- sliding windows past a page -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [20, 64, 65])
+def test_a_sliding_layer_sees_only_its_window(tmp_path: Path, window: int) -> None:
+    # One sliding Gemma 2 layer: rotary embeddings depend on distances
+    # only, so the logits after position p are those after the last of the
+    # `window` tokens ending at p, alone. Positions past 64 start their
+    # window on a later page of the cache (pages hold 64 positions).
+    base = hf_models.SPECS["gemma2"]
+    config = dict(base.config, num_hidden_layers=1, sliding_window=window)
+    config["layer_types"] = ["sliding_attention"]
+    spec = dataclasses.replace(base, config=config, name=f"gemma2-window{window}")
+    d = add_tokenizer(hf_models.write_hf_dir(spec, tmp_path / "g"), "gemma2")
+    model = f32_model(str(d), n_threads=2, context_length=256)
+    rng = np.random.default_rng(window)
+    ids = [int(t) for t in rng.integers(3, 32000, size=200)]
+    full = model.logits(ids)
+    for p in (window - 1, 70, 130, 199):
+        alone = model.logits(ids[p + 1 - window : p + 1])[-1]
+        err = np.abs(full[p] - alone).max() / np.abs(alone).max()
+        assert err <= TOL_WINDOW, (p, err)
+    # and every token of the window counts: without its first, they change
+    # (by 1.8e-4 for the 65-token window, the least)
+    fewer = model.logits(ids[201 - window : 200])[-1]
+    assert np.abs(full[199] - fewer).max() / np.abs(fewer).max() > 5 * TOL_WINDOW
+
+
+#: The same products at other absolute positions: rotary angles rounded
+#: differently (3e-6 measured).
+TOL_WINDOW = 2e-5

@@ -96,6 +96,9 @@ CASES = [
     Case("qwen3", "qwen3"),
     Case("granite", "granite"),
     Case("smollm3", "smollm3"),
+    Case("gemma2", "gemma2"),
+    Case("gemma3", "gemma3"),
+    Case("olmo2", "olmo2"),
     Case("qwen2_bf16", "qwen2", dtype="bfloat16"),
     Case("llama2_sharded", "llama2", shards=2),
 ]

@@ -152,6 +152,9 @@ kernel void attention(constant KvArgs &a [[buffer(0)]], device const float *q [[
                     dot += qr[d] * kr[d];
                 }
                 s = dot * a.scale;
+                if (a.softcap > 0.0f) {
+                    s = a.softcap * precise::tanh(s / a.softcap);
+                }
             }
             const float m_new = max(m[k], simd_max(s));
             e[k] = seen ? exp(s - m_new) : 0.0f;

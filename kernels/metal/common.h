@@ -152,8 +152,10 @@ struct KvArgs {
     uint group_heads;
     uint splits;
     uint split_len;
+    // Scores s become softcap * tanh(s / softcap) (0: as they are).
+    float softcap;
 };
-static_assert(sizeof(KvArgs) == 64, "KvArgs");
+static_assert(sizeof(KvArgs) == 72, "KvArgs");
 
 // What the host knows of each token of a pass.
 struct TokenInfo {

@@ -36,3 +36,16 @@ kernel void swiglu(constant RowArgs &a [[buffer(0)]], device float *gate [[buffe
     const float g = gate[i];
     gate[i] = g / (1.0f + exp(-g)) * up[i];
 }
+
+// gate = gelu(gate) * up over a.tokens * a.width values, GELU by its tanh
+// approximation (GeGLU: Gemma's gelu_pytorch_tanh). Grid: as swiglu's.
+kernel void geglu(constant RowArgs &a [[buffer(0)]], device float *gate [[buffer(1)]],
+                  device const float *up [[buffer(2)]],
+                  uint i [[thread_position_in_grid]]) {
+    if (i >= a.tokens * a.width) {
+        return;
+    }
+    const float g = gate[i];
+    const float inner = 0.7978846f * (g + 0.044715f * g * g * g);
+    gate[i] = 0.5f * g * (1.0f + precise::tanh(inner)) * up[i];
+}

@@ -3,6 +3,16 @@
 // or head: its lanes take the values in turn and meet in one simd_sum.
 #include "common.h"
 
+// 1 / rms(x) of n values, eps inside the root: the SIMD group's lanes take
+// the values in turn; every lane gets the result.
+static inline float inv_rms(device const float *x, uint n, float eps, uint lane) {
+    float ss = 0.0f;
+    for (uint i = lane; i < n; i += SIMD) {
+        ss += x[i] * x[i];
+    }
+    return rsqrt(simd_sum(ss) / float(n) + eps);
+}
+
 // dst[t] = src[r] / rms(src[r]) * gains, with r = rows[t] if a.gather else
 // t; rows of a.width values, a.ld apart in src and a.width apart in dst.
 // Grid: a.tokens threadgroups of one SIMD group.
@@ -13,13 +23,24 @@ kernel void rmsnorm(constant RowArgs &a [[buffer(0)]], device const float *src [
                     uint lane [[thread_index_in_simdgroup]]) {
     device const float *x = src + ulong(a.gather ? rows[t] : t) * a.ld;
     device float *y = dst + ulong(t) * a.width;
-    float ss = 0.0f;
-    for (uint i = lane; i < a.width; i += SIMD) {
-        ss += x[i] * x[i];
-    }
-    const float scale = rsqrt(simd_sum(ss) / float(a.width) + a.eps);
+    const float scale = inv_rms(x, a.width, a.eps, lane);
     for (uint i = lane; i < a.width; i += SIMD) {
         y[i] = x[i] * scale * gains[i];
+    }
+}
+
+// acc[t] += src[t] / rms(src[t]) * gains: a sub-layer's output, normalised,
+// joins the residual stream (Gemma's post-norms). Rows of a.width values,
+// a.ld apart in both. Grid: a.tokens threadgroups of one SIMD group.
+kernel void add_rmsnorm(constant RowArgs &a [[buffer(0)]], device const float *src [[buffer(1)]],
+                        device const float *gains [[buffer(2)]], device float *acc [[buffer(3)]],
+                        uint t [[threadgroup_position_in_grid]],
+                        uint lane [[thread_index_in_simdgroup]]) {
+    device const float *x = src + ulong(t) * a.ld;
+    device float *y = acc + ulong(t) * a.ld;
+    const float scale = inv_rms(x, a.width, a.eps, lane);
+    for (uint i = lane; i < a.width; i += SIMD) {
+        y[i] += x[i] * scale * gains[i];
     }
 }
 

@@ -40,7 +40,30 @@ from tinyllm._tokenizer import Tokenizer
 __all__ = ["export", "export_model", "hf_config", "to_hf_rope_layout"]
 
 #: The Hugging Face ``model_type`` values the engine runs.
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3")
+FAMILIES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "granite",
+    "smollm3",
+    "gemma2",
+    "gemma3_text",
+    "olmo2",
+)
+
+#: What Gemma 2 and 3 read beyond Llama's keys.
+_GEMMA_KEYS = (
+    "query_pre_attn_scalar",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "layer_types",
+    "sliding_window_pattern",
+    "use_bidirectional_attention",
+)
+
+#: The activations the engine runs, by their Hugging Face names.
+_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 
 #: The keys a family's config holds beyond the common ones, handed on as
 #: given (the engine's reader of the family checks them).
@@ -52,6 +75,9 @@ FAMILY_KEYS = {
         "logits_scaling",
     ),
     "smollm3": ("no_rope_layers", "no_rope_layer_interval"),
+    "gemma2": _GEMMA_KEYS,
+    # (rope_parameters with an object per layer type is handed on whole.)
+    "gemma3_text": (*_GEMMA_KEYS, "rope_local_base_freq", "rope_parameters"),
 }
 
 #: Keys of llama2.c's and Meta's ``ModelArgs``. ``dropout`` and
@@ -304,8 +330,10 @@ def _from_hf(c: dict[str, Any]) -> _Config:
             f"config: 'num_attention_heads' ({n_heads}) is not a multiple of "
             f"'num_key_value_heads' ({n_kv_heads})"
         )
-    if c.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"config: hidden_act {c['hidden_act']!r} is not supported (only silu)")
+    act_key = "hidden_activation" if c.get("hidden_activation") is not None else "hidden_act"
+    act = c.get(act_key) or "silu"
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"config: {act_key} {act!r} is not supported ({', '.join(_ACTIVATIONS)})")
     if c.get("mlp_bias"):
         raise ValueError("config: 'mlp_bias' is not supported")
     if c.get("attention_bias") and model_type != "qwen2":
@@ -325,7 +353,7 @@ def _from_hf(c: dict[str, Any]) -> _Config:
         "head_dim": head_dim,
         "vocab_size": _positive_int(c, "vocab_size"),
         "max_position_embeddings": _positive_int(c, "max_position_embeddings"),
-        "hidden_act": "silu",
+        "hidden_act": act,
     }
     if eps is not None:
         hf["rms_norm_eps"] = eps
@@ -368,7 +396,8 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d)}
     for i in range(c.n_layers):
         p = f"model.layers.{i}."
-        out[p + "input_layernorm.weight"] = (d,)
+        if c.model_type != "olmo2":  # (OLMo 2 has no pre-norms)
+            out[p + "input_layernorm.weight"] = (d,)
         out[p + "self_attn.q_proj.weight"] = (q, d)
         out[p + "self_attn.k_proj.weight"] = (kv, d)
         out[p + "self_attn.v_proj.weight"] = (kv, d)
@@ -376,11 +405,19 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
             out[p + "self_attn.q_proj.bias"] = (q,)
             out[p + "self_attn.k_proj.bias"] = (kv,)
             out[p + "self_attn.v_proj.bias"] = (kv,)
-        if c.model_type == "qwen3":
+        if c.model_type in ("qwen3", "gemma3_text"):
             out[p + "self_attn.q_norm.weight"] = (hd,)
             out[p + "self_attn.k_norm.weight"] = (hd,)
+        if c.model_type == "olmo2":  # over all heads at once
+            out[p + "self_attn.q_norm.weight"] = (q,)
+            out[p + "self_attn.k_norm.weight"] = (kv,)
         out[p + "self_attn.o_proj.weight"] = (d, q)
+        # (Gemma's and OLMo 2's is a norm of the attention's output.)
         out[p + "post_attention_layernorm.weight"] = (d,)
+        if c.model_type in ("gemma2", "gemma3_text"):
+            out[p + "pre_feedforward_layernorm.weight"] = (d,)
+        if c.model_type in ("gemma2", "gemma3_text", "olmo2"):
+            out[p + "post_feedforward_layernorm.weight"] = (d,)
         out[p + "mlp.gate_proj.weight"] = (f, d)
         out[p + "mlp.up_proj.weight"] = (f, d)
         out[p + "mlp.down_proj.weight"] = (d, f)

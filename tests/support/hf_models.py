@@ -85,6 +85,12 @@ class HFSpec:
         return bool(self.config.get("tie_word_embeddings", False))
 
     @property
+    def is_gemma(self) -> bool:
+        """Gemma 2 and 3: norms after each sub-layer too (Hugging Face's
+        ``post_attention_layernorm`` is one of them)."""
+        return self.model_type in ("gemma2", "gemma3_text")
+
+    @property
     def vocab_size(self) -> int:
         return int(self.config["vocab_size"])
 
@@ -109,7 +115,8 @@ class HFSpec:
         out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d)}
         for i in range(c["num_hidden_layers"]):
             p = f"model.layers.{i}."
-            out[p + "input_layernorm.weight"] = (d,)
+            if self.model_type != "olmo2":  # (OLMo 2 has no pre-norms)
+                out[p + "input_layernorm.weight"] = (d,)
             out[p + "self_attn.q_proj.weight"] = (q, d)
             out[p + "self_attn.k_proj.weight"] = (kv, d)
             out[p + "self_attn.v_proj.weight"] = (kv, d)
@@ -117,11 +124,18 @@ class HFSpec:
                 out[p + "self_attn.q_proj.bias"] = (q,)
                 out[p + "self_attn.k_proj.bias"] = (kv,)
                 out[p + "self_attn.v_proj.bias"] = (kv,)
-            if self.model_type == "qwen3":
+            if self.model_type in ("qwen3", "gemma3_text"):
                 out[p + "self_attn.q_norm.weight"] = (hd,)
                 out[p + "self_attn.k_norm.weight"] = (hd,)
+            if self.model_type == "olmo2":  # over all heads at once
+                out[p + "self_attn.q_norm.weight"] = (q,)
+                out[p + "self_attn.k_norm.weight"] = (kv,)
             out[p + "self_attn.o_proj.weight"] = (d, q)
             out[p + "post_attention_layernorm.weight"] = (d,)
+            if self.is_gemma:
+                out[p + "pre_feedforward_layernorm.weight"] = (d,)
+            if self.is_gemma or self.model_type == "olmo2":
+                out[p + "post_feedforward_layernorm.weight"] = (d,)
             out[p + "mlp.gate_proj.weight"] = (f, d)
             out[p + "mlp.up_proj.weight"] = (f, d)
             out[p + "mlp.down_proj.weight"] = (d, f)
@@ -158,6 +172,8 @@ def _weights(spec: HFSpec) -> dict[str, np.ndarray]:
             w = 1.0 + 0.2 * rng.standard_normal(shape, dtype=np.float32)
             if name == "model.norm.weight":
                 w *= np.float32(spec.head_gain)
+            if spec.is_gemma:
+                w -= np.float32(1.0)  # Gemma's norms scale by 1 + w: the same gains
         elif name.endswith(".bias"):
             w = 0.5 * rng.standard_normal(shape, dtype=np.float32)
         else:  # a projection (out, in): outputs of about unit size
@@ -381,7 +397,94 @@ def _specs() -> dict[str, HFSpec]:
     gen = {"bos_token_id": 128000, "eos_token_id": 128012, "pad_token_id": 128004}
     specs.append(HFSpec("smollm3", c, gen, seed=12, text_ids=(0, 128000), **TIED))
 
+    # Gemma 2: GeGLU, (1 + w) norms, post-norms, the embeddings scaled by
+    # sqrt(64) = 8, and at values away from Gemma 2's own: a window of 6
+    # positions on layer 0 (the prompts are 12 long), soft caps of 5 on the
+    # scores and 20 on the logits (Gemma's are 50 and 30, which these small
+    # scores and logits would hardly reach), query_pre_attn_scalar 24
+    # against head_dim 32 (q_dim 128 against hidden 64). It borrows Llama
+    # 2's SentencePiece vocabulary: Gemma's 256000 tokens would make each
+    # fixture model 64 MB.
+    c = _gemma_config("gemma2", "Gemma2ForCausalLM")
+    c.update(
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=20.0,
+        cache_implementation="hybrid",
+    )
+    gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    # (Against the post-norms, the projections get three times the gain.)
+    specs.append(
+        HFSpec(
+            "gemma2",
+            c,
+            gen,
+            seed=13,
+            gain=3.0,
+            text_ids=(3, 32000),
+            embed_scale=0.01,
+            head_gain=25.0,
+        )
+    )
+
+    # Gemma 3 (text): Gemma 2's block with Q/K norms and no caps; layer 0
+    # slides (window 6) and rotates at the local base of 10000, layer 1 is
+    # global, at 1e6 with linear scaling by 4 (the keys as published).
+    c = _gemma_config("gemma3_text", "Gemma3ForCausalLM")
+    c.update(
+        rope_theta=1000000.0,
+        rope_local_base_freq=10000.0,
+        rope_scaling={"rope_type": "linear", "factor": 4.0},
+        layer_types=["sliding_attention", "full_attention"],
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+    )
+    specs.append(
+        HFSpec("gemma3", c, gen, seed=4, text_ids=(3, 32000), embed_scale=0.01, head_gain=20.0)
+    )
+
+    # OLMo 2: no pre-norms, a norm after each sub-layer, Q/K norms over all
+    # heads; an untied classifier. Its 100352-token vocabulary would make
+    # each fixture model 50 MB: it borrows Llama 2's.
+    c = _base_config(
+        "olmo2",
+        "Olmo2ForCausalLM",
+        vocab=32000,
+        eps=1e-6,
+        theta=500000.0,
+        max_pos=4096,
+        tied=False,
+        bos=1,
+        eos=2,
+    )
+    c.update(attention_bias=False, pad_token_id=0)
+    gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    specs.append(HFSpec("olmo2", c, gen, seed=3, text_ids=(3, 32000)))
+
     return {s.name: s for s in specs}
+
+
+def _gemma_config(model_type: str, arch: str) -> dict[str, Any]:
+    c = _base_config(
+        model_type,
+        arch,
+        vocab=32000,
+        eps=1e-6,
+        theta=10000.0,
+        max_pos=8192,
+        tied=True,
+        bos=1,
+        eos=2,
+    )
+    c.update(
+        head_dim=32,
+        hidden_act="gelu_pytorch_tanh",
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=24,
+        sliding_window=6,
+        attention_bias=False,
+        pad_token_id=0,
+    )
+    return c
 
 
 #: The registry: one tiny model per supported architecture.

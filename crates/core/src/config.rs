@@ -68,6 +68,45 @@ pub struct Config {
     /// "NoPE" layers), ascending.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub no_rope_layers: Vec<usize>,
+    /// The feed-forward gate's activation.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub activation: Activation,
+    /// Added to every RMSNorm's gains as they are loaded: Gemma scales by
+    /// `1 + w` (its GGUF files hold `1 + w` already, and say 0).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub norm_offset: f32,
+    /// Whether each sub-layer's output is RMS-normalised again before it
+    /// joins the residual stream (Gemma 2 and 3, OLMo 2:
+    /// `post_attention_norm`, `post_ffw_norm`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub post_norms: bool,
+    /// Whether each sub-layer normalises its input (`attn_norm`,
+    /// `ffn_norm`); OLMo 2's read the residual stream as it is.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub pre_norms: bool,
+    /// Whether the Q/K norms span all the heads of a token, with gains of
+    /// `n_heads * head_dim` and `n_kv_heads * head_dim` (OLMo 2), rather
+    /// than each head (`qk_norm`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub qk_norm_whole: bool,
+    /// Attention scores `s` become `cap * tanh(s / cap)` (Gemma 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_softcap: Option<f32>,
+    /// Logits `l` become `cap * tanh(l / cap)` (Gemma 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_softcap: Option<f32>,
+    /// The positions a token sees in the layers of `sliding_layers`: itself
+    /// and the `sliding_window - 1` before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// The layers that attend within `sliding_window`, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<usize>,
+    /// The rotary base of the sliding layers, which then use no
+    /// `rope_scaling` (Gemma 3: 10,000 there, 1,000,000 with linear
+    /// scaling on the global layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rope_theta: Option<f32>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -82,6 +121,14 @@ fn is_one(v: &f32) -> bool {
     *v == 1.0
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
 /// The pairing of rotary embeddings. The same weights need the layout they
 /// were trained with; converters permute Q and K rows between the two.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -94,6 +141,18 @@ pub enum RopeStyle {
     /// Elements `(j, j + head_dim / 2)` rotate together (Hugging Face's
     /// `rotate_half`; GPT-NeoX).
     Half,
+}
+
+/// The activation of the feed-forward gate: `act(x @ gate^T) * (x @ up^T)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(x)` (SwiGLU: Llama, Mistral, Qwen, ...).
+    #[default]
+    Silu,
+    /// GELU by its tanh approximation, `0.5 x (1 + tanh(sqrt(2/pi) (x +
+    /// 0.044715 x^3)))` (GeGLU: Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
 }
 
 /// A rescaling of the rotary frequencies.
@@ -135,6 +194,16 @@ impl Default for Config {
             attention_scale: None,
             logit_scale: 1.0,
             no_rope_layers: Vec::new(),
+            activation: Activation::Silu,
+            norm_offset: 0.0,
+            post_norms: false,
+            pre_norms: true,
+            qk_norm_whole: false,
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            local_rope_theta: None,
         }
     }
 }
@@ -153,6 +222,39 @@ impl Config {
     /// Whether layer `l` rotates its queries and keys.
     pub fn rotates(&self, l: usize) -> bool {
         self.no_rope_layers.binary_search(&l).is_err()
+    }
+
+    /// The window layer `l` attends within, if it is a sliding layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        self.sliding_window
+            .filter(|_| self.sliding_layers.binary_search(&l).is_ok())
+    }
+
+    /// Whether layer `l` rotates by the local base
+    /// ([`Config::local_rope_frequencies`]) rather than the global one.
+    pub fn local_rope(&self, l: usize) -> bool {
+        self.local_rope_theta.is_some() && self.sliding_layers.binary_search(&l).is_ok()
+    }
+
+    /// The rotary frequencies of the sliding layers when they have a base of
+    /// their own (`local_rope_theta`), unscaled.
+    pub fn local_rope_frequencies(&self) -> Option<Vec<f32>> {
+        let theta = self.local_rope_theta?;
+        let local = Config {
+            rope_theta: theta,
+            rope_scaling: None,
+            ..self.clone()
+        };
+        Some(local.rope_frequencies(None))
+    }
+
+    /// The lengths of the Q and K norms' gains (`qk_norm`).
+    pub fn qk_norm_widths(&self) -> (usize, usize) {
+        if self.qk_norm_whole {
+            (self.q_dim(), self.kv_dim())
+        } else {
+            (self.head_dim, self.head_dim)
+        }
     }
 
     /// What the attention scores `q . k` are multiplied by.
@@ -274,18 +376,60 @@ impl Config {
                 }
             }
         }
-        if !self.no_rope_layers.is_sorted_by(|a, b| a < b)
-            || self
-                .no_rope_layers
-                .last()
-                .is_some_and(|&l| l >= self.n_layers)
+        for (name, layers) in [
+            ("no_rope_layers", &self.no_rope_layers),
+            ("sliding_layers", &self.sliding_layers),
+        ] {
+            if !layers.is_sorted_by(|a, b| a < b)
+                || layers.last().is_some_and(|&l| l >= self.n_layers)
+            {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "{name} = {layers:?} is not an ascending list of layers below {}",
+                        self.n_layers
+                    ),
+                ));
+            }
+        }
+        if !self.pre_norms && !self.post_norms {
+            return Err(Error::format(
+                path,
+                "a block without pre_norms needs post_norms (nothing would be normalised)",
+            ));
+        }
+        if self.qk_norm_whole && !self.qk_norm {
+            return Err(Error::format(path, "qk_norm_whole needs qk_norm"));
+        }
+        if self.sliding_window == Some(0) {
+            return Err(Error::format(path, "sliding_window = 0 is invalid"));
+        }
+        if let Some(t) = self.local_rope_theta
+            && !(t.is_finite() && t > 1.0)
         {
             return Err(Error::format(
                 path,
-                format!(
-                    "no_rope_layers = {:?} is not an ascending list of layers below {}",
-                    self.no_rope_layers, self.n_layers
-                ),
+                format!("local_rope_theta = {t} is invalid; the rotary base must be above 1"),
+            ));
+        }
+        let caps = [
+            ("attn_softcap", self.attn_softcap),
+            ("final_softcap", self.final_softcap),
+        ];
+        for (name, v) in caps {
+            if let Some(v) = v
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(Error::format(
+                    path,
+                    format!("{name} = {v} is invalid; it must be a positive number"),
+                ));
+            }
+        }
+        if !(self.norm_offset.is_finite() && self.norm_offset.abs() <= 1.0) {
+            return Err(Error::format(
+                path,
+                format!("norm_offset = {} is invalid (0 or 1)", self.norm_offset),
             ));
         }
         let scales = [

@@ -1,6 +1,7 @@
 //! Converting any model the engine opens into a tinyllm file, at a chosen
 //! precision, quantizing rows in parallel.
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::tinyllm::{Header, TensorInfo, TokenizerInfo, Writer};
 use crate::model::Model;
@@ -252,7 +253,12 @@ pub fn convert(
         .collect();
     let header = Header {
         architecture: model.family.clone(),
-        config: c.clone(),
+        // The vectors written are the gains the kernels use: any norm
+        // offset is in them already.
+        config: Config {
+            norm_offset: 0.0,
+            ..c.clone()
+        },
         tokenizer: tokenizer_info,
         chat_template: extras
             .chat_template

@@ -8,7 +8,7 @@
 //! (the cache's storage grows a page at a time, every [`PAGE`] positions
 //! of a sequence).
 
-use crate::config::{Config, RopeStyle};
+use crate::config::{Activation, Config, RopeStyle};
 use crate::forward::{Buf, Device, EngineDevice, Entry, Plan, rotary_angles};
 use crate::kernels::{Kernels, padded_ld};
 use crate::kv_cache::{KvType, PAGE, PageLayout};
@@ -74,13 +74,18 @@ pub struct CpuDevice {
     att_o: Vec<f32>,
     att_v: Vec<f32>,
     att_acts: Vec<BlockQ8Act>,
-    /// `(head_dim / 2,)` rotary frequencies
+    /// `(head_dim / 2,)` rotary frequencies, and those of the sliding
+    /// layers if they have their own (else empty)
     inv_freq: Vec<f32>,
-    /// `(head_dim,)` one head, normalised (`Config::qk_norm`)
+    local_inv_freq: Vec<f32>,
+    /// `(max(head_dim, Q),)` one head (or row), normalised (`Config::qk_norm`)
     head: Vec<f32>,
-    /// `(T, head_dim / 2)` cosines and sines of the batch's positions
+    /// `(T, head_dim / 2)` cosines and sines of the batch's positions, at
+    /// `inv_freq` and at `local_inv_freq` (empty without it)
     cos: Vec<f32>,
     sin: Vec<f32>,
+    local_cos: Vec<f32>,
+    local_sin: Vec<f32>,
     /// The current pass: its entries, their pages, the entry of each row,
     /// the rows that want logits, and the attention blocks
     /// `(entry, first token, tokens)`
@@ -129,6 +134,8 @@ impl CpuDevice {
         let quant_q = usize::from(kv == KvType::Q8_0);
         // Pair j of a head turns at pos * theta^(-2j / head_dim), rescaled.
         let inv_freq = c.rope_frequencies(weights.rope_factors.as_ref().map(|d| weights.vector(d)));
+        let local_inv_freq = c.local_rope_frequencies().unwrap_or_default();
+        let local = usize::from(!local_inv_freq.is_empty());
         let n_threads = n_threads.max(1);
         let hd = c.head_dim;
         Ok(CpuDevice {
@@ -163,9 +170,12 @@ impl CpuDevice {
                 quant_q * n_threads * att_rows * hd / QK
             ],
             inv_freq,
-            head: vec![0.0; hd],
+            local_inv_freq,
+            head: vec![0.0; hd.max(c.q_dim())],
             cos: vec![0.0; max_batch * half],
             sin: vec![0.0; max_batch * half],
+            local_cos: vec![0.0; local * max_batch * half],
+            local_sin: vec![0.0; local * max_batch * half],
             tokens: Vec::with_capacity(max_batch),
             entries: Vec::with_capacity(max_batch),
             pages: Vec::new(),
@@ -320,8 +330,12 @@ impl Device for CpuDevice {
             for t in 0..len {
                 self.row_entry.push(e);
                 let r = (entry.tokens.start + t) * half..(entry.tokens.start + t + 1) * half;
-                let (cos, sin) = (&mut self.cos[r.clone()], &mut self.sin[r]);
+                let (cos, sin) = (&mut self.cos[r.clone()], &mut self.sin[r.clone()]);
                 rotary_angles(&self.inv_freq, entry.start + t, cos, sin);
+                if !self.local_inv_freq.is_empty() {
+                    let (cos, sin) = (&mut self.local_cos[r.clone()], &mut self.local_sin[r]);
+                    rotary_angles(&self.local_inv_freq, entry.start + t, cos, sin);
+                }
             }
             for t0 in (0..len).step_by(ATT_TOKENS) {
                 self.blocks.push((e, t0, ATT_TOKENS.min(len - t0)));
@@ -349,6 +363,17 @@ impl Device for CpuDevice {
             _ => panic!("rmsnorm works between X and Xb"),
         };
         rmsnorm_rows(self.kernels, model.config.norm_eps, x, w, out, n, dim);
+    }
+
+    fn add_rmsnorm(&mut self, src: Buf, gains: &VectorDesc, acc: Buf) {
+        let (n, dim) = (self.rows(), self.model.config.dim);
+        let model = self.model.clone();
+        let w = model.weights.vector(gains);
+        assert!(src == Buf::Xb && acc == Buf::X && w.len() == dim);
+        let eps = model.config.norm_eps;
+        rmsnorm_rows(self.kernels, eps, &self.xb, w, &mut self.proj, n, dim);
+        let sum = self.x[..n * dim].iter_mut().zip(&self.proj[..n * dim]);
+        sum.for_each(|(x, p)| *x += p);
     }
 
     fn matmul(&mut self, input: Buf, products: &[(&MatrixDesc, Buf)]) {
@@ -399,14 +424,15 @@ impl Device for CpuDevice {
         );
     }
 
-    fn swiglu(&mut self, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf) {
+    fn glu(&mut self, act: Activation, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf) {
         let n = self.rows();
         let model = self.model.clone();
         let e = Engine::new(&model, self.kernels, &self.pool);
-        assert!(input == Buf::Xb && out == Buf::Hb);
+        assert!(matches!(input, Buf::X | Buf::Xb) && out == Buf::Hb);
         let hid = gate.rows;
         let dtypes = [gate.dtype, up.dtype];
-        let input = Input::prepare(e, &self.xb, n, gate.cols, &dtypes, &mut self.forms);
+        let x = if input == Buf::X { &self.x } else { &self.xb };
+        let input = Input::prepare(e, x, n, gate.cols, &dtypes, &mut self.forms);
         let outs = [
             Out::new(&mut self.hb[..n * hid], hid),
             Out::new(&mut self.hb2[..n * hid], hid),
@@ -425,7 +451,10 @@ impl Device for CpuDevice {
                     unsafe {
                         let a = std::slice::from_raw_parts_mut(hb.get().add(at), rows.len());
                         let b = std::slice::from_raw_parts(hb2.get().add(at), rows.len());
-                        e.kernels.silu_mul(a, b);
+                        match act {
+                            Activation::Silu => e.kernels.silu_mul(a, b),
+                            Activation::GeluTanh => gelu_tanh_mul(a, b),
+                        }
                     }
                 }
             },
@@ -455,7 +484,7 @@ impl Device for CpuDevice {
         let g = model.weights.vector(gains);
         let width = buf.width(&model.config);
         let (kernels, eps) = (self.kernels, model.config.norm_eps);
-        let tmp = &mut self.head;
+        let tmp = &mut self.head[..g.len()];
         let rows = &mut buf_mut!(self, buf)[..n * width];
         for head in rows.chunks_exact_mut(g.len()) {
             kernels.rmsnorm(head, g, eps, tmp);
@@ -463,12 +492,20 @@ impl Device for CpuDevice {
         }
     }
 
-    fn rope(&mut self, buf: Buf) {
+    fn rope(&mut self, buf: Buf, local: bool) {
         let n = self.rows();
         let c = &self.model.config;
         let (hd, style, width) = (c.head_dim, c.rope_style, buf.width(c));
         let half = hd / 2;
-        let (cos, sin) = (&self.cos, &self.sin);
+        let (cos, sin) = if local {
+            assert!(
+                !self.local_cos.is_empty(),
+                "the model has local frequencies"
+            );
+            (&self.local_cos, &self.local_sin)
+        } else {
+            (&self.cos, &self.sin)
+        };
         let rows = match buf {
             Buf::Q => &mut self.q,
             Buf::K => &mut self.k,
@@ -621,6 +658,7 @@ fn attention(d: &mut CpuDevice, layer: usize) {
     let n_kv = c.n_kv_heads;
     let group = c.n_heads / n_kv;
     let scale = c.attn_scale();
+    let (window, softcap) = (c.window(layer), c.attn_softcap);
     let rows_max = ATT_TOKENS * group;
     let max_len = d.max_len;
     let layout = d.layout;
@@ -681,8 +719,13 @@ fn attention(d: &mut CpuDevice, layer: usize) {
                 (npg, &page_bytes(page)[at..at + npg * layout.row_bytes])
             };
             let n_pages = n_pos.div_ceil(PAGE);
+            // The first position token t of the block sees (0 without a
+            // window), and the first page any of them sees.
+            let first =
+                |t: usize| window.map_or(0, |w| (entry.start + t0 + t + 1).saturating_sub(w));
+            let first_page = first(0) / PAGE;
             // scores (rows, n_pos) = queries @ keys^T, a page at a time
-            for pg in 0..n_pages {
+            for pg in first_page..n_pages {
                 let (npg, keys) = rows_of(pg, false);
                 // SAFETY: `sc` holds `rows` rows of `max_len >= n_pos`.
                 let out = unsafe { sc.as_mut_ptr().add(pg * PAGE) };
@@ -718,19 +761,25 @@ fn attention(d: &mut CpuDevice, layer: usize) {
                     }
                 }
             }
-            // Each row sees the positions up to its own token.
+            // Each row sees the positions up to its own token (and within
+            // the window).
             for t in 0..tn {
-                let seen = entry.start + t0 + t + 1;
+                let (lo, seen) = (first(t), entry.start + t0 + t + 1);
                 for g in 0..group {
                     let row = &mut sc[(t * group + g) * max_len..][..n_pos];
-                    kern.softmax(&mut row[..seen]);
+                    if let Some(cap) = softcap {
+                        let capped = row[lo..seen].iter_mut();
+                        capped.for_each(|s| *s = cap * (*s / cap).tanh());
+                    }
+                    kern.softmax(&mut row[lo..seen]);
+                    row[first_page * PAGE..lo].fill(0.0);
                     row[seen..].fill(0.0);
                 }
             }
             // outputs (rows, hd) = probabilities @ values, summed over pages
-            for pg in 0..n_pages {
+            for pg in first_page..n_pages {
                 let (npg, bytes) = rows_of(pg, true);
-                let (p, acc) = (&sc[pg * PAGE..], pg > 0);
+                let (p, acc) = (&sc[pg * PAGE..], pg > first_page);
                 match layout.dtype {
                     KvType::F32 => {
                         let v: &[f32] = cast(bytes, npg * hd);
@@ -767,6 +816,17 @@ fn attention(d: &mut CpuDevice, layer: usize) {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
+
+/// `a = gelu(a) * b` element-wise, GELU by its tanh approximation as
+/// PyTorch computes it in f32 (`approximate="tanh"`).
+fn gelu_tanh_mul(a: &mut [f32], b: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (x, &y) in a.iter_mut().zip(b) {
+        let v = *x;
+        let inner = SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v);
+        *x = 0.5 * v * (1.0 + inner.tanh()) * y;
+    }
+}
 
 /// A `(T, ld)` output matrix that threads fill by disjoint column ranges.
 #[derive(Clone, Copy)]

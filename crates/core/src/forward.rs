@@ -2,8 +2,10 @@
 //! the operations of a [`Device`].
 //!
 //! The variations the families of `models` use (biases on Q/K/V, per-head
-//! Q/K norms, both rotary layouts, rescaled rotary frequencies) are each
-//! switched by a field of [`Config`]; the device carries them out.
+//! Q/K norms, both rotary layouts, rescaled rotary frequencies, scalar
+//! multipliers, norms after each sub-layer, GeGLU, sliding windows and soft
+//! caps) are each switched by a field of [`Config`]; the device carries
+//! them out.
 //!
 //! One pass runs a [`Plan`]: a batch of entries, each some consecutive
 //! tokens of one sequence from a start position (a chunk of a prompt, or
@@ -16,7 +18,7 @@
 //! `n_heads * head_dim`, `KV` for `n_kv_heads * head_dim`, `H` for
 //! `hidden_dim` and `V` for `vocab_size`.
 
-use crate::config::Config;
+use crate::config::{Activation, Config};
 use crate::kv_cache::PAGE;
 use crate::weights::{MatrixDesc, VectorDesc, Weights};
 use std::ops::Range;
@@ -183,25 +185,33 @@ pub trait Device {
     fn embed(&mut self, table: &MatrixDesc);
     /// `dst[t] = src[t] / rms(src[t]) * gains`.
     fn rmsnorm(&mut self, src: Buf, gains: &VectorDesc, dst: Buf);
+    /// `acc[t] += src[t] / rms(src[t]) * gains` (a sub-layer's output,
+    /// normalised, joins the residual stream).
+    fn add_rmsnorm(&mut self, src: Buf, gains: &VectorDesc, acc: Buf);
     /// `out_i = input @ w_i^T` for matrices that share an input.
     fn matmul(&mut self, input: Buf, products: &[(&MatrixDesc, Buf)]);
     /// `acc += input @ w^T` (a sub-layer's output joins the residual stream).
     fn matmul_add(&mut self, input: Buf, w: &MatrixDesc, acc: Buf);
-    /// `out = silu(input @ gate^T) * (input @ up^T)`.
-    fn swiglu(&mut self, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf);
+    /// `out = act(input @ gate^T) * (input @ up^T)`.
+    fn glu(&mut self, act: Activation, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf);
     /// `buf[t] += bias`.
     fn add_bias(&mut self, buf: Buf, bias: &VectorDesc);
     /// `buf[t] *= factor`.
     fn scale(&mut self, buf: Buf, factor: f32);
-    /// RMS-normalises every head of `buf` with `gains` (`head_dim` long).
+    /// RMS-normalises every head of `buf` with `gains` (`head_dim` long),
+    /// or every row as a whole (gains as wide as the row).
     fn norm_heads(&mut self, buf: Buf, gains: &VectorDesc);
-    /// Rotates every head of `buf` by its token's position.
-    fn rope(&mut self, buf: Buf);
+    /// Rotates every head of `buf` by its token's position, at the
+    /// frequencies of the sliding layers if `local`
+    /// ([`Config::local_rope_frequencies`]), else at the model's.
+    fn rope(&mut self, buf: Buf, local: bool);
     /// Writes the new keys and values of `layer` into each entry's pages.
     fn store_kv(&mut self, layer: usize, k: Buf, v: Buf);
     /// Causal attention of each entry's queries over its sequence's cached
     /// positions (those before the entry and the entry's own up to each
-    /// token), grouped-query heads sharing their KV head.
+    /// token, within the layer's [`Config::window`]), grouped-query heads
+    /// sharing their KV head; scores are scaled by [`Config::attn_scale`]
+    /// and capped by [`Config::attn_softcap`].
     fn attention(&mut self, layer: usize, q: Buf, out: Buf);
     /// The logits of the plan's `logit_rows`: `out (rows, V) =
     /// rmsnorm(X[rows], norm) @ classifier^T`. Returns when they are written.
@@ -258,13 +268,11 @@ pub fn forward<D: Device + ?Sized>(
 
     for (l, lw) in w.layers.iter().enumerate() {
         // ---- attention ----------------------------------------------------
-        dev.rmsnorm(Buf::X, &lw.attn_norm, Buf::Xb);
+        // xb = rmsnorm(x), or x itself without pre-norms                 (T, D)
+        let xb = pre_norm(dev, lw.attn_norm.as_ref());
 
         // q = xb @ wq^T (T, Q); k, v = xb @ wk^T, xb @ wv^T             (T, KV)
-        dev.matmul(
-            Buf::Xb,
-            &[(&lw.wq, Buf::Q), (&lw.wk, Buf::K), (&lw.wv, Buf::V)],
-        );
+        dev.matmul(xb, &[(&lw.wq, Buf::Q), (&lw.wk, Buf::K), (&lw.wv, Buf::V)]);
         if let (Some(bq), Some(bk), Some(bv)) = (&lw.q_bias, &lw.k_bias, &lw.v_bias) {
             dev.add_bias(Buf::Q, bq);
             dev.add_bias(Buf::K, bk);
@@ -278,8 +286,8 @@ pub fn forward<D: Device + ?Sized>(
         // RoPE on the queries and the new keys (but in NoPE layers), which
         // then join the cache.
         if c.rotates(l) {
-            dev.rope(Buf::Q);
-            dev.rope(Buf::K);
+            dev.rope(Buf::Q, c.local_rope(l));
+            dev.rope(Buf::K, c.local_rope(l));
         }
         dev.store_kv(l, Buf::K, Buf::V);
 
@@ -287,22 +295,18 @@ pub fn forward<D: Device + ?Sized>(
         dev.attention(l, Buf::Q, Buf::Att);
 
         // x += (att @ wo^T) * residual_scale                            (T, D)
-        if c.residual_scale != 1.0 {
-            dev.scale(Buf::Att, c.residual_scale);
-        }
-        dev.matmul_add(Buf::Att, &lw.wo, Buf::X);
+        // or, with post-norms, x += rmsnorm(att @ wo^T)
+        sublayer_output(c, dev, Buf::Att, &lw.wo, lw.post_attn_norm.as_ref());
 
         // ---- feed-forward -------------------------------------------------
-        dev.rmsnorm(Buf::X, &lw.ffn_norm, Buf::Xb);
+        let xb = pre_norm(dev, lw.ffn_norm.as_ref());
 
-        // hb = silu(xb @ w1^T) * (xb @ w3^T)                             (T, H)
-        dev.swiglu(Buf::Xb, &lw.w1, &lw.w3, Buf::Hb);
+        // hb = act(xb @ w1^T) * (xb @ w3^T)                              (T, H)
+        dev.glu(c.activation, xb, &lw.w1, &lw.w3, Buf::Hb);
 
         // x += (hb @ w2^T) * residual_scale                             (T, D)
-        if c.residual_scale != 1.0 {
-            dev.scale(Buf::Hb, c.residual_scale);
-        }
-        dev.matmul_add(Buf::Hb, &lw.w2, Buf::X);
+        // or, with post-norms, x += rmsnorm(hb @ w2^T)
+        sublayer_output(c, dev, Buf::Hb, &lw.w2, lw.post_ffn_norm.as_ref());
     }
 
     // ---- hidden states: rmsnorm(x[rows])                            (rows, D)
@@ -314,4 +318,39 @@ pub fn forward<D: Device + ?Sized>(
     if c.logit_scale != 1.0 {
         out.iter_mut().for_each(|v| *v /= c.logit_scale);
     }
+    if let Some(cap) = c.final_softcap {
+        out.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+    }
+}
+
+/// A sub-layer's input: `Xb = rmsnorm(X)` with a pre-norm, else `X`.
+fn pre_norm<D: Device + ?Sized>(dev: &mut D, gains: Option<&VectorDesc>) -> Buf {
+    match gains {
+        Some(g) => {
+            dev.rmsnorm(Buf::X, g, Buf::Xb);
+            Buf::Xb
+        }
+        None => Buf::X,
+    }
+}
+
+/// Adds a sub-layer's output `input @ w^T` (`(T, D)`) to the residual
+/// stream: normalised by `post_norm` if the model has one (using `Xb`), else
+/// multiplied by the residual scale.
+fn sublayer_output<D: Device + ?Sized>(
+    c: &Config,
+    dev: &mut D,
+    input: Buf,
+    w: &MatrixDesc,
+    post_norm: Option<&VectorDesc>,
+) {
+    if let Some(gains) = post_norm {
+        dev.matmul(input, &[(w, Buf::Xb)]);
+        dev.add_rmsnorm(Buf::Xb, gains, Buf::X);
+        return;
+    }
+    if c.residual_scale != 1.0 {
+        dev.scale(input, c.residual_scale);
+    }
+    dev.matmul_add(input, w, Buf::X);
 }

@@ -458,8 +458,8 @@ pub struct VectorDesc {
 /// The tensors of one transformer block.
 #[derive(Clone, Debug)]
 pub struct LayerDesc {
-    /// `(dim,)`
-    pub attn_norm: VectorDesc,
+    /// `(dim,)`; none without `Config::pre_norms`
+    pub attn_norm: Option<VectorDesc>,
     /// `(n_heads * head_dim, dim)`
     pub wq: MatrixDesc,
     /// `(n_kv_heads * head_dim, dim)`
@@ -468,8 +468,8 @@ pub struct LayerDesc {
     pub wv: MatrixDesc,
     /// `(dim, n_heads * head_dim)`
     pub wo: MatrixDesc,
-    /// `(dim,)`
-    pub ffn_norm: VectorDesc,
+    /// `(dim,)`; none without `Config::pre_norms`
+    pub ffn_norm: Option<VectorDesc>,
     /// `(hidden_dim, dim)`, the gate
     pub w1: MatrixDesc,
     /// `(dim, hidden_dim)`, the down projection
@@ -482,28 +482,47 @@ pub struct LayerDesc {
     pub k_bias: Option<VectorDesc>,
     pub v_bias: Option<VectorDesc>,
     /// `(head_dim,)` twice: gains of the per-head query and key norms
-    /// (`Config::qk_norm`)
+    /// (`Config::qk_norm`), or `(n_heads * head_dim,)` and `(n_kv_heads *
+    /// head_dim,)` with `Config::qk_norm_whole`
     pub q_norm: Option<VectorDesc>,
     pub k_norm: Option<VectorDesc>,
+    /// `(dim,)` twice: gains of the norms of the attention's and the
+    /// feed-forward's outputs (`Config::post_norms`)
+    pub post_attn_norm: Option<VectorDesc>,
+    pub post_ffn_norm: Option<VectorDesc>,
 }
 
 impl LayerDesc {
     /// The block's vectors with their names in tinyllm files.
     pub fn vectors(&self) -> Vec<(&'static str, &VectorDesc)> {
         let optional = [
+            ("attn_norm", &self.attn_norm),
+            ("ffn_norm", &self.ffn_norm),
             ("attn_q.bias", &self.q_bias),
             ("attn_k.bias", &self.k_bias),
             ("attn_v.bias", &self.v_bias),
             ("attn_q_norm", &self.q_norm),
             ("attn_k_norm", &self.k_norm),
+            ("post_attention_norm", &self.post_attn_norm),
+            ("post_ffw_norm", &self.post_ffn_norm),
         ];
-        let mut v = vec![("attn_norm", &self.attn_norm), ("ffn_norm", &self.ffn_norm)];
-        v.extend(
-            optional
-                .into_iter()
-                .filter_map(|(n, d)| d.as_ref().map(|d| (n, d))),
-        );
-        v
+        optional
+            .into_iter()
+            .filter_map(|(n, d)| d.as_ref().map(|d| (n, d)))
+            .collect()
+    }
+
+    /// The block's RMSNorm gains: its vectors but the biases.
+    pub fn norms(&self) -> impl Iterator<Item = &VectorDesc> {
+        let all = [
+            &self.attn_norm,
+            &self.ffn_norm,
+            &self.q_norm,
+            &self.k_norm,
+            &self.post_attn_norm,
+            &self.post_ffn_norm,
+        ];
+        all.into_iter().flatten()
     }
 
     /// The block's matrices with their names in tinyllm files.

@@ -411,7 +411,7 @@ fn close(got: &[f32], want: &[f32], tol: f64, what: &str) {
 }
 
 #[test]
-fn norms_rotary_bias_and_swiglu_match_the_reference() {
+fn norms_rotary_bias_and_gated_activations_match_the_reference() {
     for order in ORDERS {
         let mut rig = Rig::new(order);
         let mut rng = Rng(7);
@@ -604,6 +604,50 @@ fn norms_rotary_bias_and_swiglu_match_the_reference() {
                 ELEMENT_TOL,
                 "swiglu",
             );
+
+            // geglu: GELU by tanh, in f64 here
+            let gb3 = rig.upload(&gate);
+            rig.run(
+                "geglu",
+                &[
+                    Arg::Bytes(a.bytes()),
+                    Arg::Buffer(&gb3, 0),
+                    Arg::Buffer(&ub, 0),
+                ],
+                Grid::linear(n.div_ceil(64), 64),
+            );
+            let want: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| {
+                    let g = g as f64;
+                    let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
+                    (0.5 * g * (1.0 + inner.tanh()) * u as f64) as f32
+                })
+                .collect();
+            close(&rig.read(&gb3, x.len()), &want, ELEMENT_TOL, "geglu");
+
+            // add_rmsnorm: acc += rmsnorm(x)
+            let acc = rng.vec(x.len());
+            let ab = rig.upload(&acc);
+            a.gather = 0;
+            rig.run(
+                "add_rmsnorm",
+                &[
+                    Arg::Bytes(a.bytes()),
+                    Arg::Buffer(&xb, 0),
+                    Arg::Buffer(&gb, 0),
+                    Arg::Buffer(&ab, 0),
+                ],
+                Grid::linear(tokens as u32, 32),
+            );
+            let want: Vec<f32> = x
+                .chunks(width)
+                .flat_map(|r| reference::rmsnorm(r, &g, eps))
+                .zip(&acc)
+                .map(|(v, a)| v + a)
+                .collect();
+            close(&rig.read(&ab, x.len()), &want, ELEMENT_TOL, "add_rmsnorm");
         }
     }
 }
@@ -675,6 +719,8 @@ struct AttCase {
     kv_heads: usize,
     head_dim: usize,
     window: usize,
+    /// Scores capped at this by tanh (0: not capped).
+    softcap: f32,
     len: usize,
     chunk: usize,
     min_split: usize,
@@ -684,12 +730,13 @@ struct AttCase {
 fn stored_keys_and_values_land_in_their_pages_and_attention_matches_softmax() {
     for order in ORDERS {
         for f16 in [false, true] {
-            for (q_heads, kv_heads, head_dim, window) in [
-                (4, 2, 40, 0),
-                (2, 2, 8, 0),
-                (6, 2, 64, 50),
-                (40, 2, 16, 0),
-                (2, 1, 136, 0),
+            for (q_heads, kv_heads, head_dim, window, softcap) in [
+                (4, 2, 40, 0, 0.0),
+                (2, 2, 8, 0, 0.0),
+                (6, 2, 64, 50, 0.0),
+                (6, 2, 64, 50, 0.5),
+                (40, 2, 16, 0, 0.0),
+                (2, 1, 136, 0, 0.0),
             ] {
                 attention_case(AttCase {
                     order,
@@ -698,6 +745,7 @@ fn stored_keys_and_values_land_in_their_pages_and_attention_matches_softmax() {
                     kv_heads,
                     head_dim,
                     window,
+                    softcap,
                     len: 150,
                     chunk: 10,
                     min_split: usize::MAX,
@@ -724,6 +772,7 @@ fn attention_split_into_ranges_merges_to_the_softmax() {
                 kv_heads,
                 head_dim,
                 window,
+                softcap: 0.0,
                 len: 150,
                 chunk,
                 min_split: 32,
@@ -744,6 +793,7 @@ fn attention_over_a_long_context_matches_softmax() {
         kv_heads: 2,
         head_dim: 64,
         window: 0,
+        softcap: 0.0,
         len: 2100,
         chunk: 10,
         min_split: 256,
@@ -773,6 +823,7 @@ fn attention_case(case: AttCase) {
         kv_heads,
         head_dim,
         window,
+        softcap,
         len,
         chunk,
         min_split,
@@ -909,6 +960,7 @@ fn attention_case(case: AttCase) {
         plan.split_len
     );
     let mut a = a;
+    a.softcap = softcap;
     plan.apply(&mut a);
     let bb = rig.upload(&plan.blocks);
     let partial = rig.upload(&vec![f32::NAN; plan.partial_floats.max(1)]);
@@ -956,7 +1008,9 @@ fn attention_case(case: AttCase) {
                     let dot: f64 = (0..head_dim)
                         .map(|d| qh[d] as f64 * cache.read(&stored, at, d) as f64)
                         .sum();
-                    (dot / (head_dim as f64).sqrt()) as f32
+                    let s = dot / (head_dim as f64).sqrt();
+                    let cap = softcap as f64;
+                    (if cap > 0.0 { cap * (s / cap).tanh() } else { s }) as f32
                 })
                 .collect();
             let prob = reference::softmax(&scores);

@@ -15,7 +15,7 @@
 
 use super::table::{TensorRef, TensorTable};
 use super::{FileKind, ModelFile, Reader};
-use crate::config::Config;
+use crate::config::{Config, RopeScaling};
 use crate::error::{Error, Result, short};
 use crate::models::GGUF_FAMILIES;
 use crate::weights::DType;
@@ -330,9 +330,8 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("general.architecture is missing".into()))?
         .to_string();
-    let Some(&(_, rope_style, family_keys)) = GGUF_FAMILIES.iter().find(|(a, ..)| *a == arch)
-    else {
-        let known: Vec<&str> = GGUF_FAMILIES.iter().map(|(a, ..)| *a).collect();
+    let Some(family) = GGUF_FAMILIES.iter().find(|f| f.arch == arch) else {
+        let known: Vec<&str> = GGUF_FAMILIES.iter().map(|f| f.arch).collect();
         return Err(bad(format!(
             "unsupported architecture '{arch}' (this build runs GGUF {} models)",
             known.join(", ")
@@ -394,20 +393,29 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         head_dim,
         rope_theta: float("rope.freq_base", 10000.0)?,
         norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5)?,
-        rope_style,
+        rope_style: family.rope_style,
         attn_bias: has("blk.0.attn_q.bias"),
         qk_norm: has("blk.0.attn_q_norm.weight"),
         ..Config::default()
     };
-    family_keys(&number, &mut config)?;
-    if let Some(kind) = g
+    (family.read)(&number, &mut config)?;
+    match g
         .get(&format!("{arch}.rope.scaling.type"))
         .and_then(Value::as_str)
-        && kind != "none"
     {
-        return Err(bad(format!(
-            "rope scaling '{kind}' is not supported for GGUF files"
-        )));
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = number("rope.scaling.factor")?
+                .ok_or_else(|| bad(format!("{arch}.rope.scaling.factor is missing")))?;
+            config.rope_scaling = Some(RopeScaling::Linear {
+                factor: factor as f32,
+            });
+        }
+        Some(kind) => {
+            return Err(bad(format!(
+                "rope scaling '{kind}' is not supported for GGUF files (linear is)"
+            )));
+        }
     }
     config.validate(path)?;
 
@@ -505,7 +513,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
     let weights = table.into_weights(&config, vec![map])?;
     Ok(ModelFile {
         kind: FileKind::Gguf,
-        family: arch,
+        family: family.family.to_string(),
         config,
         weights,
         tokenizer: None,

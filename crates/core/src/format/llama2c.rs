@@ -132,8 +132,13 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         Ok(VectorDesc { len: d.len, offset })
     };
     for (i, l) in layers.iter_mut().enumerate() {
-        l.attn_norm = copy(&l.attn_norm, format!("the attention norm of layer {i}"))?;
-        l.ffn_norm = copy(&l.ffn_norm, format!("the feed-forward norm of layer {i}"))?;
+        for (norm, what) in [
+            (&mut l.attn_norm, "attention"),
+            (&mut l.ffn_norm, "feed-forward"),
+        ] {
+            let d = norm.as_ref().expect("llama2.c blocks have pre-norms");
+            *norm = Some(copy(d, format!("the {what} norm of layer {i}"))?);
+        }
     }
     let final_norm = copy(&final_norm, "the final norm".into())?;
     let weights = Weights::new(WeightsParts {
@@ -393,12 +398,12 @@ fn assemble(
         .unwrap_or(0);
     (0..n)
         .map(|i| LayerDesc {
-            attn_norm: attn_norm[i].clone(),
+            attn_norm: Some(attn_norm[i].clone()),
             wq: wq[i].clone(),
             wk: wk[i].clone(),
             wv: wv[i].clone(),
             wo: wo[i].clone(),
-            ffn_norm: ffn_norm[i].clone(),
+            ffn_norm: Some(ffn_norm[i].clone()),
             w1: w1[i].clone(),
             w2: w2[i].clone(),
             w3: w3[i].clone(),
@@ -407,6 +412,8 @@ fn assemble(
             v_bias: None,
             q_norm: None,
             k_norm: None,
+            post_attn_norm: None,
+            post_ffn_norm: None,
         })
         .collect()
 }

@@ -31,6 +31,7 @@ pub(crate) fn open_dir(dir: &Path) -> Result<ModelFile> {
     let config_path = dir.join("config.json");
     let json = read_json(&config_path)?;
     let (family, config) = models::config_from_hf(&json, &config_path)?;
+    let names = models::find(&family).expect("config_from_hf knows the family");
     let tied = json
         .get("tie_word_embeddings")
         .and_then(Value::as_bool)
@@ -42,7 +43,7 @@ pub(crate) fn open_dir(dir: &Path) -> Result<ModelFile> {
     for (i, path) in files.iter().enumerate() {
         let map = map_file(path)?;
         for (name, t) in read_header(path, &map)? {
-            let Some(ours) = models::tinyllm_name(&name) else {
+            let Some(ours) = models::tinyllm_name(&name, names) else {
                 continue;
             };
             table.insert(&ours, TensorRef { file: i, ..t })?;
@@ -62,7 +63,7 @@ pub(crate) fn open_dir(dir: &Path) -> Result<ModelFile> {
     }
     let weights = table
         .into_weights(&config, maps)
-        .map_err(|e| rename_tensors(e, dir))?;
+        .map_err(|e| rename_tensors(e, dir, names))?;
     Ok(ModelFile {
         kind: FileKind::HuggingFace,
         family,
@@ -74,7 +75,7 @@ pub(crate) fn open_dir(dir: &Path) -> Result<ModelFile> {
 }
 
 /// Rewrites tinyllm tensor names in an error as Hugging Face's.
-fn rename_tensors(e: Error, dir: &Path) -> Error {
+fn rename_tensors(e: Error, dir: &Path, family: &models::Family) -> Error {
     match e {
         Error::Format { reason, .. } => {
             let mut out = String::new();
@@ -85,7 +86,7 @@ fn rename_tensors(e: Error, dir: &Path) -> Error {
                     break;
                 };
                 out.push_str(&rest[..start]);
-                out.push_str(&models::hf_name(&rest[start..start + len]));
+                out.push_str(&models::hf_name(&rest[start..start + len], family));
                 rest = &rest[start + len..];
             }
             out.push_str(rest);

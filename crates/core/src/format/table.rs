@@ -95,8 +95,22 @@ impl TensorTable {
             let name = |s: &str| format!("blk.{i}.{s}");
             let mut vec =
                 |t: &mut Self, s: &str, len: usize| t.vector(&maps, &mut vectors, &name(s), len);
-            let attn_norm = vec(&mut self, "attn_norm", d)?;
-            let ffn_norm = vec(&mut self, "ffn_norm", d)?;
+            let (attn_norm, ffn_norm) = if c.pre_norms {
+                (
+                    Some(vec(&mut self, "attn_norm", d)?),
+                    Some(vec(&mut self, "ffn_norm", d)?),
+                )
+            } else {
+                (None, None)
+            };
+            let (post_attn_norm, post_ffn_norm) = if c.post_norms {
+                (
+                    Some(vec(&mut self, "post_attention_norm", d)?),
+                    Some(vec(&mut self, "post_ffw_norm", d)?),
+                )
+            } else {
+                (None, None)
+            };
             let (q_bias, k_bias, v_bias) = if c.attn_bias {
                 (
                     Some(vec(&mut self, "attn_q.bias", q)?),
@@ -107,9 +121,10 @@ impl TensorTable {
                 (None, None, None)
             };
             let (q_norm, k_norm) = if c.qk_norm {
+                let (qn, kn) = c.qk_norm_widths();
                 (
-                    Some(vec(&mut self, "attn_q_norm", hd)?),
-                    Some(vec(&mut self, "attn_k_norm", hd)?),
+                    Some(vec(&mut self, "attn_q_norm", qn)?),
+                    Some(vec(&mut self, "attn_k_norm", kn)?),
                 )
             } else {
                 (None, None)
@@ -129,7 +144,16 @@ impl TensorTable {
                 v_bias,
                 q_norm,
                 k_norm,
+                post_attn_norm,
+                post_ffn_norm,
             });
+        }
+        // Gemma's norms scale by `1 + w`: the kernels take the sum.
+        let norms = layers.iter().flat_map(LayerDesc::norms);
+        for v in norms.chain([&final_norm]) {
+            vectors[v.offset..v.offset + v.len]
+                .iter_mut()
+                .for_each(|g| *g += c.norm_offset);
         }
         if let Some(extra) = self.tensors.keys().next() {
             return Err(self.bad(format!(

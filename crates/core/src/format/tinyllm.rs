@@ -146,7 +146,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         return Err(bad(format!(
             "unknown architecture '{}' (this build runs {})",
             header.architecture,
-            crate::models::FAMILIES.map(|(n, _)| n).join(", ")
+            crate::models::names()
         )));
     }
     let config = header.config.clone();

@@ -19,7 +19,7 @@
 use super::attention::AttentionPlan;
 use super::layout::{Args, KvArgs, MatvecArgs, RowArgs, TokenInfo, slice_bytes, weight_code};
 use super::{Arg, Gpu, Grid, SIMD_WIDTH, source};
-use crate::config::RopeStyle;
+use crate::config::{Activation, RopeStyle};
 use crate::error::{Error, Result};
 use crate::forward::{Buf, Device, EngineDevice, Plan, rotary_angles};
 use crate::kv_cache::{KvType, PAGE, PageLayout};
@@ -53,6 +53,8 @@ struct Pipelines<P> {
     add_bias: P,
     scale: P,
     swiglu: P,
+    geglu: P,
+    add_rmsnorm: P,
     store_kv: P,
     attention: P,
     attention_merge: P,
@@ -84,6 +86,10 @@ pub struct GpuDevice<G: Gpu> {
     partial_len: usize,
     cos: G::Buffer,
     sin: G::Buffer,
+    /// The same at the sliding layers' frequencies, if they have their own
+    /// (`Config::local_rope_theta`; else 4 bytes each).
+    local_cos: G::Buffer,
+    local_sin: G::Buffer,
     rows: G::Buffer,
     normed: G::Buffer,
     out: G::Buffer,
@@ -92,6 +98,8 @@ pub struct GpuDevice<G: Gpu> {
     /// Pages the cache buffer holds.
     kv_pages: usize,
     inv_freq: Vec<f32>,
+    /// Empty without local frequencies.
+    local_inv_freq: Vec<f32>,
     /// Host scratch of `begin`, kept so a pass allocates nothing.
     info_host: Vec<TokenInfo>,
     cos_host: Vec<f32>,
@@ -184,6 +192,8 @@ impl<G: Gpu> GpuDevice<G> {
             add_bias: pipe("add_bias")?,
             scale: pipe("scale")?,
             swiglu: pipe("swiglu")?,
+            geglu: pipe("geglu")?,
+            add_rmsnorm: pipe("add_rmsnorm")?,
             store_kv: pipe("store_kv")?,
             attention: pipe("attention")?,
             attention_merge: pipe("attention_merge")?,
@@ -240,6 +250,8 @@ impl<G: Gpu> GpuDevice<G> {
         ];
         let half = c.head_dim / 2;
         let layout = PageLayout::new(c, kv)?;
+        let local_inv_freq = c.local_rope_frequencies().unwrap_or_default();
+        let local = usize::from(!local_inv_freq.is_empty());
         Ok(GpuDevice {
             tokens: alloc(f)?,
             info: alloc(max_batch * size_of::<TokenInfo>())?,
@@ -251,6 +263,8 @@ impl<G: Gpu> GpuDevice<G> {
             partial_len: 1,
             cos: alloc(f * half)?,
             sin: alloc(f * half)?,
+            local_cos: alloc(local * f * half)?,
+            local_sin: alloc(local * f * half)?,
             rows: alloc(f)?,
             normed: alloc(f * c.dim)?,
             out: alloc(4 * c.vocab_size)?,
@@ -261,6 +275,7 @@ impl<G: Gpu> GpuDevice<G> {
             cos_host: vec![0.0; max_batch * half],
             sin_host: vec![0.0; max_batch * half],
             inv_freq: c.rope_frequencies(w.rope_factors.as_ref().map(|d| w.vector(d))),
+            local_inv_freq,
             own_bytes: own,
             gpu,
             p,
@@ -443,12 +458,13 @@ impl<G: Gpu> GpuDevice<G> {
             kv_heads: c.n_kv_heads as u32,
             head_dim: c.head_dim as u32,
             q_heads: c.n_heads as u32,
-            window: 0,
+            window: c.window(layer).unwrap_or(0) as u32,
             row_bytes: self.layout.row_bytes as u32,
             kv_type: u32::from(self.layout.dtype == KvType::F16),
             page_bytes: self.layout.page_bytes() as u64,
             scale: c.attn_scale(),
             ld_q: c.q_dim() as u32,
+            softcap: c.attn_softcap.unwrap_or(0.0),
             ..KvArgs::default()
         };
         self.att.apply(&mut a);
@@ -594,6 +610,16 @@ impl<G: Gpu> Device for GpuDevice<G> {
         self.write(&self.pages, &plan.pages);
         self.write(&self.cos, &self.cos_host[..n * half]);
         self.write(&self.sin, &self.sin_host[..n * half]);
+        if !self.local_inv_freq.is_empty() {
+            // (The host scratch is free again: its angles are on the GPU.)
+            for (row, t) in info.iter().enumerate() {
+                let r = row * half..(row + 1) * half;
+                let (cos, sin) = (&mut self.cos_host[r.clone()], &mut self.sin_host[r]);
+                rotary_angles(&self.local_inv_freq, t.pos as usize, cos, sin);
+            }
+            self.write(&self.local_cos, &self.cos_host[..n * half]);
+            self.write(&self.local_sin, &self.sin_host[..n * half]);
+        }
         self.info_host = info;
         self.logit_rows.clear();
         self.logit_rows
@@ -642,6 +668,21 @@ impl<G: Gpu> Device for GpuDevice<G> {
         );
     }
 
+    fn add_rmsnorm(&mut self, src: Buf, gains: &VectorDesc, acc: Buf) {
+        let a = self.row_args(src.width(&self.model.config));
+        assert_eq!(src.width(&self.model.config), acc.width(&self.model.config));
+        self.gpu.dispatch(
+            &self.p.add_rmsnorm,
+            &[
+                Arg::Bytes(a.bytes()),
+                Arg::Buffer(&self.acts[index(src)], 0),
+                Arg::Buffer(&self.vectors, 4 * gains.offset),
+                Arg::Buffer(&self.acts[index(acc)], 0),
+            ],
+            Grid::linear(self.n as u32, SIMD_WIDTH),
+        );
+    }
+
     fn matmul(&mut self, input: Buf, products: &[(&MatrixDesc, Buf)]) {
         let wi = input.width(&self.model.config);
         for &(m, out) in products {
@@ -672,7 +713,7 @@ impl<G: Gpu> Device for GpuDevice<G> {
         );
     }
 
-    fn swiglu(&mut self, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf) {
+    fn glu(&mut self, act: Activation, input: Buf, gate: &MatrixDesc, up: &MatrixDesc, out: Buf) {
         let c = &self.model.config;
         let (wi, h) = (input.width(c), c.hidden_dim);
         let (i, o) = (Slot::Act(index(input)), index(out));
@@ -680,8 +721,12 @@ impl<G: Gpu> Device for GpuDevice<G> {
         self.product(up, i, wi, self.n, Slot::Act(HB2), h, false);
         let a = self.row_args(h);
         let total = (self.n * h) as u32;
+        let kernel = match act {
+            Activation::Silu => &self.p.swiglu,
+            Activation::GeluTanh => &self.p.geglu,
+        };
         self.gpu.dispatch(
-            &self.p.swiglu,
+            kernel,
             &[
                 Arg::Bytes(a.bytes()),
                 Arg::Buffer(&self.acts[o], 0),
@@ -718,7 +763,10 @@ impl<G: Gpu> Device for GpuDevice<G> {
     }
 
     fn norm_heads(&mut self, buf: Buf, gains: &VectorDesc) {
-        let a = self.row_args(buf.width(&self.model.config));
+        // Heads as wide as the gains: a head, or a whole row (OLMo 2).
+        let mut a = self.row_args(buf.width(&self.model.config));
+        a.head_dim = gains.len as u32;
+        a.heads = a.width / a.head_dim;
         self.gpu.dispatch(
             &self.p.norm_heads,
             &[
@@ -734,16 +782,22 @@ impl<G: Gpu> Device for GpuDevice<G> {
         );
     }
 
-    fn rope(&mut self, buf: Buf) {
+    fn rope(&mut self, buf: Buf, local: bool) {
         assert!(matches!(buf, Buf::Q | Buf::K), "rope turns Q or K");
+        assert!(!local || !self.local_inv_freq.is_empty());
         let a = self.row_args(buf.width(&self.model.config));
+        let (cos, sin) = if local {
+            (&self.local_cos, &self.local_sin)
+        } else {
+            (&self.cos, &self.sin)
+        };
         self.gpu.dispatch(
             &self.p.rope,
             &[
                 Arg::Bytes(a.bytes()),
                 Arg::Buffer(&self.acts[index(buf)], 0),
-                Arg::Buffer(&self.cos, 0),
-                Arg::Buffer(&self.sin, 0),
+                Arg::Buffer(cos, 0),
+                Arg::Buffer(sin, 0),
             ],
             Grid::linear(self.n as u32, SIMD_WIDTH),
         );

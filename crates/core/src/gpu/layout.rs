@@ -72,6 +72,8 @@ pub struct KvArgs {
     pub group_heads: u32,
     pub splits: u32,
     pub split_len: u32,
+    /// Scores `s` become `softcap * tanh(s / softcap)` (0: as they are).
+    pub softcap: f32,
 }
 
 /// `TokenInfo`: a token's position and where its sequence's page list
@@ -86,7 +88,7 @@ pub struct TokenInfo {
 // The sizes `common.h` asserts too.
 const _: () = assert!(size_of::<MatvecArgs>() == 32);
 const _: () = assert!(size_of::<RowArgs>() == 32);
-const _: () = assert!(size_of::<KvArgs>() == 64);
+const _: () = assert!(size_of::<KvArgs>() == 72);
 const _: () = assert!(size_of::<TokenInfo>() == 8);
 
 // SAFETY: each is #[repr(C)] of 4- and 8-byte fields laid out without

@@ -1,18 +1,22 @@
 //! Model families, one file each, named after Hugging Face's `model_type`.
 //!
 //! Every family runs on the one Llama forward pass (`crate::forward`); a
-//! family's file says how its `config.json` maps onto [`Config`] and which
-//! variations of the block it uses. The Hugging Face tensor names, shared by
-//! all of them, map onto tinyllm's names here.
+//! family's file says how its `config.json` maps onto [`Config`], which
+//! variations of the block it uses, what its GGUF files hold beyond the
+//! shared keys, and which of its Hugging Face tensor names differ from the
+//! shared ones here ([`Family`]).
 
+pub mod gemma2;
+pub mod gemma3;
 pub mod granite;
 pub mod llama;
 pub mod mistral;
+pub mod olmo2;
 pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
 
-use crate::config::{Config, RopeScaling, RopeStyle};
+use crate::config::{Activation, Config, RopeScaling, RopeStyle};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -20,15 +24,52 @@ use std::path::Path;
 /// Reads a family's `config.json` into a [`Config`].
 pub type ReadConfig = fn(&HfConfig<'_>) -> Result<Config>;
 
-/// The families by `model_type`, with the function reading their configs.
-pub const FAMILIES: [(&str, ReadConfig); 6] = [
-    ("granite", granite::config),
-    ("llama", llama::config),
-    ("mistral", mistral::config),
-    ("qwen2", qwen2::config),
-    ("qwen3", qwen3::config),
-    ("smollm3", smollm3::config),
+/// Per-block tensor names, tinyllm's and Hugging Face's.
+pub type LayerNames = &'static [(&'static str, &'static str)];
+
+/// What the loaders know of a family.
+#[derive(Clone, Copy, Debug)]
+pub struct Family {
+    /// Hugging Face's `model_type` (also the architecture of tinyllm files).
+    pub model_type: &'static str,
+    /// Reads its `config.json`.
+    pub config: ReadConfig,
+    /// Its block's Hugging Face tensor names that differ from (or are
+    /// missing in) the shared [`LAYER_NAMES`]; they are looked up first.
+    pub layer_names: LayerNames,
+}
+
+const fn family(model_type: &'static str, config: ReadConfig) -> Family {
+    Family {
+        model_type,
+        config,
+        layer_names: &[],
+    }
+}
+
+/// The families by `model_type`.
+pub const FAMILIES: [Family; 9] = [
+    gemma2::FAMILY,
+    gemma3::FAMILY,
+    family("granite", granite::config),
+    family("llama", llama::config),
+    family("mistral", mistral::config),
+    olmo2::FAMILY,
+    family("qwen2", qwen2::config),
+    family("qwen3", qwen3::config),
+    family("smollm3", smollm3::config),
 ];
+
+/// The family called `model_type`.
+pub fn find(model_type: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.model_type == model_type)
+}
+
+/// The families' names, for messages.
+pub fn names() -> String {
+    let names: Vec<&str> = FAMILIES.iter().map(|f| f.model_type).collect();
+    names.join(", ")
+}
 
 /// A GGUF file's number `{arch}.{key}`, if the file has it.
 pub type GgufNumber<'a> = &'a dyn Fn(&str) -> Result<Option<f64>>;
@@ -37,15 +78,44 @@ pub type GgufNumber<'a> = &'a dyn Fn(&str) -> Result<Option<f64>>;
 /// family shares.
 pub type ReadGguf = fn(GgufNumber<'_>, &mut Config) -> Result<()>;
 
-/// The GGUF architectures (llama.cpp's names): the rotary layout llama.cpp
-/// stores their Q/K rows in, and their own keys. llama.cpp permutes
-/// Llama-like rows into pairs (2j, 2j+1) and keeps Qwen's as trained.
-pub const GGUF_FAMILIES: [(&str, RopeStyle, ReadGguf); 5] = [
-    ("granite", RopeStyle::Interleaved, granite::gguf),
-    ("llama", RopeStyle::Interleaved, no_gguf_keys),
-    ("qwen2", RopeStyle::Half, no_gguf_keys),
-    ("qwen3", RopeStyle::Half, no_gguf_keys),
-    ("smollm3", RopeStyle::Interleaved, smollm3::gguf),
+/// A GGUF architecture (llama.cpp's name) the engine reads.
+#[derive(Clone, Copy, Debug)]
+pub struct GgufFamily {
+    /// `general.architecture`, and the prefix of its keys.
+    pub arch: &'static str,
+    /// The family it is (a [`Family::model_type`]).
+    pub family: &'static str,
+    /// The rotary layout llama.cpp stores its Q/K rows in: it permutes
+    /// Llama-like rows into pairs (2j, 2j+1) and keeps the others as trained.
+    pub rope_style: RopeStyle,
+    /// Reads its own keys.
+    pub read: ReadGguf,
+}
+
+const fn gguf(
+    arch: &'static str,
+    family: &'static str,
+    rope_style: RopeStyle,
+    read: ReadGguf,
+) -> GgufFamily {
+    GgufFamily {
+        arch,
+        family,
+        rope_style,
+        read,
+    }
+}
+
+/// The GGUF architectures the engine reads.
+pub const GGUF_FAMILIES: [GgufFamily; 8] = [
+    gguf("gemma2", "gemma2", RopeStyle::Half, gemma2::gguf),
+    gguf("gemma3", "gemma3_text", RopeStyle::Half, gemma3::gguf),
+    gguf("granite", "granite", RopeStyle::Interleaved, granite::gguf),
+    gguf("llama", "llama", RopeStyle::Interleaved, no_gguf_keys),
+    gguf("olmo2", "olmo2", RopeStyle::Half, olmo2::gguf),
+    gguf("qwen2", "qwen2", RopeStyle::Half, no_gguf_keys),
+    gguf("qwen3", "qwen3", RopeStyle::Half, no_gguf_keys),
+    gguf("smollm3", "smollm3", RopeStyle::Interleaved, smollm3::gguf),
 ];
 
 fn no_gguf_keys(_: GgufNumber<'_>, _: &mut Config) -> Result<()> {
@@ -54,7 +124,7 @@ fn no_gguf_keys(_: GgufNumber<'_>, _: &mut Config) -> Result<()> {
 
 /// Whether `name` is a family (or tinyllm architecture) the engine runs.
 pub fn is_known(name: &str) -> bool {
-    FAMILIES.iter().any(|(n, _)| *n == name)
+    find(name).is_some()
 }
 
 /// Reads a Hugging Face `config.json` (already parsed) into a [`Config`];
@@ -62,14 +132,13 @@ pub fn is_known(name: &str) -> bool {
 pub fn config_from_hf(json: &Value, path: &Path) -> Result<(String, Config)> {
     let hf = HfConfig { json, path };
     let model_type = hf.str("model_type")?;
-    let Some((_, read)) = FAMILIES.iter().find(|(n, _)| *n == model_type) else {
-        let known: Vec<&str> = FAMILIES.iter().map(|(n, _)| *n).collect();
+    let Some(family) = find(model_type) else {
         return Err(hf.bad(format!(
             "unknown model_type '{model_type}' (supported: {})",
-            known.join(", ")
+            names()
         )));
     };
-    let config = read(&hf)?;
+    let config = (family.config)(&hf)?;
     config.validate(path)?;
     Ok((model_type.to_string(), config))
 }
@@ -169,7 +238,6 @@ impl HfConfig<'_> {
     /// The dimensions every family shares, in Hugging Face's layout
     /// (`rotate_half` rotary pairs).
     pub fn llama_like(&self) -> Result<Config> {
-        self.require("hidden_act", &Value::from("silu"))?;
         self.require("mlp_bias", &Value::from(false))?;
         let dim = self.int("hidden_size")?;
         let n_heads = self.int("num_attention_heads")?;
@@ -189,8 +257,107 @@ impl HfConfig<'_> {
             norm_eps: self.float_or("rms_norm_eps", 1e-6)?,
             rope_style: RopeStyle::Half,
             rope_scaling: self.rope_scaling()?,
+            activation: self.activation()?,
             ..Config::default()
         })
+    }
+
+    /// The feed-forward's activation: `hidden_activation` (Gemma's key) or
+    /// `hidden_act`, "silu" by default.
+    fn activation(&self) -> Result<Activation> {
+        let key = ["hidden_activation", "hidden_act"]
+            .into_iter()
+            .find(|k| self.get(k).is_some());
+        let Some(key) = key else {
+            return Ok(Activation::Silu);
+        };
+        match self.str(key)? {
+            "silu" | "swish" => Ok(Activation::Silu),
+            "gelu_pytorch_tanh" | "gelu_tanh" => Ok(Activation::GeluTanh),
+            other => Err(self.bad(format!(
+                "'{key}' = \"{other}\" is not supported (silu, gelu_pytorch_tanh)"
+            ))),
+        }
+    }
+
+    /// A soft cap: a positive number, or none when absent or null.
+    pub fn softcap(&self, key: &str) -> Result<Option<f32>> {
+        if self.get(key).is_none() {
+            return Ok(None);
+        }
+        self.positive_or(key, 0.0).map(Some)
+    }
+
+    /// A positive integer, or none when absent or null.
+    pub fn positive_int(&self, key: &str) -> Result<Option<usize>> {
+        if self.get(key).is_none() {
+            return Ok(None);
+        }
+        match self.int(key)? {
+            0 => Err(self.bad(format!("'{key}' is 0"))),
+            v => Ok(Some(v)),
+        }
+    }
+
+    /// The sliding layers by `layer_types` ("sliding_attention" or
+    /// "full_attention" for each of the `n_layers`), if the key is there.
+    pub fn layer_types(&self, n_layers: usize) -> Result<Option<Vec<usize>>> {
+        let Some(v) = self.get("layer_types") else {
+            return Ok(None);
+        };
+        let types: Option<Vec<&str>> = v
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_str).collect());
+        let bad = || {
+            self.bad(format!(
+                "'layer_types' must give \"sliding_attention\" or \"full_attention\" \
+                 for each of the {n_layers} layers"
+            ))
+        };
+        let types = types.filter(|t| t.len() == n_layers).ok_or_else(bad)?;
+        let mut sliding = Vec::new();
+        for (l, t) in types.iter().enumerate() {
+            match *t {
+                "sliding_attention" => sliding.push(l),
+                "full_attention" => {}
+                _ => return Err(bad()),
+            }
+        }
+        Ok(Some(sliding))
+    }
+
+    /// transformers 5's `rope_parameters` with an object per layer type
+    /// (Gemma 3): each one's base, if given, and scaling, for the
+    /// "full_attention" and the "sliding_attention" layers.
+    #[allow(clippy::type_complexity)]
+    pub fn rope_by_layer_type(
+        &self,
+    ) -> Result<
+        Option<(
+            (Option<f32>, Option<RopeScaling>),
+            (Option<f32>, Option<RopeScaling>),
+        )>,
+    > {
+        let Some(p) = self.get("rope_parameters") else {
+            return Ok(None);
+        };
+        let (Some(full), Some(sliding)) = (p.get("full_attention"), p.get("sliding_attention"))
+        else {
+            return Ok(None);
+        };
+        let read = |s: &Value, what: &str| -> Result<(Option<f32>, Option<RopeScaling>)> {
+            let theta = match s.get("rope_theta") {
+                None => None,
+                Some(v) => Some(v.as_f64().ok_or_else(|| {
+                    self.bad(format!("rope_parameters.{what}.rope_theta is not a number"))
+                })? as f32),
+            };
+            Ok((theta, self.scaling_of(s)?))
+        };
+        Ok(Some((
+            read(full, "full_attention")?,
+            read(sliding, "sliding_attention")?,
+        )))
     }
 
     /// `rope_theta`: at the top level, or (transformers 5) in `rope_parameters`.
@@ -216,6 +383,11 @@ impl HfConfig<'_> {
         else {
             return Ok(None);
         };
+        self.scaling_of(s)
+    }
+
+    /// One rotary-scaling object (`rope_type` or `type`, and its numbers).
+    fn scaling_of(&self, s: &Value) -> Result<Option<RopeScaling>> {
         let kind = s
             .get("rope_type")
             .or_else(|| s.get("type"))
@@ -260,9 +432,9 @@ impl HfConfig<'_> {
     }
 }
 
-/// tinyllm's name of a Hugging Face tensor name, or None for tensors that
-/// carry nothing the engine needs (precomputed rotary tables).
-pub fn tinyllm_name(hf: &str) -> Option<String> {
+/// tinyllm's name of a Hugging Face tensor name of `family`, or None for
+/// tensors that carry nothing the engine needs (precomputed rotary tables).
+pub fn tinyllm_name(hf: &str, family: &Family) -> Option<String> {
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd".into()),
         "model.norm.weight" => return Some("output_norm".into()),
@@ -277,15 +449,16 @@ pub fn tinyllm_name(hf: &str) -> Option<String> {
         if rest.ends_with("rotary_emb.inv_freq") {
             return None;
         }
-        if let Some((ours, _)) = LAYER_NAMES.iter().find(|(_, theirs)| *theirs == rest) {
+        let mut names = family.layer_names.iter().chain(LAYER_NAMES.iter());
+        if let Some((ours, _)) = names.find(|(_, theirs)| *theirs == rest) {
             return Some(format!("blk.{i}.{ours}"));
         }
     }
     Some(hf.to_string())
 }
 
-/// Hugging Face's name of a tinyllm tensor name (for messages).
-pub fn hf_name(ours: &str) -> String {
+/// Hugging Face's name of a tinyllm tensor name of `family` (for messages).
+pub fn hf_name(ours: &str, family: &Family) -> String {
     match ours {
         "token_embd" => return "model.embed_tokens.weight".into(),
         "output_norm" => return "model.norm.weight".into(),
@@ -293,7 +466,8 @@ pub fn hf_name(ours: &str) -> String {
         _ => {}
     }
     if let Some((i, rest)) = ours.strip_prefix("blk.").and_then(|r| r.split_once('.'))
-        && let Some((_, theirs)) = LAYER_NAMES.iter().find(|(o, _)| *o == rest)
+        && let Some((_, theirs)) =
+            (family.layer_names.iter().chain(LAYER_NAMES.iter())).find(|(o, _)| *o == rest)
     {
         return format!("model.layers.{i}.{theirs}");
     }
@@ -301,7 +475,7 @@ pub fn hf_name(ours: &str) -> String {
 }
 
 /// Per-block tensors: tinyllm's name, Hugging Face's.
-const LAYER_NAMES: [(&str, &str); 14] = [
+pub const LAYER_NAMES: [(&str, &str); 14] = [
     ("attn_norm", "input_layernorm.weight"),
     ("attn_q", "self_attn.q_proj.weight"),
     ("attn_k", "self_attn.k_proj.weight"),
