@@ -131,3 +131,30 @@ fn q5_offsets_are_the_value_of_q_zero() {
         assert!(b.dequantize().iter().all(|&x| x == b.offset()));
     }
 }
+
+#[test]
+fn gguf_files_of_the_newer_types_load_as_them_and_stay_off_the_gpu() {
+    // llama-quantize --pure files (tools/make_kquant_gguf.py): every matrix
+    // of the one type. The GPU has no kernel for these, so `supports` says
+    // no and `device="auto"` keeps them on the CPU.
+    use tinyllm_core::weights::DType;
+    use tinyllm_core::{KvType, Model};
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf");
+    for (name, dtype) in [
+        ("kquant-q5_k.gguf", DType::Q5K),
+        ("kquant-q3_k.gguf", DType::Q3K),
+        ("kquant-q5_0.gguf", DType::Q5_0),
+    ] {
+        let model = Model::open(fixtures.join(name)).unwrap();
+        let w = &model.weights;
+        let all = w.layers.iter().flat_map(|l| l.matrices().map(|(_, m)| m));
+        for m in all.chain([&w.embedding, &w.classifier]) {
+            assert_eq!(m.dtype, dtype, "{name}");
+        }
+        for kv in [KvType::F16, KvType::F32] {
+            let err = tinyllm_core::gpu::device::supports(&model, kv).unwrap_err();
+            assert!(err.to_string().contains("no GPU kernel"), "{name}: {err}");
+        }
+    }
+}
