@@ -1,5 +1,6 @@
-"""GGUF files with llama.cpp's k-quants (Q4_K, Q6_K), run as they are: the
-matrices stay in the memory-mapped file and the k-quant kernels read them.
+"""GGUF files with llama.cpp's k-quants (Q4_K, Q6_K, Q5_K, Q3_K) and its Q5_0
+(which Q4_K_M files use for rows that are not a multiple of 256), run as they
+are: the matrices stay in the memory-mapped file and the kernels read them.
 
 The references were computed without tinyllm (see tools/make_kquant_gguf.py):
 llama.cpp's ``llama-quantize --pure`` made the files from a random float32
@@ -24,11 +25,12 @@ from conftest import FIXTURES, f32_model
 GGUF = FIXTURES / "gguf"
 REFERENCE = json.loads((GGUF / "kquant_reference.json").read_text(encoding="utf-8"))
 IDS = REFERENCE["ids"]
-KINDS = ["q4_k", "q6_k"]
+KINDS = ["q4_k", "q6_k", "q5_k", "q3_k", "q5_0"]
 
 #: Largest |logit error| over the largest |logit| when the kernels read the
-#: k-quant blocks: activations quantized to int8 per block of 32 cost about
-#: 1% here (1.1% measured for both types), as for test_gguf.py's Q8_0.
+#: blocks: activations quantized to int8 per block of 32 cost about 1% here
+#: (1.1% measured for q4_k, q6_k, q5_k and q5_0, 1.3% for q3_k), as for
+#: test_gguf.py's Q8_0.
 TOL_DIRECT = 0.03
 #: The same blocks dequantized to f32 by ``tinyllm.convert``: f32 rounding
 #: only, absolute on logits that reach ~14 (as TOL_LOGITS of
@@ -39,8 +41,15 @@ TOL_DEQUANTIZED = 1e-4
 TOL_BATCHING = 1e-5
 #: What quantization costs against the float32 model: mean KL of the
 #: next-token distributions and top-1 agreement (measured: q4_k 0.10 and
-#: 0.92, q6_k 0.007 and 1.0; random weights are hard on 4 bits).
-QUALITY = {"q4_k": (0.2, 0.8), "q6_k": (0.015, 0.95)}
+#: 0.92, q6_k 0.007 and 1.0, q5_k 0.028 and 1.0, q3_k 0.48 and 0.83, q5_0
+#: 0.048 and 0.92; random weights are hard on 4 bits, and harder on 3).
+QUALITY = {
+    "q4_k": (0.2, 0.8),
+    "q6_k": (0.015, 0.95),
+    "q5_k": (0.06, 0.95),
+    "q3_k": (0.8, 0.7),
+    "q5_0": (0.1, 0.8),
+}
 
 
 def path(kind: str) -> Path:
@@ -57,7 +66,7 @@ def mean_kl(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_matrix_stays_a_k_quant(kind: str) -> None:
+def test_every_matrix_keeps_its_type(kind: str) -> None:
     info = tinyllm.info(path(kind))
     assert info["format"] == "GGUF"
     assert info["file_bytes"] == REFERENCE[kind]["bytes"]

@@ -111,6 +111,11 @@ def test_what_the_gpu_cannot_do_is_a_clear_error() -> None:
     tok = MODELS / "tok512.bin"
     with pytest.raises(ValueError, match="no GPU kernel"):
         emulated(FIXTURES / "stories260K_q80.bin", tokenizer=tok)
+    # GGUF types the CPU runs but the GPU does not (yet): "auto" keeps them
+    # on the CPU for this reason.
+    for kind in ("q5_k", "q3_k", "q5_0"):
+        with pytest.raises(ValueError, match=f"weights of type {kind} have no GPU kernel"):
+            emulated(GGUF / f"kquant-{kind}.gguf", tokenizer=tok)
     with pytest.raises(ValueError, match="q8_0"):
         emulated(MODELS / "stories260K.bin", tokenizer=tok, kv_cache="q8_0")
     with pytest.raises(ValueError, match='"auto", "cpu", "metal"'):

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Regenerate the k-quant GGUF fixtures of tests/test_gguf_kquants.py:
 
-- tests/fixtures/gguf/kquant-q4_k.gguf and kquant-q6_k.gguf: a tiny random
-  Llama whose every matrix is a real Q4_K (or Q6_K) tensor made by
-  llama.cpp's own quantizer;
+- tests/fixtures/gguf/kquant-q4_k.gguf, kquant-q6_k.gguf, kquant-q5_k.gguf,
+  kquant-q3_k.gguf and kquant-q5_0.gguf: a tiny random Llama whose every
+  matrix is a real Q4_K (Q6_K, Q5_K, Q3_K, Q5_0) tensor made by llama.cpp's
+  own quantizer;
 - tests/fixtures/gguf/kquant_reference.json: what a NumPy float64 forward
   pass (tests/support/numpy_llama.py) computes from those files' weights as
   the ``gguf`` package dequantizes them, and from the float32 weights before
@@ -23,6 +24,7 @@ these files. This script is not run in CI. Steps:
 
        llama-quantize --pure model-f32.gguf kquant-q4_k.gguf Q4_K
        llama-quantize --pure model-f32.gguf kquant-q6_k.gguf Q6_K
+       (and Q5_K, Q3_K, Q5_0 the same way)
 
    ``--pure`` keeps k-quant mixtures out: every matrix (the embeddings and
    the classifier included) gets the one type; the norms stay float32.
@@ -76,10 +78,16 @@ MODEL: dict[str, Any] = {
 SEED = 7
 #: The token ids the logits are recorded for (BOS, then fixed random ids).
 IDS = [1, *np.random.default_rng(SEED + 1).integers(3, 512, size=11).tolist()]
-#: The quantized files: name -> llama-quantize type and ggml type.
+#: The quantized files: name -> llama-quantize type and ggml type. (Q5_0 is
+#: what Q4_K_M files fall back to for rows that are not a multiple of 256;
+#: Q5_1, which tinyllm also reads, is checked against ``gguf`` block by block
+#: only, by tools/make_kquant_fixtures.py, to keep the fixtures small.)
 TYPES = {
     "q4_k": ("Q4_K", GGMLQuantizationType.Q4_K),
     "q6_k": ("Q6_K", GGMLQuantizationType.Q6_K),
+    "q5_k": ("Q5_K", GGMLQuantizationType.Q5_K),
+    "q3_k": ("Q3_K", GGMLQuantizationType.Q3_K),
+    "q5_0": ("Q5_0", GGMLQuantizationType.Q5_0),
 }
 #: GGUF tensor names (without ".weight") -> llama2.c's (numpy_llama's).
 NAMES = {"token_embd": "tok_embeddings", "output_norm": "norm", "output": "output"} | {

@@ -371,7 +371,10 @@ fn encode_row(x: &[f32], dtype: DType, out: &mut [u8]) {
         DType::Q4_0 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ4_0>(x))),
         DType::Q4_1 => out.copy_from_slice(as_bytes(&quant::quantize_row::<BlockQ4_1>(x))),
         DType::Q8_0x4 | DType::Q4_0x4 => unreachable!("interleaved types go through encode_rows"),
-        DType::Q4K | DType::Q6K => unreachable!("no recipe writes the k-quants"),
+        DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K => {
+            unreachable!("no recipe writes the k-quants")
+        }
+        DType::Q5_0 | DType::Q5_1 => unreachable!("no recipe writes the 5-bit types"),
         DType::Q8Group { .. } => unreachable!("tinyllm files do not hold llama2.c groups"),
     }
 }

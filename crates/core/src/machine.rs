@@ -2,7 +2,9 @@
 
 use crate::kernels::Kernels;
 use crate::pool::ThreadPool;
-use crate::quant::{self, Block, BlockQ4K, BlockQ6K, BlockQ8Act, Interleaved, QK, QK_K};
+use crate::quant::{
+    self, Block, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8Act, Interleaved, QK, QK_K,
+};
 use crate::weights::DType;
 use half::{bf16, f16};
 use std::time::{Duration, Instant};
@@ -196,16 +198,20 @@ fn read_lines_avx2(lines: &[Line]) -> u64 {
 
 /// Every weight type whose decode product the CPU runs, in the order of
 /// `weights::DType` (llama2.c's groups with its usual group size, 64).
-pub const KERNEL_TYPES: [DType; 11] = [
+pub const KERNEL_TYPES: [DType; 15] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q8_0x4,
     DType::Q4_0x4,
+    DType::Q3K,
     DType::Q4K,
+    DType::Q5K,
     DType::Q6K,
     DType::Q8Group { group_size: 64 },
 ];
@@ -444,8 +450,21 @@ fn product(kernels: &Kernels, dtype: DType, rows: usize, cols: usize) -> Product
         DType::Q8_0 => blocks::<quant::BlockQ8_0>(&w, acts, act_values),
         DType::Q4_0 => blocks::<quant::BlockQ4_0>(&w, acts, act_values),
         DType::Q4_1 => blocks::<quant::BlockQ4_1>(&w, acts, act_values),
+        DType::Q5_0 => blocks::<quant::BlockQ5_0>(&w, acts, act_values),
+        DType::Q5_1 => blocks::<quant::BlockQ5_1>(&w, acts, act_values),
         DType::Q8_0x4 => groups::<quant::BlockQ8_0x4>(&w, acts, act_values),
         DType::Q4_0x4 => groups::<quant::BlockQ4_0x4>(&w, acts, act_values),
+        DType::Q3K => {
+            let stored = (0..nsb)
+                .map(|i| BlockQ3K {
+                    hmask: std::array::from_fn(|j| bits(i * 110 + j)),
+                    qs: std::array::from_fn(|j| bits(i * 110 + 32 + j)),
+                    scales: std::array::from_fn(|j| bits(i * 110 + 96 + j)),
+                    d: scale(i),
+                })
+                .collect();
+            super_blocks::<BlockQ3K>(stored, acts, act_values)
+        }
         DType::Q4K => {
             let stored = (0..nsb)
                 .map(|i| BlockQ4K {
@@ -456,6 +475,18 @@ fn product(kernels: &Kernels, dtype: DType, rows: usize, cols: usize) -> Product
                 })
                 .collect();
             super_blocks::<BlockQ4K>(stored, acts, act_values)
+        }
+        DType::Q5K => {
+            let stored = (0..nsb)
+                .map(|i| BlockQ5K {
+                    d: scale(i),
+                    dmin: scale(i + 1),
+                    scales: std::array::from_fn(|j| bits(i * 176 + j)),
+                    qh: std::array::from_fn(|j| bits(i * 176 + 12 + j)),
+                    qs: std::array::from_fn(|j| bits(i * 176 + 44 + j)),
+                })
+                .collect();
+            super_blocks::<BlockQ5K>(stored, acts, act_values)
         }
         DType::Q6K => {
             let stored = (0..nsb)

@@ -10,18 +10,24 @@
 //! | [`BlockQ8_0`] | 34 | `d * qs[j]` |
 //! | [`BlockQ4_0`] | 18 | `d * (q[j] - 8)` |
 //! | [`BlockQ4_1`] | 20 | `d * q[j] + m` |
+//! | [`BlockQ5_0`] | 22 | `d * (q[j] - 16)` |
+//! | [`BlockQ5_1`] | 24 | `d * q[j] + m` |
 //!
 //! where `q[j]` of a 4-bit block is the low nibble of `qs[j]` for `j < 16`
 //! and the high nibble of `qs[j - 16]` for `j >= 16` (the layout of ggml's
-//! Q4_0/Q4_1, so those tensors of GGUF files can be used as they are).
+//! Q4_0/Q4_1, so those tensors of GGUF files can be used as they are). A
+//! 5-bit block adds bit `j` of `qh` (a little-endian u32) as bit 4 of
+//! `q[j]` (ggml's Q5_0/Q5_1).
 //!
 //! The kernels multiply these by activations quantized at run time into
 //! [`BlockQ8Act`], so each block's dot product is an integer sum.
 //!
 //! ggml's k-quants group [`QK_K`] = 256 values into a super-block of eight
 //! sub-blocks of 32, each with its own small integer scale, and one f16
-//! scale over those ([`BlockQ4K`], [`BlockQ6K`]). tinyllm reads them from
-//! GGUF files and computes with them as they are; it does not write them.
+//! scale over those ([`BlockQ4K`], [`BlockQ5K`], [`BlockQ6K`]; [`BlockQ3K`]
+//! has sixteen sub-blocks of 16). tinyllm reads them, and the 5-bit blocks of
+//! 32, from GGUF files and computes with them as they are; it does not write
+//! them.
 
 use half::f16;
 
@@ -50,6 +56,28 @@ pub struct BlockQ4_0 {
 pub struct BlockQ4_1 {
     pub d: f16,
     pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+
+/// 5-bit weights, symmetric: `d * (q[j] - 16)`, the low four bits of `q`
+/// packed as in [`BlockQ4_0`] and bit `j` of `qh` (little-endian) as bit 4
+/// of `q[j]`. ggml's Q5_0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; QK / 2],
+}
+
+/// 5-bit weights with an offset: `d * q[j] + m`, `q` as in [`BlockQ5_0`].
+/// ggml's Q5_1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ5_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qh: [u8; 4],
     pub qs: [u8; QK / 2],
 }
 
@@ -103,6 +131,35 @@ pub struct BlockQ4K {
     pub qs: [u8; QK_K / 2],
 }
 
+/// ggml's Q5_K: [`BlockQ4K`] with a fifth bit per value. Value `j` of
+/// sub-block `i` is `d * sc[i] * q[j] - dmin * m[i]` (`sc` and `m` packed in
+/// `scales` as in [`BlockQ4K`]), where `q[j]` is the nibble of `qs` that
+/// Q4_K would read, plus bit `i` of `qh[j]` as its bit 4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+
+/// ggml's Q3_K: 256 three-bit values with a 6-bit scale per 16 and an f16
+/// scale over them: value `v` is `d * (sc[v / 16] - 32) * (q[v] - 4)`. For
+/// the half `h = v / 128` of the block, `l = v % 32` and `k = (v % 128) /
+/// 32`, the low two bits of `q[v]` are bits `2k..2k + 2` of `qs[32h + l]`
+/// and its bit 2 is bit `v / 32` of `hmask[l]`. The sixteen scales are
+/// packed into `scales` (see [`BlockQ3K::scales`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockQ3K {
+    pub hmask: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 4],
+    pub scales: [u8; 12],
+    pub d: f16,
+}
+
 /// ggml's Q6_K: 256 six-bit values with a signed 8-bit scale per 16 and an
 /// f16 scale over them: value `v` is `d * scales[v / 16] * (q[v] - 32)`.
 /// The low four bits of `q` are in `ql`, the high two in `qh`; for the half
@@ -123,6 +180,14 @@ const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
 const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
 const _: () = assert!(std::mem::align_of::<BlockQ4K>() == 2);
 const _: () = assert!(std::mem::align_of::<BlockQ6K>() == 2);
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+const _: () = assert!(std::mem::size_of::<BlockQ3K>() == 110);
+const _: () = assert!(std::mem::align_of::<BlockQ5K>() == 2);
+const _: () = assert!(std::mem::align_of::<BlockQ3K>() == 2);
+const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+const _: () = assert!(std::mem::align_of::<BlockQ5_0>() == 2);
+const _: () = assert!(std::mem::align_of::<BlockQ5_1>() == 2);
 const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 const _: () = assert!(std::mem::size_of::<BlockQ8Act>() == 44);
@@ -208,6 +273,78 @@ impl Block for BlockQ4_1 {
     }
 }
 
+impl Block for BlockQ5_0 {
+    /// A plain quantizer (the largest magnitude maps to -16), for tests and
+    /// the kernel benchmark: tinyllm files do not hold this type.
+    fn quantize(x: &[f32; QK]) -> Self {
+        let max = x
+            .iter()
+            .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let q = x.map(|v| (v * id + 16.0).round().clamp(0.0, 31.0) as u8);
+        let (qh, qs) = pack_q5(&q);
+        BlockQ5_0 {
+            d: f16::from_f32(d),
+            qh,
+            qs,
+        }
+    }
+
+    fn dequantize(&self) -> [f32; QK] {
+        let d = self.d.to_f32();
+        unpack_q5(&self.qh, &self.qs).map(|q| d * (q as i32 - 16) as f32)
+    }
+
+    fn offset(&self) -> f32 {
+        -16.0 * self.d.to_f32()
+    }
+}
+
+impl Block for BlockQ5_1 {
+    /// A plain quantizer (`min` and `(max - min) / 31`), for tests and the
+    /// kernel benchmark: tinyllm files do not hold this type.
+    fn quantize(x: &[f32; QK]) -> Self {
+        let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let d = (max - min) / 31.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let q = x.map(|v| ((v - min) * id).round().clamp(0.0, 31.0) as u8);
+        let (qh, qs) = pack_q5(&q);
+        BlockQ5_1 {
+            d: f16::from_f32(d),
+            m: f16::from_f32(min),
+            qh,
+            qs,
+        }
+    }
+
+    fn dequantize(&self) -> [f32; QK] {
+        let (d, m) = (self.d.to_f32(), self.m.to_f32());
+        unpack_q5(&self.qh, &self.qs).map(|q| d * q as f32 + m)
+    }
+
+    fn offset(&self) -> f32 {
+        self.m.to_f32()
+    }
+}
+
+/// 5-bit `q[j]` into nibbles (as [`pack_nibbles`]) and the bits 4 of `qh`.
+fn pack_q5(q: &[u8; QK]) -> ([u8; 4], [u8; QK / 2]) {
+    let high = q
+        .iter()
+        .enumerate()
+        .fold(0u32, |h, (j, &v)| h | (((v >> 4) as u32 & 1) << j));
+    (high.to_le_bytes(), pack_nibbles(&q.map(|v| v & 15)))
+}
+
+/// The inverse of [`pack_q5`]: the 5-bit values 0..32.
+pub fn unpack_q5(qh: &[u8; 4], qs: &[u8; QK / 2]) -> [u8; QK] {
+    let high = u32::from_le_bytes(*qh);
+    let low = unpack_nibbles(qs);
+    std::array::from_fn(|j| low[j] | (((high >> j) & 1) as u8) << 4)
+}
+
 /// What the k-quant super-block types share.
 pub trait SuperBlock: Copy + Send + Sync + 'static {
     /// Bytes of one super-block.
@@ -220,27 +357,33 @@ pub trait SuperBlock: Copy + Send + Sync + 'static {
 }
 
 impl BlockQ4K {
-    /// The 6-bit scales `sc` and mins `m` of the eight sub-blocks. Bytes
-    /// 0..4 of `scales` hold `sc[0..4]` in their low six bits, bytes 4..8
-    /// `m[0..4]`; for `i` in 4..8, the low nibble of byte `i + 4` and the
-    /// top two bits of byte `i - 4` make `sc[i]` (low four bits, high two),
-    /// and its high nibble with the top two bits of byte `i` make `m[i]`.
+    /// The 6-bit scales `sc` and mins `m` of the eight sub-blocks (see
+    /// [`scales_mins_k4`]).
     #[inline]
     pub fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
-        // Four bytes at a time: the byte-wise shifts and masks on u32 words.
-        let s = &self.scales;
-        let word =
-            |k: usize| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
-        let (a, b, c) = (word(0), word(1), word(2));
-        let top = |w: u32| (w >> 2) & 0x3030_3030; // bits 6..8 of each byte, at 4..6
-        let sc = [a & 0x3f3f_3f3f, (c & 0x0f0f_0f0f) | top(a)];
-        let m = [b & 0x3f3f_3f3f, ((c >> 4) & 0x0f0f_0f0f) | top(b)];
-        let bytes = |w: [u32; 2]| {
-            let (lo, hi) = (w[0].to_le_bytes(), w[1].to_le_bytes());
-            [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
-        };
-        (bytes(sc), bytes(m))
+        scales_mins_k4(&self.scales)
     }
+}
+
+/// The 6-bit scales `sc` and mins `m` of the eight sub-blocks of a Q4_K or
+/// Q5_K super-block, from its 12 bytes `s` of them. Bytes 0..4 hold
+/// `sc[0..4]` in their low six bits, bytes 4..8 `m[0..4]`; for `i` in 4..8,
+/// the low nibble of byte `i + 4` and the top two bits of byte `i - 4` make
+/// `sc[i]` (low four bits, high two), and its high nibble with the top two
+/// bits of byte `i` make `m[i]`.
+#[inline]
+pub fn scales_mins_k4(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    // Four bytes at a time: the byte-wise shifts and masks on u32 words.
+    let word = |k: usize| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    let top = |w: u32| (w >> 2) & 0x3030_3030; // bits 6..8 of each byte, at 4..6
+    let sc = [a & 0x3f3f_3f3f, (c & 0x0f0f_0f0f) | top(a)];
+    let m = [b & 0x3f3f_3f3f, ((c >> 4) & 0x0f0f_0f0f) | top(b)];
+    let bytes = |w: [u32; 2]| {
+        let (lo, hi) = (w[0].to_le_bytes(), w[1].to_le_bytes());
+        [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+    };
+    (bytes(sc), bytes(m))
 }
 
 impl SuperBlock for BlockQ4K {
@@ -263,6 +406,79 @@ impl SuperBlock for BlockQ4K {
         let (_, m) = self.scales_mins();
         let dmin = self.dmin.to_f32();
         m.map(|m| -(dmin * m as f32))
+    }
+}
+
+impl BlockQ5K {
+    /// The 6-bit scales `sc` and mins `m` of the eight sub-blocks (see
+    /// [`scales_mins_k4`]).
+    #[inline]
+    pub fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
+        scales_mins_k4(&self.scales)
+    }
+
+    /// The five-bit value `v` (0..32).
+    pub fn q(&self, v: usize) -> u8 {
+        let (i, l) = (v / QK, v % QK);
+        let low = (self.qs[QK * (i / 2) + l] >> (4 * (i % 2))) & 15;
+        let high = (self.qh[l] >> i) & 1;
+        low | (high << 4)
+    }
+}
+
+impl SuperBlock for BlockQ5K {
+    fn dequantize(&self) -> [f32; QK_K] {
+        let (sc, m) = self.scales_mins();
+        let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
+        std::array::from_fn(|v| {
+            let i = v / QK;
+            let (scale, min) = (d * sc[i] as f32, dmin * m[i] as f32);
+            scale * self.q(v) as f32 - min
+        })
+    }
+
+    fn offsets(&self) -> [f32; QK_K / QK] {
+        let (_, m) = self.scales_mins();
+        let dmin = self.dmin.to_f32();
+        m.map(|m| -(dmin * m as f32))
+    }
+}
+
+impl BlockQ3K {
+    /// The sixteen scales, less 32 (so in -32..32). Scale `k` has its low
+    /// four bits in the low (`k < 8`) or high (`k >= 8`) nibble of byte
+    /// `k % 8`, and its top two bits at bits `2 (k / 4)..` of byte
+    /// `8 + k % 4`.
+    #[inline]
+    pub fn scales(&self) -> [i8; QK_K / 16] {
+        let s = &self.scales;
+        std::array::from_fn(|k| {
+            let low = (s[k % 8] >> (4 * (k / 8))) & 15;
+            let high = (s[8 + k % 4] >> (2 * (k / 4))) & 3;
+            (low | (high << 4)) as i8 - 32
+        })
+    }
+
+    /// The three-bit value `v` (0..8, before subtracting 4).
+    pub fn q(&self, v: usize) -> u8 {
+        let (h, k, l) = (v / 128, (v % 128) / 32, v % 32);
+        let low = (self.qs[32 * h + l] >> (2 * k)) & 3;
+        let high = (self.hmask[l] >> (v / 32)) & 1;
+        low | (high << 2)
+    }
+}
+
+impl SuperBlock for BlockQ3K {
+    fn dequantize(&self) -> [f32; QK_K] {
+        let (d, sc) = (self.d.to_f32(), self.scales());
+        std::array::from_fn(|v| {
+            let scale = d * sc[v / 16] as f32;
+            scale * (self.q(v) as i32 - 4) as f32
+        })
+    }
+
+    fn offsets(&self) -> [f32; QK_K / QK] {
+        [0.0; QK_K / QK]
     }
 }
 
@@ -584,6 +800,34 @@ mod tests {
         assert_eq!(BlockQ4_0::quantize(&zeros).dequantize(), zeros);
         assert_eq!(BlockQ4_1::quantize(&zeros).dequantize(), zeros);
         assert_eq!(BlockQ8_0::quantize(&zeros).dequantize(), zeros);
+        assert_eq!(BlockQ5_0::quantize(&zeros).dequantize(), zeros);
+        assert_eq!(BlockQ5_1::quantize(&zeros).dequantize(), zeros);
+    }
+
+    #[test]
+    fn five_bit_values_round_trip_and_stay_within_half_a_step() {
+        let q: [u8; QK] = std::array::from_fn(|j| (j * 11 % 32) as u8);
+        let (qh, qs) = pack_q5(&q);
+        assert_eq!(unpack_q5(&qh, &qs), q);
+        for seed in 1..200 {
+            let x = block(seed);
+            let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let range = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) - min;
+            // Half a step, plus the rounding of the scale (and offset) to
+            // f16: 31 * 2^-11 of a step at most, and 2^-11 of the minimum.
+            // q5_0 maps the largest magnitude to -16 steps, so a value of
+            // the other sign near it is clipped to 15: a step at most.
+            let y0 = BlockQ5_0::quantize(&x).dequantize();
+            let y1 = BlockQ5_1::quantize(&x).dequantize();
+            for j in 0..QK {
+                let e0 = (y0[j] - x[j]).abs();
+                let e1 = (y1[j] - x[j]).abs();
+                assert!(e0 <= max / 16.0 * 1.02, "q5_0 {} vs {}", y0[j], x[j]);
+                let allowed = range / 31.0 * 0.52 + min.abs() / 1024.0;
+                assert!(e1 <= allowed, "q5_1 {} vs {}", y1[j], x[j]);
+            }
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use crate::error::{Error, Result};
 use crate::kernels::Kernels;
 use crate::quant::{
-    self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
-    BlockQ8Act, Interleaved, QK, QK_K,
+    self, Block, BlockQ3K, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
+    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, Interleaved, QK, QK_K,
 };
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -31,13 +31,25 @@ pub enum DType {
     Q4_0,
     /// 4-bit blocks of 32 with an f16 scale and offset ([`BlockQ4_1`]).
     Q4_1,
+    /// ggml's 5-bit blocks of 32 with an f16 scale ([`BlockQ5_0`]). Read
+    /// from GGUF files only.
+    Q5_0,
+    /// ggml's 5-bit blocks of 32 with an f16 scale and offset
+    /// ([`BlockQ5_1`]). Read from GGUF files only.
+    Q5_1,
     /// [`DType::Q8_0`] blocks of four rows interleaved ([`BlockQ8_0x4`]).
     Q8_0x4,
     /// [`DType::Q4_0`] blocks of four rows interleaved ([`BlockQ4_0x4`]).
     Q4_0x4,
+    /// ggml's 3-bit k-quant: super-blocks of 256 ([`BlockQ3K`]). Read from
+    /// GGUF files only.
+    Q3K,
     /// ggml's 4-bit k-quant: super-blocks of 256 ([`BlockQ4K`]). Read from
     /// GGUF files only; tinyllm files do not hold it.
     Q4K,
+    /// ggml's 5-bit k-quant: super-blocks of 256 ([`BlockQ5K`]). Read from
+    /// GGUF files only.
+    Q5K,
     /// ggml's 6-bit k-quant: super-blocks of 256 ([`BlockQ6K`]). Read from
     /// GGUF files only.
     Q6K,
@@ -158,9 +170,13 @@ macro_rules! with_type {
             DType::Q8_0 => { type $T = BlockQ8_0; $body }
             DType::Q4_0 => { type $T = BlockQ4_0; $body }
             DType::Q4_1 => { type $T = BlockQ4_1; $body }
+            DType::Q5_0 => { type $T = BlockQ5_0; $body }
+            DType::Q5_1 => { type $T = BlockQ5_1; $body }
             DType::Q8_0x4 => { type $T = BlockQ8_0x4; $body }
             DType::Q4_0x4 => { type $T = BlockQ4_0x4; $body }
+            DType::Q3K => { type $T = BlockQ3K; $body }
             DType::Q4K => { type $T = BlockQ4K; $body }
+            DType::Q5K => { type $T = BlockQ5K; $body }
             DType::Q6K => { type $T = BlockQ6K; $body }
             DType::Q8Group { .. } => { type $T = i8; $body }
         }
@@ -245,6 +261,20 @@ weight_types! {
         k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
     }
 
+    BlockQ5_0 = TypeTraits::of::<Self>("q5_0", QK, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() }
+    fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
+    BlockQ5_1 = TypeTraits::of::<Self>("q5_1", QK, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() && b.m.is_finite() }
+    fn dequantize_row(m, r, out) { quant::dequantize_row(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_quant_into::<Self>(m.blocks(), m.cols / QK, x.blocks, n, out, ldo)
+    }
+
     // Blocks of four rows: a row of them holds four rows of the matrix.
     BlockQ8_0x4 = TypeTraits::of::<Self>("q8_0x4", QK, 4, ActForm::Q8Blocks);
     fn finite(b) { b.d.iter().all(|d| d.is_finite()) }
@@ -261,7 +291,21 @@ weight_types! {
     }
 
     // Super-blocks of 256 values, against activation blocks of 32.
+    BlockQ3K = TypeTraits::of::<Self>("q3_k", QK_K, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() }
+    fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_kquant_into::<Self>(m.blocks(), m.cols / QK_K, x.blocks, n, out, ldo)
+    }
+
     BlockQ4K = TypeTraits::of::<Self>("q4_k", QK_K, 1, ActForm::Q8Blocks);
+    fn finite(b) { b.d.is_finite() && b.dmin.is_finite() }
+    fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
+    fn matmul(k, m, x, n, out, ldo) {
+        k.matmul_kquant_into::<Self>(m.blocks(), m.cols / QK_K, x.blocks, n, out, ldo)
+    }
+
+    BlockQ5K = TypeTraits::of::<Self>("q5_k", QK_K, 1, ActForm::Q8Blocks);
     fn finite(b) { b.d.is_finite() && b.dmin.is_finite() }
     fn dequantize_row(m, r, out) { quant::dequantize_row_k(m.row_blocks::<Self>(r), out) }
     fn matmul(k, m, x, n, out, ldo) {
@@ -334,8 +378,9 @@ impl DType {
     }
 
     /// The name used in tinyllm files, on the command line and in reports
-    /// (`q4_k`, `q6_k` and `q8_group` only in reports: tinyllm files do not
-    /// hold them, see [`DType::from_name`]).
+    /// (the GGUF types, `q5_0`, `q5_1` and the k-quants, and `q8_group`
+    /// only in reports: tinyllm files do not hold them, see
+    /// [`DType::from_name`]).
     pub fn name(self) -> &'static str {
         self.traits().name
     }
@@ -1010,6 +1055,14 @@ unsafe impl Pod for BlockQ4_0x4 {}
 unsafe impl Pod for BlockQ4K {}
 // SAFETY: as above.
 unsafe impl Pod for BlockQ6K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ5_0 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ5_1 {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ5K {}
+// SAFETY: as above.
+unsafe impl Pod for BlockQ3K {}
 
 /// The first `n` values of type `T` at the start of `bytes`. The loaders
 /// only hand out offsets aligned for their types in a page-aligned mapping,
@@ -1051,10 +1104,14 @@ mod tests {
             (DType::Q8_0, 32 * 34, 2),
             (DType::Q4_0, 32 * 18, 2),
             (DType::Q4_1, 32 * 20, 2),
+            (DType::Q5_0, 32 * 22, 2),
+            (DType::Q5_1, 32 * 24, 2),
             (DType::Q8_0x4, 8 * 136, 2),
             (DType::Q4_0x4, 8 * 72, 2),
             (DType::Q4K, 4 * 144, 2),
             (DType::Q6K, 4 * 210, 2),
+            (DType::Q5K, 4 * 176, 2),
+            (DType::Q3K, 4 * 110, 2),
             (gs, 1024 + 32 * 4, 4),
         ] {
             assert_eq!(d.matrix_bytes(4, QK_K), Some(bytes), "{}", d.name());
@@ -1064,6 +1121,8 @@ mod tests {
         }
         assert_eq!(DType::Q4_0x4.matrix_bytes(2, QK), None);
         assert_eq!(DType::Q4K.matrix_bytes(1, QK), None);
+        assert_eq!(DType::Q3K.matrix_bytes(1, QK), None);
+        assert_eq!(DType::Q5_0.matrix_bytes(1, 48), None);
         assert_eq!(gs.matrix_bytes(1, 48), None);
     }
 

@@ -6,8 +6,8 @@
 use half::{bf16, f16};
 use tinyllm_core::kernels::{Isa, KQuantBlocks, Kernels, QuantBlocks, QuantGroups, reference};
 use tinyllm_core::quant::{
-    self, Block, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
-    BlockQ8Act, QK, QK_K, SuperBlock,
+    self, Block, BlockQ3K, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
+    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK, QK_K, SuperBlock,
 };
 
 /// f32 sums in another order: each result may differ from the f64 reference
@@ -71,6 +71,39 @@ impl RandomBlock for BlockQ6K {
         if extreme {
             // Every value -32, every scale -128: the largest products.
             (b.ql, b.qh, b.scales) = ([0; QK_K / 2], [0; QK_K / 4], [-128; 16]);
+        }
+        b
+    }
+}
+
+impl RandomBlock for BlockQ5K {
+    fn random(g: &mut Gen, extreme: bool) -> Self {
+        let mut b = BlockQ5K {
+            d: g.scale(),
+            dmin: g.scale(),
+            scales: g.bytes(),
+            qh: g.bytes(),
+            qs: g.bytes(),
+        };
+        if extreme {
+            // Every value 31, every scale and min 63.
+            (b.scales, b.qh, b.qs) = ([0xFF; 12], [0xFF; QK_K / 8], [0xFF; QK_K / 2]);
+        }
+        b
+    }
+}
+
+impl RandomBlock for BlockQ3K {
+    fn random(g: &mut Gen, extreme: bool) -> Self {
+        let mut b = BlockQ3K {
+            hmask: g.bytes(),
+            qs: g.bytes(),
+            scales: g.bytes(),
+            d: g.scale(),
+        };
+        if extreme {
+            // Every value -4, every scale -32: the largest products.
+            (b.hmask, b.qs, b.scales) = ([0; QK_K / 8], [0; QK_K / 4], [0; 12]);
         }
         b
     }
@@ -350,10 +383,14 @@ fn quantized(k: &Kernels, c: &mut Check, g: &mut Gen) {
     quantized_type::<BlockQ8_0>("q8_0", k, c, g);
     quantized_type::<BlockQ4_0>("q4_0", k, c, g);
     quantized_type::<BlockQ4_1>("q4_1", k, c, g);
+    quantized_type::<BlockQ5_0>("q5_0", k, c, g);
+    quantized_type::<BlockQ5_1>("q5_1", k, c, g);
     interleaved_type::<BlockQ8_0x4>("q8_0x4", k, c, g);
     interleaved_type::<BlockQ4_0x4>("q4_0x4", k, c, g);
     kquant_type::<BlockQ4K>("q4_k", k, c, g);
     kquant_type::<BlockQ6K>("q6_k", k, c, g);
+    kquant_type::<BlockQ5K>("q5_k", k, c, g);
+    kquant_type::<BlockQ3K>("q3_k", k, c, g);
 }
 
 fn q8g(k: &Kernels, c: &mut Check, g: &mut Gen) {

@@ -115,7 +115,8 @@ pub fn weight_code(d: DType) -> Option<u32> {
         DType::Q8_0x4 => 7,
         DType::Q4K => 8,
         DType::Q6K => 9,
-        DType::Q8Group { .. } => return None,
+        // No Metal kernel (yet): `device="auto"` runs these on the CPU.
+        DType::Q5_0 | DType::Q5_1 | DType::Q3K | DType::Q5K | DType::Q8Group { .. } => return None,
     })
 }
 

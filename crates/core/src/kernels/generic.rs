@@ -13,8 +13,8 @@
 
 use super::simd::Simd;
 use crate::quant::{
-    BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK,
-    QK_K,
+    BlockQ3K, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K,
+    BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK, QK_K,
 };
 
 // ---------------------------------------------------------------------------
@@ -662,8 +662,8 @@ fn tiles<const R: usize, const C: usize>(
 // ---------------------------------------------------------------------------
 
 /// How a weight block type feeds the integer kernels: its 32 values as
-/// bytes `v`, a scale `d` and, for the 4-bit types, an offset `o`, so that
-/// value `j` is `d * v[j] + o` (with `v` unsigned and below 16) or, for
+/// bytes `v`, a scale `d` and, for the 4- and 5-bit types, an offset `o`, so
+/// that value `j` is `d * v[j] + o` (with `v` unsigned and below 32) or, for
 /// `OFFSET == false`, `d * v[j]` (with `v` signed).
 pub(super) trait QuantWeight: Copy {
     const OFFSET: bool;
@@ -706,6 +706,40 @@ impl QuantWeight for BlockQ4_1 {
     unsafe fn values<S: Simd>(b: *const Self) -> S::B32 {
         // SAFETY: as above.
         unsafe { S::unpack_nibbles((*b).qs.as_ptr()) }
+    }
+    #[inline(always)]
+    unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32) {
+        // SAFETY: as above.
+        unsafe {
+            (
+                S::f16_to_f32((*b).d.to_bits()),
+                S::f16_to_f32((*b).m.to_bits()),
+            )
+        }
+    }
+}
+
+impl QuantWeight for BlockQ5_0 {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self) -> S::B32 {
+        // SAFETY: `b` points at a block (caller).
+        unsafe { S::unpack_q5((*b).qs.as_ptr(), u32::from_le_bytes((*b).qh)) }
+    }
+    #[inline(always)]
+    unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32) {
+        // SAFETY: as above.
+        let d = unsafe { S::f16_to_f32((*b).d.to_bits()) };
+        (d, -16.0 * d)
+    }
+}
+
+impl QuantWeight for BlockQ5_1 {
+    const OFFSET: bool = true;
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self) -> S::B32 {
+        // SAFETY: `b` points at a block (caller).
+        unsafe { S::unpack_q5((*b).qs.as_ptr(), u32::from_le_bytes((*b).qh)) }
     }
     #[inline(always)]
     unsafe fn scale_offset<S: Simd>(b: *const Self) -> (f32, f32) {
@@ -823,8 +857,9 @@ pub(super) trait KQuantWeight: Copy {
     /// Whether the sub-blocks have offsets.
     const OFFSETS: bool;
     unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales;
-    /// The values of sub-block `i`, and what their dot product needs.
-    unsafe fn values<S: Simd>(b: *const Self, i: usize) -> (S::B32, S::H);
+    /// The values of sub-block `i`, and what their dot product needs (`s`:
+    /// the super-block's scales).
+    unsafe fn values<S: Simd>(b: *const Self, i: usize, s: &Self::Scales) -> (S::B32, S::H);
     unsafe fn dot<S: Simd>(v: S::B32, h: S::H, x: S::B32) -> S::I;
     fn scale(s: &Self::Scales, i: usize) -> f32;
     fn offset(s: &Self::Scales, i: usize) -> f32;
@@ -850,7 +885,7 @@ impl KQuantWeight for BlockQ4K {
         }
     }
     #[inline(always)]
-    unsafe fn values<S: Simd>(b: *const Self, i: usize) -> (S::B32, S::H) {
+    unsafe fn values<S: Simd>(b: *const Self, i: usize, _: &Self::Scales) -> (S::B32, S::H) {
         // SAFETY: as above; sub-blocks 2p and 2p + 1 share bytes 32p..32p + 32.
         unsafe {
             let p = (*b).qs.as_ptr().add(QK * (i / 2));
@@ -886,7 +921,7 @@ impl KQuantWeight for BlockQ6K {
         unsafe { S::f16_to_f32((*b).d.to_bits()) }
     }
     #[inline(always)]
-    unsafe fn values<S: Simd>(b: *const Self, i: usize) -> (S::B32, S::H) {
+    unsafe fn values<S: Simd>(b: *const Self, i: usize, _: &f32) -> (S::B32, S::H) {
         // Sub-block i = 4h + k: nibble k / 2 of ql[64h + 32 (k % 2)..][..32],
         // bits 2k.. of qh[32h..][..32]; scales 2i and 2i + 1 (see BlockQ6K).
         let (h, k) = (i / 4, i % 4);
@@ -910,6 +945,86 @@ impl KQuantWeight for BlockQ6K {
     }
     #[inline(always)]
     fn offset(_: &f32, _: usize) -> f32 {
+        0.0
+    }
+}
+
+impl KQuantWeight for BlockQ5K {
+    /// `d * sc[i]` and `-dmin * m[i]`, as for q4_k.
+    type Scales = ([f32; SUBS], [f32; SUBS]);
+    const OFFSETS: bool = true;
+    #[inline(always)]
+    unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales {
+        // SAFETY: `b` points at a super-block (caller).
+        unsafe {
+            let d = S::f16_to_f32((*b).d.to_bits());
+            let dmin = S::f16_to_f32((*b).dmin.to_bits());
+            let (sc, m) = (*b).scales_mins();
+            let mut out = ([0.0; SUBS], [0.0; SUBS]);
+            for i in 0..SUBS {
+                out.0[i] = d * sc[i] as f32;
+                out.1[i] = -(dmin * m[i] as f32);
+            }
+            out
+        }
+    }
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self, i: usize, _: &Self::Scales) -> (S::B32, S::H) {
+        // SAFETY: as above. The nibbles as q4_k's (sub-blocks 2p and 2p + 1
+        // share bytes 32p..32p + 32 of qs), bit i of each byte of qh.
+        unsafe {
+            let p = (*b).qs.as_ptr().add(QK * (i / 2));
+            let v = S::q5k_values(p, (*b).qh.as_ptr(), 4 * (i as u32 % 2), i as u32);
+            (v, S::halves(1, 1))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot<S: Simd>(v: S::B32, _: S::H, x: S::B32) -> S::I {
+        // SAFETY: the tier's own operation on values below 32.
+        unsafe { S::dot_u4_i8(v, x) }
+    }
+    #[inline(always)]
+    fn scale(s: &Self::Scales, i: usize) -> f32 {
+        s.0[i]
+    }
+    #[inline(always)]
+    fn offset(s: &Self::Scales, i: usize) -> f32 {
+        s.1[i]
+    }
+}
+
+impl KQuantWeight for BlockQ3K {
+    /// `d` and the sixteen scales (less 32).
+    type Scales = (f32, [i8; QK_K / 16]);
+    const OFFSETS: bool = false;
+    #[inline(always)]
+    unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales {
+        // SAFETY: `b` points at a super-block (caller).
+        unsafe { (S::f16_to_f32((*b).d.to_bits()), (*b).scales()) }
+    }
+    #[inline(always)]
+    unsafe fn values<S: Simd>(b: *const Self, i: usize, s: &Self::Scales) -> (S::B32, S::H) {
+        // Sub-block i = 4h + k: bits 2k.. of qs[32h..][..32], bit i of
+        // hmask[..32]; scales 2i and 2i + 1 (see BlockQ3K).
+        let (h, k) = (i / 4, i % 4);
+        // SAFETY: as above; every offset is inside the block.
+        unsafe {
+            let qs = (*b).qs.as_ptr().add(QK * h);
+            let v = S::q3k_values(qs, (*b).hmask.as_ptr(), 2 * k as u32, i as u32);
+            (v, S::halves(s.1[2 * i], s.1[2 * i + 1]))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dot<S: Simd>(v: S::B32, h: S::H, x: S::B32) -> S::I {
+        // SAFETY: the tier's own operation; |v| <= 4.
+        unsafe { S::dot_i8_i8_halves(v, x, h) }
+    }
+    #[inline(always)]
+    fn scale(s: &Self::Scales, _: usize) -> f32 {
+        s.0
+    }
+    #[inline(always)]
+    fn offset(_: &Self::Scales, _: usize) -> f32 {
         0.0
     }
 }
@@ -955,7 +1070,7 @@ unsafe fn tile_kquant<S: Simd, W: KQuantWeight, const R: usize, const C: usize>(
                         // One prefetch per sub-block covers the block's lines.
                         let ahead = PREFETCH_BYTES + i * std::mem::size_of::<W>() / SUBS;
                         S::prefetch(wb.cast::<u8>().wrapping_add(ahead));
-                        let (v, h) = W::values::<S>(wb, i);
+                        let (v, h) = W::values::<S>(wb, i, &scales[r]);
                         let (d, o) = (W::scale(&scales[r], i), W::offset(&scales[r], i));
                         for c in 0..C {
                             acc[r][c] = S::acc_add(acc[r][c], W::dot::<S>(v, h, xv[c]), d * xd[c]);

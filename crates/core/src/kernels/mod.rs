@@ -16,8 +16,8 @@ pub mod reference;
 mod simd;
 
 use crate::quant::{
-    BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK,
-    QK_K,
+    BlockQ3K, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1, BlockQ5K,
+    BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act, QK, QK_K,
 };
 use half::{bf16, f16};
 use std::sync::OnceLock;
@@ -132,10 +132,14 @@ pub struct Kernels {
     matmul_q8_0: MatmulQuant<BlockQ8_0>,
     matmul_q4_0: MatmulQuant<BlockQ4_0>,
     matmul_q4_1: MatmulQuant<BlockQ4_1>,
+    matmul_q5_0: MatmulQuant<BlockQ5_0>,
+    matmul_q5_1: MatmulQuant<BlockQ5_1>,
     matmul_q4_0x4: MatmulQuant4<BlockQ4_0x4>,
     matmul_q8_0x4: MatmulQuant4<BlockQ8_0x4>,
     matmul_q4k: MatmulQuant<BlockQ4K>,
     matmul_q6k: MatmulQuant<BlockQ6K>,
+    matmul_q5k: MatmulQuant<BlockQ5K>,
+    matmul_q3k: MatmulQuant<BlockQ3K>,
     quantize_act: QuantizeAct,
     matmul_q8g: MatmulQ8g,
     quantize_q8g: QuantizeQ8g,
@@ -160,8 +164,8 @@ macro_rules! tier {
             use super::generic;
             use super::Isa;
             use crate::quant::{
-                BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ6K, BlockQ8_0, BlockQ8_0x4,
-                BlockQ8Act,
+                BlockQ3K, BlockQ4_0, BlockQ4_0x4, BlockQ4_1, BlockQ4K, BlockQ5_0, BlockQ5_1,
+                BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_0x4, BlockQ8Act,
             };
             use half::{bf16, f16};
             #[allow(unused_imports)]
@@ -249,10 +253,14 @@ macro_rules! tier {
                 matmul_q8_0: matmul_quant::<BlockQ8_0>,
                 matmul_q4_0: matmul_quant::<BlockQ4_0>,
                 matmul_q4_1: matmul_quant::<BlockQ4_1>,
+                matmul_q5_0: matmul_quant::<BlockQ5_0>,
+                matmul_q5_1: matmul_quant::<BlockQ5_1>,
                 matmul_q4_0x4: matmul_quant4::<BlockQ4_0x4>,
                 matmul_q8_0x4: matmul_quant4::<BlockQ8_0x4>,
                 matmul_q4k: matmul_kquant::<BlockQ4K>,
                 matmul_q6k: matmul_kquant::<BlockQ6K>,
+                matmul_q5k: matmul_kquant::<BlockQ5K>,
+                matmul_q3k: matmul_kquant::<BlockQ3K>,
                 quantize_act,
                 matmul_q8g,
                 quantize_q8g,
@@ -699,8 +707,12 @@ kernel_of! {
     QuantBlocks for BlockQ8_0 => matmul_q8_0,
     QuantBlocks for BlockQ4_0 => matmul_q4_0,
     QuantBlocks for BlockQ4_1 => matmul_q4_1,
+    QuantBlocks for BlockQ5_0 => matmul_q5_0,
+    QuantBlocks for BlockQ5_1 => matmul_q5_1,
     QuantGroups for BlockQ4_0x4 => matmul_q4_0x4,
     QuantGroups for BlockQ8_0x4 => matmul_q8_0x4,
     KQuantBlocks for BlockQ4K => matmul_q4k,
     KQuantBlocks for BlockQ6K => matmul_q6k,
+    KQuantBlocks for BlockQ5K => matmul_q5k,
+    KQuantBlocks for BlockQ3K => matmul_q3k,
 }

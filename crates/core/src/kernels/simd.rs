@@ -74,7 +74,8 @@ pub(crate) trait Simd: Copy {
     /// The 32 four-bit values of `qs` (16 bytes: low nibbles are values
     /// 0..16, high nibbles 16..32) as bytes.
     unsafe fn unpack_nibbles(qs: *const u8) -> Self::B32;
-    /// `sum_j u[j] * x[j]` for unsigned `u` below 16 and signed `x`.
+    /// `sum_j u[j] * x[j]` for unsigned `u` below 32 (the 4- and 5-bit
+    /// types) and signed `x`.
     unsafe fn dot_u4_i8(u: Self::B32, x: Self::B32) -> Self::I;
     /// `sum_j w[j] * x[j]` for signed `w` and `x` (`x` not -128).
     unsafe fn dot_i8_i8(w: Self::B32, x: Self::B32) -> Self::I;
@@ -93,11 +94,23 @@ pub(crate) trait Simd: Copy {
     /// `((ql[j] >> nib_shift) & 15 | ((qh[j] >> hi_shift) & 3) << 4) - 32`
     /// (`nib_shift` is 0 or 4, `hi_shift` 0, 2, 4 or 6).
     unsafe fn q6_values(ql: *const u8, qh: *const u8, nib_shift: u32, hi_shift: u32) -> Self::B32;
+    /// The 32 five-bit values of a q5_0 or q5_1 block as bytes: the
+    /// nibbles of `qs` as [`Simd::unpack_nibbles`] gives them, with bit `j`
+    /// of `qh` as bit 4 of value `j`.
+    unsafe fn unpack_q5(qs: *const u8, qh: u32) -> Self::B32;
+    /// 32 five-bit values of q5_k as bytes: value `j` is
+    /// `((ql[j] >> nib_shift) & 15) | ((qh[j] >> bit) & 1) << 4` (`nib_shift`
+    /// is 0 or 4, `bit` 0..8).
+    unsafe fn q5k_values(ql: *const u8, qh: *const u8, nib_shift: u32, bit: u32) -> Self::B32;
+    /// 32 three-bit values of q3_k, less 4, as signed bytes: value `j` is
+    /// `(((qs[j] >> shift) & 3) | ((hm[j] >> bit) & 1) << 2) - 4` (`shift` is
+    /// 0, 2, 4 or 6, `bit` 0..8).
+    unsafe fn q3k_values(qs: *const u8, hm: *const u8, shift: u32, bit: u32) -> Self::B32;
     /// Integer scales of the two halves (16 values each) of a block.
     type H: Copy;
     unsafe fn halves(lo: i8, hi: i8) -> Self::H;
     /// `sum_j w[j] * x[j] * s[j / 16]` for signed `w` with `|w| <= 32` and
-    /// signed `x` (not -128).
+    /// signed `x` (not -128) (q6_k's and q3_k's values).
     unsafe fn dot_i8_i8_halves(w: Self::B32, x: Self::B32, s: Self::H) -> Self::I;
 
     /// A group of four rows' blocks (see `quant::BlockQ4_0x4`), loaded for
@@ -280,6 +293,30 @@ impl Simd for Portable {
             q as i8 - 32
         })
     }
+    #[inline(always)]
+    unsafe fn unpack_q5(qs: *const u8, qh: u32) -> [i8; 32] {
+        let low = Self::unpack_nibbles(qs);
+        std::array::from_fn(|j| low[j] | ((((qh >> j) & 1) as i8) << 4))
+    }
+    #[inline(always)]
+    unsafe fn q5k_values(ql: *const u8, qh: *const u8, nib_shift: u32, bit: u32) -> [i8; 32] {
+        let (l, h) = (
+            ql.cast::<[u8; 32]>().read_unaligned(),
+            qh.cast::<[u8; 32]>().read_unaligned(),
+        );
+        std::array::from_fn(|j| (((l[j] >> nib_shift) & 15) | (((h[j] >> bit) & 1) << 4)) as i8)
+    }
+    #[inline(always)]
+    unsafe fn q3k_values(qs: *const u8, hm: *const u8, shift: u32, bit: u32) -> [i8; 32] {
+        let (l, h) = (
+            qs.cast::<[u8; 32]>().read_unaligned(),
+            hm.cast::<[u8; 32]>().read_unaligned(),
+        );
+        std::array::from_fn(|j| {
+            let q = ((l[j] >> shift) & 3) | (((h[j] >> bit) & 1) << 2);
+            q as i8 - 4
+        })
+    }
     type H = [i32; 2];
     #[inline(always)]
     unsafe fn halves(lo: i8, hi: i8) -> [i32; 2] {
@@ -403,6 +440,26 @@ mod x86 {
     #[inline(always)]
     unsafe fn f16_to_f32(h: u16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+
+    /// 32 bytes, 0xFF where bit `j` of `bits` is set and 0 elsewhere (AVX2):
+    /// each byte takes the byte of `bits` that holds its bit, then tests it.
+    #[inline(always)]
+    unsafe fn bits_to_bytes(bits: u32) -> __m256i {
+        let which = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        );
+        let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), which);
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+    }
+
+    /// The 32 bytes at `p`, each shifted right by `n` (0..8) (16-bit shifts:
+    /// the bits they carry across bytes land above the bits kept).
+    #[inline(always)]
+    unsafe fn load_shifted(p: *const u8, n: u32) -> __m256i {
+        _mm256_srl_epi16(_mm256_loadu_si256(p.cast()), _mm_cvtsi32_si128(n as i32))
     }
 
     /// The block operations the two x86 tiers share.
@@ -598,7 +655,8 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn dot_u4_i8(u: __m256i, x: __m256i) -> __m256i {
-            // u < 16, so the pairwise i16 sums cannot saturate.
+            // u < 32, so the pairwise i16 sums (2 * 31 * 128 at most) cannot
+            // saturate.
             _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
         }
         #[inline(always)]
@@ -606,6 +664,30 @@ mod x86 {
             // |w| * (x with w's sign): 2 * 128 * 127 fits an i16.
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
             _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+        }
+
+        #[inline(always)]
+        unsafe fn unpack_q5(qs: *const u8, qh: u32) -> __m256i {
+            let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(16));
+            _mm256_or_si256(unpack_nibbles(qs), high)
+        }
+        #[inline(always)]
+        unsafe fn q5k_values(ql: *const u8, qh: *const u8, nib_shift: u32, bit: u32) -> __m256i {
+            // The wanted bit of qh at bit 0 of its byte, then at bit 4.
+            let h = _mm256_slli_epi16::<4>(load_shifted(qh, bit));
+            _mm256_or_si256(
+                _mm256_and_si256(load_shifted(ql, nib_shift), _mm256_set1_epi8(15)),
+                _mm256_and_si256(h, _mm256_set1_epi8(16)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn q3k_values(qs: *const u8, hm: *const u8, shift: u32, bit: u32) -> __m256i {
+            let h = _mm256_slli_epi16::<2>(load_shifted(hm, bit));
+            let v = _mm256_or_si256(
+                _mm256_and_si256(load_shifted(qs, shift), _mm256_set1_epi8(3)),
+                _mm256_and_si256(h, _mm256_set1_epi8(4)),
+            );
+            _mm256_sub_epi8(v, _mm256_set1_epi8(4))
         }
 
         type W4 = W4x8;
@@ -826,6 +908,29 @@ mod x86 {
             )
         }
 
+        // The 5- and 3-bit values with AVX-512BW's byte masks: a set bit of
+        // the mask selects the bytes the fifth (or third) bit changes.
+        #[inline(always)]
+        unsafe fn unpack_q5(qs: *const u8, qh: u32) -> __m256i {
+            let low = unpack_nibbles(qs);
+            _mm256_mask_add_epi8(low, qh, low, _mm256_set1_epi8(16))
+        }
+        #[inline(always)]
+        unsafe fn q5k_values(ql: *const u8, qh: *const u8, nib_shift: u32, bit: u32) -> __m256i {
+            let low = _mm256_and_si256(load_shifted(ql, nib_shift), _mm256_set1_epi8(15));
+            let bit = _mm256_set1_epi8((1u8 << bit) as i8);
+            let high = _mm256_test_epi8_mask(_mm256_loadu_si256(qh.cast()), bit);
+            _mm256_mask_add_epi8(low, high, low, _mm256_set1_epi8(16))
+        }
+        #[inline(always)]
+        unsafe fn q3k_values(qs: *const u8, hm: *const u8, shift: u32, bit: u32) -> __m256i {
+            // q - 4 where the high bit is clear, q where it is set.
+            let low = _mm256_and_si256(load_shifted(qs, shift), _mm256_set1_epi8(3));
+            let bit = _mm256_set1_epi8((1u8 << bit) as i8);
+            let clear = _mm256_testn_epi8_mask(_mm256_loadu_si256(hm.cast()), bit);
+            _mm256_mask_sub_epi8(low, clear, low, _mm256_set1_epi8(4))
+        }
+
         type W4 = W4x16;
         type Acc4 = __m512;
 
@@ -971,6 +1076,44 @@ mod arm {
         vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, hi)), vdupq_n_s8(32))
     }
 
+    /// Sixteen values of `Simd::q5k_values`: the nibble, and 16 where the
+    /// byte of `h` has a bit of `bit` set.
+    #[inline(always)]
+    unsafe fn q5_half(l: uint8x16_t, h: uint8x16_t, ns: int8x16_t, bit: uint8x16_t) -> int8x16_t {
+        let lo = vandq_u8(vshlq_u8(l, ns), vdupq_n_u8(15));
+        let hi = vandq_u8(vtstq_u8(h, bit), vdupq_n_u8(16));
+        vreinterpretq_s8_u8(vorrq_u8(lo, hi))
+    }
+
+    /// Sixteen values of `Simd::q3k_values`: two bits, 4 where the byte of
+    /// `h` has a bit of `bit` set, less 4.
+    #[inline(always)]
+    unsafe fn q3_half(l: uint8x16_t, h: uint8x16_t, ls: int8x16_t, bit: uint8x16_t) -> int8x16_t {
+        let lo = vandq_u8(vshlq_u8(l, ls), vdupq_n_u8(3));
+        let hi = vandq_u8(vtstq_u8(h, bit), vdupq_n_u8(4));
+        vsubq_s8(vreinterpretq_s8_u8(vorrq_u8(lo, hi)), vdupq_n_s8(4))
+    }
+
+    /// 16 in byte `j` (0..32) where bit `j` of `bits` is set, else 0, as
+    /// bytes 0..16 and 16..32: each byte looks up the byte of `bits` that
+    /// holds its bit, then tests it.
+    #[inline(always)]
+    unsafe fn bits_to_sixteens(bits: u32) -> (uint8x16_t, uint8x16_t) {
+        const WHICH: [u8; 32] = [
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ];
+        const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        let table = vreinterpretq_u8_u32(vdupq_n_u32(bits));
+        let which = vld1q_u8_x2(WHICH.as_ptr());
+        let bit = vld1q_u8(BIT.as_ptr());
+        let sixteen = vdupq_n_u8(16);
+        (
+            vandq_u8(vtstq_u8(vqtbl1q_u8(table, which.0), bit), sixteen),
+            vandq_u8(vtstq_u8(vqtbl1q_u8(table, which.1), bit), sixteen),
+        )
+    }
+
     /// The operations both NEON tiers share.
     macro_rules! neon_common {
         () => {
@@ -1108,6 +1251,38 @@ mod arm {
                 // A shift left by a negative count shifts right.
                 let (ns, hs) = (vdupq_n_s8(-(nib_shift as i8)), vdupq_n_s8(-(hi_shift as i8)));
                 int8x16x2_t(q6_half(l.0, h.0, ns, hs), q6_half(l.1, h.1, ns, hs))
+            }
+            #[inline(always)]
+            unsafe fn unpack_q5(qs: *const u8, qh: u32) -> int8x16x2_t {
+                let v = vld1q_u8(qs);
+                let (lo, hi) = (vandq_u8(v, vdupq_n_u8(15)), vshrq_n_u8::<4>(v));
+                let (blo, bhi) = bits_to_sixteens(qh);
+                int8x16x2_t(
+                    vreinterpretq_s8_u8(vorrq_u8(lo, blo)),
+                    vreinterpretq_s8_u8(vorrq_u8(hi, bhi)),
+                )
+            }
+            #[inline(always)]
+            unsafe fn q5k_values(
+                ql: *const u8,
+                qh: *const u8,
+                nib_shift: u32,
+                bit: u32,
+            ) -> int8x16x2_t {
+                let (l, h) = (vld1q_u8_x2(ql), vld1q_u8_x2(qh));
+                let (ns, b) = (vdupq_n_s8(-(nib_shift as i8)), vdupq_n_u8(1 << bit));
+                int8x16x2_t(q5_half(l.0, h.0, ns, b), q5_half(l.1, h.1, ns, b))
+            }
+            #[inline(always)]
+            unsafe fn q3k_values(
+                qs: *const u8,
+                hm: *const u8,
+                shift: u32,
+                bit: u32,
+            ) -> int8x16x2_t {
+                let (l, h) = (vld1q_u8_x2(qs), vld1q_u8_x2(hm));
+                let (ls, b) = (vdupq_n_s8(-(shift as i8)), vdupq_n_u8(1 << bit));
+                int8x16x2_t(q3_half(l.0, h.0, ls, b), q3_half(l.1, h.1, ls, b))
             }
             type H = [i32; 2];
             #[inline(always)]
