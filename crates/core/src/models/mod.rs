@@ -417,17 +417,19 @@ impl HfConfig<'_> {
         })
     }
 
-    /// Caps the context at the attention window, if the model has one: the
-    /// engine attends to every cached position, which equals sliding-window
-    /// attention only while the sequence fits in the window.
-    pub fn cap_at_window(&self, config: &mut Config, key: &str) -> Result<()> {
-        if let Some(w) = self.get(key) {
-            let w = w
-                .as_u64()
-                .ok_or_else(|| self.bad(format!("'{key}' is not an integer")))?
-                as usize;
-            config.seq_len = config.seq_len.min(w.max(1));
+    /// Qwen's sliding window, when `use_sliding_window` is true: of
+    /// `sliding_window` positions (4096 by default), on the layers
+    /// `layer_types` lists or else from `max_window_layers` (28 by default)
+    /// on, as transformers lays them out.
+    pub fn qwen_window(&self, c: &mut Config) -> Result<()> {
+        if !self.bool_or("use_sliding_window", false)? {
+            return Ok(());
         }
+        c.sliding_window = Some(self.positive_int("sliding_window")?.unwrap_or(4096));
+        c.sliding_layers = match self.layer_types(c.n_layers)? {
+            Some(layers) => layers,
+            None => (self.int_or("max_window_layers", 28)?..c.n_layers).collect(),
+        };
         Ok(())
     }
 }

@@ -5,13 +5,11 @@ use super::HfConfig;
 use crate::config::Config;
 use crate::error::Result;
 
-/// Reads a `qwen2` config. With `use_sliding_window` the window caps the
-/// context (see [`HfConfig::cap_at_window`]).
+/// Reads a `qwen2` config, with its sliding window if it uses one (see
+/// [`HfConfig::qwen_window`]).
 pub fn config(hf: &HfConfig<'_>) -> Result<Config> {
     let mut c = hf.llama_like()?;
     c.attn_bias = true;
-    if hf.bool_or("use_sliding_window", false)? {
-        hf.cap_at_window(&mut c, "sliding_window")?;
-    }
+    hf.qwen_window(&mut c)?;
     Ok(c)
 }

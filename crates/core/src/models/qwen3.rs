@@ -13,8 +13,6 @@ pub fn config(hf: &HfConfig<'_>) -> Result<Config> {
     hf.require("attention_bias", &Value::from(false))?;
     let mut c = hf.llama_like()?;
     c.qk_norm = true;
-    if hf.bool_or("use_sliding_window", false)? {
-        hf.cap_at_window(&mut c, "sliding_window")?;
-    }
+    hf.qwen_window(&mut c)?;
     Ok(c)
 }
