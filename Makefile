@@ -34,7 +34,7 @@ test-rust: ## Rust unit and integration tests (engine, kernels, run.c's story, t
 .PHONY: test-python
 test-python: ## Python tests of the installed package
 	tools/need-clang.sh
-	$(PYTHON) -m pytest tests
+	$(PYTHON) -m pytest tests --durations=20
 
 .PHONY: test-aarch64
 test-aarch64: ## NEON kernels under qemu (with and without dotprod); installs cross tools

@@ -71,12 +71,13 @@ def test_every_family_gives_transformers_logits_and_tokens(name: str, tmp_path: 
     err = relative_errors(got, case)
     assert err.max() <= TOL, err
     assert got.argmax(-1).tolist() == case["argmax"]
-    # (8 of transformers' 16 greedy tokens: the emulated classifier of a
-    # 151936-token vocabulary costs ~1 s a token)
-    stream = m.stream(case["input_ids"], max_tokens=8, temperature=0)
+    # (4 of transformers' 16 greedy tokens: the emulated classifier of a
+    # 151936-token vocabulary costs ~1 s a token, and the logits above
+    # already cover every position of the prompt)
+    stream = m.stream(case["input_ids"], max_tokens=4, temperature=0)
     for _ in stream:
         pass
-    assert stream.tokens == case["greedy"][:8]
+    assert stream.tokens == case["greedy"][:4]
 
 
 GGUF = FIXTURES / "gguf"
