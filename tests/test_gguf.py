@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,19 +108,7 @@ def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> 
     import hf_models
 
     spec = hf_models.spec(name)
-    c = spec.config
-    meta: dict[str, object] = {
-        "general.architecture": name,
-        f"{name}.block_count": c["num_hidden_layers"],
-        f"{name}.context_length": c["max_position_embeddings"],
-        f"{name}.embedding_length": c["hidden_size"],
-        f"{name}.feed_forward_length": c["intermediate_size"],
-        f"{name}.attention.head_count": c["num_attention_heads"],
-        f"{name}.attention.head_count_kv": c["num_key_value_heads"],
-        f"{name}.attention.key_length": spec.head_dim,
-        f"{name}.rope.freq_base": float(c["rope_theta"]),
-        f"{name}.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
-    }
+    meta = block_meta(name, spec)
     vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-qwen2.gguf"))
     meta.update({k: v for k, v in vocab.items() if k.startswith("tokenizer.")})
     tensors = [(gguf_name(k), v) for k, v in spec.weights().items()]
@@ -133,6 +122,24 @@ def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> 
     want = np.asarray(fixture["logits"])
     scale = np.asarray(fixture["max_abs_logit"])[:, None]
     assert (np.abs(got - want) / scale).max() < 1e-4
+
+
+def block_meta(arch: str, spec: Any) -> dict[str, object]:
+    """The GGUF keys every Llama-like block has, for the Hugging Face spec
+    ``spec`` written as architecture ``arch``."""
+    c = spec.config
+    return {
+        "general.architecture": arch,
+        f"{arch}.block_count": c["num_hidden_layers"],
+        f"{arch}.context_length": c["max_position_embeddings"],
+        f"{arch}.embedding_length": c["hidden_size"],
+        f"{arch}.feed_forward_length": c["intermediate_size"],
+        f"{arch}.attention.head_count": c["num_attention_heads"],
+        f"{arch}.attention.head_count_kv": c["num_key_value_heads"],
+        f"{arch}.attention.key_length": spec.head_dim,
+        f"{arch}.rope.freq_base": float(c.get("rope_theta", 10000.0)),
+        f"{arch}.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
+    }
 
 
 def interleave_rotary_rows(w: np.ndarray, heads: int) -> np.ndarray:
@@ -151,22 +158,16 @@ def test_granite_gguf_file_gives_transformers_logits(tmp_path: Path) -> None:
 
     spec = hf_models.spec("granite")
     c = spec.config
-    meta: dict[str, object] = {
-        "general.architecture": "granite",
-        "granite.block_count": c["num_hidden_layers"],
-        "granite.context_length": c["max_position_embeddings"],
-        "granite.embedding_length": c["hidden_size"],
-        "granite.feed_forward_length": c["intermediate_size"],
-        "granite.attention.head_count": c["num_attention_heads"],
-        "granite.attention.head_count_kv": c["num_key_value_heads"],
-        "granite.rope.freq_base": float(c["rope_theta"]),
-        "granite.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
-        "granite.vocab_size": c["vocab_size"],
-        "granite.embedding_scale": float(c["embedding_multiplier"]),
-        "granite.residual_scale": float(c["residual_multiplier"]),
-        "granite.attention.scale": float(c["attention_multiplier"]),
-        "granite.logit_scale": float(c["logits_scaling"]),
-    }
+    meta = block_meta("granite", spec)
+    meta.update(
+        {
+            "granite.vocab_size": c["vocab_size"],
+            "granite.embedding_scale": float(c["embedding_multiplier"]),
+            "granite.residual_scale": float(c["residual_multiplier"]),
+            "granite.attention.scale": float(c["attention_multiplier"]),
+            "granite.logit_scale": float(c["logits_scaling"]),
+        }
+    )
     # Llama 3's vocabulary, cut to Granite's size (as the directory tests
     # borrow it): the first ids, the merges among them, no BOS or EOS.
     vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-llama-bpe.gguf"))
@@ -235,19 +236,8 @@ def test_post_norm_gguf_files_match_their_directories(tmp_path: Path, name: str,
         config = dict(base.config, query_pre_attn_scalar=base.head_dim)
         spec = dataclasses.replace(base, config=config, name=name + "-qpas")
     c = spec.config
-    meta: dict[str, object] = {
-        "general.architecture": arch,
-        f"{arch}.block_count": c["num_hidden_layers"],
-        f"{arch}.context_length": c["max_position_embeddings"],
-        f"{arch}.embedding_length": c["hidden_size"],
-        f"{arch}.feed_forward_length": c["intermediate_size"],
-        f"{arch}.attention.head_count": c["num_attention_heads"],
-        f"{arch}.attention.head_count_kv": c["num_key_value_heads"],
-        f"{arch}.attention.key_length": spec.head_dim,
-        f"{arch}.attention.value_length": spec.head_dim,
-        f"{arch}.rope.freq_base": float(c.get("rope_theta", 10000.0)),
-        f"{arch}.attention.layer_norm_rms_epsilon": float(c["rms_norm_eps"]),
-    }
+    meta = block_meta(arch, spec)
+    meta[f"{arch}.attention.value_length"] = spec.head_dim
     if base.is_gemma:
         meta[f"{arch}.attention.sliding_window"] = c["sliding_window"]
     if name == "gemma2":

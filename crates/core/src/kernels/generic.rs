@@ -865,6 +865,24 @@ pub(super) trait KQuantWeight: Copy {
     fn offset(s: &Self::Scales, i: usize) -> f32;
 }
 
+/// The scales of q4_k and q5_k sub-blocks: `d * sc[i]`, and the offsets
+/// `-dmin * m[i]`.
+#[inline(always)]
+unsafe fn k4_scales<S: Simd>(
+    d: half::f16,
+    dmin: half::f16,
+    (sc, m): ([u8; SUBS], [u8; SUBS]),
+) -> ([f32; SUBS], [f32; SUBS]) {
+    // SAFETY: converts two values; the tier's instructions are there (caller).
+    let (d, dmin) = unsafe { (S::f16_to_f32(d.to_bits()), S::f16_to_f32(dmin.to_bits())) };
+    let mut out = ([0.0; SUBS], [0.0; SUBS]);
+    for i in 0..SUBS {
+        out.0[i] = d * sc[i] as f32;
+        out.1[i] = -(dmin * m[i] as f32);
+    }
+    out
+}
+
 impl KQuantWeight for BlockQ4K {
     /// `d * sc[i]` and `-dmin * m[i]`.
     type Scales = ([f32; SUBS], [f32; SUBS]);
@@ -872,17 +890,7 @@ impl KQuantWeight for BlockQ4K {
     #[inline(always)]
     unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales {
         // SAFETY: `b` points at a super-block (caller).
-        unsafe {
-            let d = S::f16_to_f32((*b).d.to_bits());
-            let dmin = S::f16_to_f32((*b).dmin.to_bits());
-            let (sc, m) = (*b).scales_mins();
-            let mut out = ([0.0; SUBS], [0.0; SUBS]);
-            for i in 0..SUBS {
-                out.0[i] = d * sc[i] as f32;
-                out.1[i] = -(dmin * m[i] as f32);
-            }
-            out
-        }
+        unsafe { k4_scales::<S>((*b).d, (*b).dmin, (*b).scales_mins()) }
     }
     #[inline(always)]
     unsafe fn values<S: Simd>(b: *const Self, i: usize, _: &Self::Scales) -> (S::B32, S::H) {
@@ -956,17 +964,7 @@ impl KQuantWeight for BlockQ5K {
     #[inline(always)]
     unsafe fn scales<S: Simd>(b: *const Self) -> Self::Scales {
         // SAFETY: `b` points at a super-block (caller).
-        unsafe {
-            let d = S::f16_to_f32((*b).d.to_bits());
-            let dmin = S::f16_to_f32((*b).dmin.to_bits());
-            let (sc, m) = (*b).scales_mins();
-            let mut out = ([0.0; SUBS], [0.0; SUBS]);
-            for i in 0..SUBS {
-                out.0[i] = d * sc[i] as f32;
-                out.1[i] = -(dmin * m[i] as f32);
-            }
-            out
-        }
+        unsafe { k4_scales::<S>((*b).d, (*b).dmin, (*b).scales_mins()) }
     }
     #[inline(always)]
     unsafe fn values<S: Simd>(b: *const Self, i: usize, _: &Self::Scales) -> (S::B32, S::H) {
