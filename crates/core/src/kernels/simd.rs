@@ -395,7 +395,10 @@ mod x86 {
         lo: __m512i,
         hi: __m512i,
         scale: __m512,
-        bias: i32,
+        /// `bias * scale` in the first lane of each row, zero elsewhere: the
+        /// offset's share, `bias * d * sum(x)`, is a float product
+        /// against the activations' `s`.
+        offset: __m512,
     }
 
     /// Four rows' blocks as two pairs of rows in ymm registers: signed
@@ -932,15 +935,18 @@ mod x86 {
         }
 
         type W4 = W4x16;
-        type Acc4 = __m512;
+        /// The products, and the offsets apart (two accumulators, so that
+        /// one token's chain of dependent additions stays one deep).
+        type Acc4 = [__m512; 2];
 
         #[inline(always)]
-        unsafe fn acc4_zero() -> __m512 {
-            _mm512_setzero_ps()
+        unsafe fn acc4_zero() -> [__m512; 2] {
+            [_mm512_setzero_ps(); 2]
         }
         #[inline(always)]
-        unsafe fn acc4_sums(a: __m512) -> [f32; 4] {
+        unsafe fn acc4_sums(a: [__m512; 2]) -> [f32; 4] {
             // Sum the four lanes of each 128-bit lane (one row each).
+            let a = _mm512_add_ps(a[0], a[1]);
             let t = _mm512_add_ps(a, _mm512_shuffle_ps::<0b10_11_00_01>(a, a));
             let t = _mm512_add_ps(t, _mm512_shuffle_ps::<0b01_00_11_10>(t, t));
             let mut out = [0.0f32; 16];
@@ -951,36 +957,46 @@ mod x86 {
         unsafe fn load_q4_0x4(b: *const BlockQ4_0x4) -> W4x16 {
             let v = _mm512_loadu_si512((*b).qs.as_ptr().cast());
             let m = _mm512_set1_epi8(15);
+            let scale = lane_scales(scales4((*b).d.as_ptr()));
             W4x16 {
                 lo: _mm512_and_si512(v, m),
                 hi: _mm512_and_si512(_mm512_srli_epi16::<4>(v), m),
-                scale: lane_scales(scales4((*b).d.as_ptr())),
-                bias: -8,
+                scale,
+                offset: row_offsets(scale, -8.0),
             }
         }
         #[inline(always)]
         unsafe fn load_q8_0x4(b: *const BlockQ8_0x4) -> W4x16 {
-            // w + 128 as unsigned bytes, for vpdpbusd; the bias takes 128 back.
+            // w + 128 as unsigned bytes, for vpdpbusd; the offset takes 128 back.
             let flip = _mm512_set1_epi8(-128);
+            let scale = lane_scales(scales4((*b).d.as_ptr()));
             W4x16 {
                 lo: _mm512_xor_si512(_mm512_loadu_si512((*b).qs[0].as_ptr().cast()), flip),
                 hi: _mm512_xor_si512(_mm512_loadu_si512((*b).qs[1].as_ptr().cast()), flip),
-                scale: lane_scales(scales4((*b).d.as_ptr())),
-                bias: -128,
+                scale,
+                offset: row_offsets(scale, -128.0),
             }
         }
         #[inline(always)]
-        unsafe fn dot4(acc: __m512, w: W4x16, x: *const BlockQ8Act) -> __m512 {
+        unsafe fn dot4(acc: [__m512; 2], w: W4x16, x: *const BlockQ8Act) -> [__m512; 2] {
             let q = (*x).qs.as_ptr();
             let xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(q.cast()));
             let xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(q.add(16).cast()));
-            // sum((u + bias) x) = sum(u x) + bias * sum(x): start each row's
-            // first lane at bias * sum(x).
-            let start = _mm512_maskz_set1_epi32(0x1111, w.bias * (*x).isum);
-            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, w.lo, xlo), w.hi, xhi);
+            // sum((u + bias) x) d_w d_x = sum(u x) d_w d_x + bias d_w s_x.
+            let zero = _mm512_setzero_si512();
+            let dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, w.lo, xlo), w.hi, xhi);
             let scale = _mm512_mul_ps(w.scale, _mm512_set1_ps((*x).d));
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc)
+            [
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[0]),
+                _mm512_fmadd_ps(w.offset, _mm512_set1_ps((*x).s), acc[1]),
+            ]
         }
+    }
+
+    /// `bias * scale` in the first lane of each row's four, zero in the rest.
+    #[inline(always)]
+    unsafe fn row_offsets(scale: __m512, bias: f32) -> __m512 {
+        _mm512_maskz_mul_ps(0x1111, scale, _mm512_set1_ps(bias))
     }
 
     /// Row scales `[d0 d1 d2 d3]` repeated over the four 128-bit lanes.
