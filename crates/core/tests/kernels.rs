@@ -248,8 +248,9 @@ fn float_weights(k: &Kernels, c: &mut Check, g: &mut Gen) {
 }
 
 /// `(rows, blocks per row, tokens)`: tiles and their leftovers.
-const QUANT_SHAPES: [(usize, usize, usize); 8] = [
+const QUANT_SHAPES: [(usize, usize, usize); 9] = [
     (1, 1, 1),
+    (12, 6, 14),
     (3, 2, 2),
     (4, 8, 4),
     (17, 5, 5),

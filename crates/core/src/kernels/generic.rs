@@ -295,6 +295,31 @@ pub(super) unsafe fn attn_pv<S: Simd, W: FloatWeight, const R: usize>(
 // Float matrix products (f32, f16 and bf16 weights, f32 activations)
 // ---------------------------------------------------------------------------
 
+/// The tokens of the next tile when `left` remain: `C`, 2 or 1 (see [`tiles`]).
+#[inline(always)]
+fn tile_tokens<const C: usize>(left: usize) -> usize {
+    match left {
+        _ if left >= C => C,
+        2.. => 2,
+        _ => 1,
+    }
+}
+
+/// Calls `$tile::<rows, tokens>($args)` with the tile sizes [`tiles`] gave:
+/// `$tr` rows (`$r` or 1) by `$tc` tokens (`$c`, 2 or 1).
+macro_rules! dispatch_tile {
+    ($tile:ident::<$($p:ty),*>, $r:ident, $c:ident, $tr:expr, $tc:expr, ($($arg:expr),*)) => {
+        match ($tr == $r, $tc) {
+            (true, tc) if tc == $c => $tile::<$($p,)* $r, $c>($($arg),*),
+            (true, 2) => $tile::<$($p,)* $r, 2>($($arg),*),
+            (true, _) => $tile::<$($p,)* $r, 1>($($arg),*),
+            (false, tc) if tc == $c => $tile::<$($p,)* 1, $c>($($arg),*),
+            (false, 2) => $tile::<$($p,)* 1, 2>($($arg),*),
+            (false, _) => $tile::<$($p,)* 1, 1>($($arg),*),
+        }
+    };
+}
+
 /// A weight element the float products read: loaded `LANES` at a time as
 /// f32, or one at a time for the tails.
 pub(super) trait FloatWeight: Copy {
@@ -430,12 +455,14 @@ pub(super) unsafe fn matmul_float<
         let (w, rows, out) = (w.add(done * ldw), rows - done, out.add(done));
         tiles::<R, C>(rows, n_tok, |r, t, tr, tc| {
             let (wr, xt, o) = (w.add(r * ldw), x.add(t * ldx), out.add(t * ldo + r));
-            match (tr == R, tc == C) {
-                (true, true) => tile_float::<S, W, R, C>(wr, ldw, k, xt, ldx, o, ldo),
-                (true, false) => tile_float::<S, W, R, 1>(wr, ldw, k, xt, ldx, o, ldo),
-                (false, true) => tile_float::<S, W, 1, C>(wr, ldw, k, xt, ldx, o, ldo),
-                (false, false) => tile_float::<S, W, 1, 1>(wr, ldw, k, xt, ldx, o, ldo),
-            }
+            dispatch_tile!(
+                tile_float::<S, W>,
+                R,
+                C,
+                tr,
+                tc,
+                (wr, ldw, k, xt, ldx, o, ldo)
+            )
         });
     }
 }
@@ -634,9 +661,11 @@ unsafe fn matmul_float_panel<S: Simd, W: FloatWeight, const RV: usize, const C: 
     strips * rw
 }
 
-/// Walks a `rows x n_tok` output in tiles of `R x C`, then the leftover
-/// rows and tokens one at a time: calls `f(row, token, tile_rows,
-/// tile_tokens)` with tile sizes `R` or 1 and `C` or 1.
+/// Walks a `rows x n_tok` output in tiles of `R x C`, the leftover rows one
+/// at a time and the leftover tokens two, then one, at a time: calls
+/// `f(row, token, tile_rows, tile_tokens)` with tile sizes `R` or 1 and `C`,
+/// 2 or 1 (a batch of 7 sequences is a tile of 4, one of 2 and one of 1, not
+/// a tile of 4 and three of 1).
 #[inline(always)]
 fn tiles<const R: usize, const C: usize>(
     rows: usize,
@@ -648,7 +677,7 @@ fn tiles<const R: usize, const C: usize>(
         let tr = if r + R <= rows { R } else { 1 };
         let mut t = 0;
         while t < n_tok {
-            let tc = if t + C <= n_tok { C } else { 1 };
+            let tc = tile_tokens::<C>(n_tok - t);
             f(r, t, tr, tc);
             t += tc;
         }
@@ -829,12 +858,7 @@ pub(super) unsafe fn matmul_quant<S: Simd, W: QuantWeight, const R: usize, const
     unsafe {
         tiles::<R, C>(rows, n_tok, |r, t, tr, tc| {
             let (wr, xt, o) = (w.add(r * nb), x.add(t * ldx), out.add(t * ldo + r));
-            match (tr == R, tc == C) {
-                (true, true) => tile_quant::<S, W, R, C>(wr, nb, xt, ldx, o, ldo),
-                (true, false) => tile_quant::<S, W, R, 1>(wr, nb, xt, ldx, o, ldo),
-                (false, true) => tile_quant::<S, W, 1, C>(wr, nb, xt, ldx, o, ldo),
-                (false, false) => tile_quant::<S, W, 1, 1>(wr, nb, xt, ldx, o, ldo),
-            }
+            dispatch_tile!(tile_quant::<S, W>, R, C, tr, tc, (wr, nb, xt, ldx, o, ldo))
         });
     }
 }
@@ -1120,14 +1144,16 @@ pub(super) unsafe fn matmul_kquant<S: Simd, W: KQuantWeight, const R: usize, con
             let tr = if r + R <= rows { R } else { 1 };
             let mut t = 0;
             while t < n_tok {
-                let tc = if t + C <= n_tok { C } else { 1 };
+                let tc = tile_tokens::<C>(n_tok - t);
                 let (wr, xt, o) = (w.add(r * nsb), x.add(t * ldx), out.add(t * ldo + r));
-                match (tr == R, tc == C) {
-                    (true, true) => tile_kquant::<S, W, R, C>(wr, nsb, xt, ldx, o, ldo),
-                    (true, false) => tile_kquant::<S, W, R, 1>(wr, nsb, xt, ldx, o, ldo),
-                    (false, true) => tile_kquant::<S, W, 1, C>(wr, nsb, xt, ldx, o, ldo),
-                    (false, false) => tile_kquant::<S, W, 1, 1>(wr, nsb, xt, ldx, o, ldo),
-                }
+                dispatch_tile!(
+                    tile_kquant::<S, W>,
+                    R,
+                    C,
+                    tr,
+                    tc,
+                    (wr, nsb, xt, ldx, o, ldo)
+                );
                 t += tc;
             }
             r += tr;
@@ -1231,9 +1257,17 @@ pub(super) unsafe fn matmul_quant4<S: Simd, W: QuantWeight4, const C: usize>(
                 tile_quant4::<S, W, C>(wg, nb, x.add(t * ldx), ldx, og.add(t * ldo), ldo);
                 t += C;
             }
-            while t < n_tok {
+            // The leftover tokens in tiles of 4, 2 and 1.
+            while C > 4 && t + 4 <= n_tok {
+                tile_quant4::<S, W, 4>(wg, nb, x.add(t * ldx), ldx, og.add(t * ldo), ldo);
+                t += 4;
+            }
+            while t + 2 <= n_tok {
+                tile_quant4::<S, W, 2>(wg, nb, x.add(t * ldx), ldx, og.add(t * ldo), ldo);
+                t += 2;
+            }
+            if t < n_tok {
                 tile_quant4::<S, W, 1>(wg, nb, x.add(t * ldx), ldx, og.add(t * ldo), ldo);
-                t += 1;
             }
         }
     }
