@@ -213,17 +213,27 @@ POST_NORMS_TO_GGUF = {
     "pre_feedforward_layernorm.weight": "ffn_norm.weight",
     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
+#: Phi-3's fused projections, as llama.cpp keeps them (gate and up are one
+#: `ffn_up` of twice the hidden size).
+FUSED_TO_GGUF = {
+    "self_attn.qkv_proj.weight": "attn_qkv.weight",
+    "mlp.gate_up_proj.weight": "ffn_up.weight",
+}
 
 
 @pytest.mark.parametrize(
-    ("name", "arch"), [("gemma2", "gemma2"), ("gemma3", "gemma3"), ("olmo2", "olmo2")]
+    ("name", "arch"),
+    [("gemma2", "gemma2"), ("gemma3", "gemma3"), ("olmo2", "olmo2"), ("phi3", "phi3")],
 )
-def test_post_norm_gguf_files_match_their_directories(tmp_path: Path, name: str, arch: str) -> None:
-    # As llama.cpp's converter writes Gemma and OLMo 2: Gemma's norms hold
-    # 1 + w, the rows keep Hugging Face's rotary layout, the settings are
-    # {arch}.* keys. llama.cpp has no key for query_pre_attn_scalar (it
-    # scales by 1 / sqrt(head_dim) but in the 27B models), so the model
-    # here uses head_dim; its directory is the reference.
+def test_gguf_files_of_other_blocks_match_their_directories(
+    tmp_path: Path, name: str, arch: str
+) -> None:
+    # As llama.cpp's converter writes Gemma, OLMo 2 and Phi-3: Gemma's norms
+    # hold 1 + w, the rows keep Hugging Face's rotary layout, Phi-3's
+    # projections stay fused, the settings are {arch}.* keys. llama.cpp has
+    # no key for query_pre_attn_scalar (it scales by 1 / sqrt(head_dim) but
+    # in the 27B models), so the model here uses head_dim; its directory is
+    # the reference.
     import dataclasses
 
     import gguf_writer
@@ -238,7 +248,7 @@ def test_post_norm_gguf_files_match_their_directories(tmp_path: Path, name: str,
     c = spec.config
     meta = block_meta(arch, spec)
     meta[f"{arch}.attention.value_length"] = spec.head_dim
-    if base.is_gemma:
+    if base.is_gemma or name == "phi3":
         meta[f"{arch}.attention.sliding_window"] = c["sliding_window"]
     if name == "gemma2":
         meta[f"{arch}.attn_logit_softcapping"] = float(c["attn_logit_softcapping"])
@@ -251,13 +261,20 @@ def test_post_norm_gguf_files_match_their_directories(tmp_path: Path, name: str,
         meta[f"{arch}.rope.scaling.factor"] = float(c["rope_scaling"]["factor"])
     vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-llama-spm.gguf"))
     meta.update({k: v for k, v in vocab.items() if k.startswith("tokenizer.")})
+    added = spec.vocab_size - len(vocab["tokenizer.ggml.tokens"])  # Phi-3's 64
+    meta["tokenizer.ggml.tokens"] = [*vocab["tokenizer.ggml.tokens"]] + [
+        f"<|added_{i}|>" for i in range(added)
+    ]
+    meta["tokenizer.ggml.scores"] = [*vocab["tokenizer.ggml.scores"]] + [0.0] * added
+    meta["tokenizer.ggml.token_type"] = [*vocab["tokenizer.ggml.token_type"]] + [4] * added
+    renamed = FUSED_TO_GGUF if name == "phi3" else POST_NORMS_TO_GGUF
     tensors = []
     for k, v in spec.weights().items():
         rest = k.split(".", 3)[-1]
         if k.endswith("norm.weight") and base.is_gemma:
             v = v + np.float32(1.0)
-        if rest in POST_NORMS_TO_GGUF:
-            tensors.append((f"blk.{k.split('.')[2]}.{POST_NORMS_TO_GGUF[rest]}", v))
+        if rest in renamed:
+            tensors.append((f"blk.{k.split('.')[2]}.{renamed[rest]}", v))
         else:
             tensors.append((gguf_name(k), v))
     path = tmp_path / f"{name}.gguf"

@@ -41,7 +41,8 @@ CASES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 #: Granite's own 49155-token vocabulary is not there either; it borrows
 #: Llama 3's, whose first 49152 ids hold every token the tests generate.
 #: Gemma's (256000 tokens) and OLMo 2's (100352) would make each fixture
-#: model tens of MB: those specs have Llama 2's 32000 tokens.
+#: model tens of MB: those specs have Llama 2's 32000 tokens. Phi-3's
+#: 32064 are Llama 2's and 64 added ones.
 VOCABS = {
     "llama2": "ggml-vocab-llama-spm.gguf",
     "mistral": "ggml-vocab-llama-spm.gguf",
@@ -53,6 +54,7 @@ VOCABS = {
     "gemma2": "ggml-vocab-llama-spm.gguf",
     "gemma3": "ggml-vocab-llama-spm.gguf",
     "olmo2": "ggml-vocab-llama-spm.gguf",
+    "phi3": "ggml-vocab-llama-spm.gguf",
 }
 
 #: The f32 engine against transformers' f32 logits, relative to the largest
@@ -244,7 +246,7 @@ def test_quantization_bounds_leave_room(name: str) -> None:
 def test_specs_have_the_promised_shapes() -> None:
     vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
     vocab.update(qwen3=151936, granite=49155, smollm3=128256, gemma2=32000, gemma3=32000)
-    vocab.update(olmo2=32000)
+    vocab.update(olmo2=32000, phi3=32064)
     for name, spec in hf_models.SPECS.items():
         c = spec.config
         assert spec.vocab_size == vocab[name]
@@ -255,6 +257,8 @@ def test_specs_have_the_promised_shapes() -> None:
         names = set(spec.shapes())
         assert ("lm_head.weight" in names) == (not spec.tied)
         assert ("model.layers.0.self_attn.q_proj.bias" in names) == (name == "qwen2")
+        fused = "model.layers.1.self_attn.qkv_proj.weight" in names
+        assert fused == ("model.layers.1.mlp.gate_up_proj.weight" in names) == (name == "phi3")
         has_qk_norm = name in ("qwen3", "gemma3", "olmo2")
         assert ("model.layers.1.self_attn.k_norm.weight" in names) == has_qk_norm
         post = spec.is_gemma or name == "olmo2"
@@ -496,6 +500,8 @@ MISSING = [
     ("mistral", 1, "model.norm.weight"),
     ("qwen2", 1, "model.layers.0.self_attn.k_proj.bias"),
     ("qwen3", 1, "model.layers.1.self_attn.q_norm.weight"),
+    ("phi3", 1, "model.layers.1.self_attn.qkv_proj.weight"),
+    ("phi3", 1, "model.layers.0.mlp.gate_up_proj.weight"),
 ]
 
 
@@ -540,7 +546,9 @@ def test_smollm3_nope_flags_must_cover_every_layer(tmp_path: Path) -> None:
 # -- sliding windows past a page -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "window"), [("gemma2", 20), ("gemma2", 64), ("mistral", 65)])
+@pytest.mark.parametrize(
+    ("name", "window"), [("gemma2", 20), ("gemma2", 64), ("mistral", 65), ("phi3", 30)]
+)
 def test_a_sliding_layer_sees_only_its_window(tmp_path: Path, name: str, window: int) -> None:
     # One sliding layer (Gemma 2's, or Mistral v0.1's, whose every layer
     # slides): rotary embeddings depend on distances only, so the logits

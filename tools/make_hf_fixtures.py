@@ -99,6 +99,7 @@ CASES = [
     Case("gemma2", "gemma2"),
     Case("gemma3", "gemma3"),
     Case("olmo2", "olmo2"),
+    Case("phi3", "phi3"),
     Case("qwen2_bf16", "qwen2", dtype="bfloat16"),
     Case("llama2_sharded", "llama2", shards=2),
 ]

@@ -50,6 +50,7 @@ FAMILIES = (
     "gemma2",
     "gemma3_text",
     "olmo2",
+    "phi3",
 )
 
 #: What Gemma 2 and 3 read beyond Llama's keys.
@@ -78,6 +79,7 @@ FAMILY_KEYS = {
     "gemma2": _GEMMA_KEYS,
     # (rope_parameters with an object per layer type is handed on whole.)
     "gemma3_text": (*_GEMMA_KEYS, "rope_local_base_freq", "rope_parameters"),
+    "phi3": ("partial_rotary_factor",),
 }
 
 #: Keys of llama2.c's and Meta's ``ModelArgs``. ``dropout`` and
@@ -398,9 +400,12 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}."
         if c.model_type != "olmo2":  # (OLMo 2 has no pre-norms)
             out[p + "input_layernorm.weight"] = (d,)
-        out[p + "self_attn.q_proj.weight"] = (q, d)
-        out[p + "self_attn.k_proj.weight"] = (kv, d)
-        out[p + "self_attn.v_proj.weight"] = (kv, d)
+        if c.model_type == "phi3":  # one matrix: rows q, then k, then v
+            out[p + "self_attn.qkv_proj.weight"] = (q + 2 * kv, d)
+        else:
+            out[p + "self_attn.q_proj.weight"] = (q, d)
+            out[p + "self_attn.k_proj.weight"] = (kv, d)
+            out[p + "self_attn.v_proj.weight"] = (kv, d)
         if c.model_type == "qwen2":
             out[p + "self_attn.q_proj.bias"] = (q,)
             out[p + "self_attn.k_proj.bias"] = (kv,)
@@ -418,8 +423,11 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
             out[p + "pre_feedforward_layernorm.weight"] = (d,)
         if c.model_type in ("gemma2", "gemma3_text", "olmo2"):
             out[p + "post_feedforward_layernorm.weight"] = (d,)
-        out[p + "mlp.gate_proj.weight"] = (f, d)
-        out[p + "mlp.up_proj.weight"] = (f, d)
+        if c.model_type == "phi3":  # gate rows, then up rows
+            out[p + "mlp.gate_up_proj.weight"] = (2 * f, d)
+        else:
+            out[p + "mlp.gate_proj.weight"] = (f, d)
+            out[p + "mlp.up_proj.weight"] = (f, d)
         out[p + "mlp.down_proj.weight"] = (d, f)
     out["model.norm.weight"] = (d,)
     out["lm_head.weight"] = (v, d)

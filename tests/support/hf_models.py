@@ -91,6 +91,11 @@ class HFSpec:
         return self.model_type in ("gemma2", "gemma3_text")
 
     @property
+    def fused(self) -> bool:
+        """Phi-3: q, k and v are one matrix, and so are gate and up."""
+        return self.model_type == "phi3"
+
+    @property
     def vocab_size(self) -> int:
         return int(self.config["vocab_size"])
 
@@ -117,9 +122,12 @@ class HFSpec:
             p = f"model.layers.{i}."
             if self.model_type != "olmo2":  # (OLMo 2 has no pre-norms)
                 out[p + "input_layernorm.weight"] = (d,)
-            out[p + "self_attn.q_proj.weight"] = (q, d)
-            out[p + "self_attn.k_proj.weight"] = (kv, d)
-            out[p + "self_attn.v_proj.weight"] = (kv, d)
+            if self.fused:  # Phi-3: one matrix, rows q then k then v
+                out[p + "self_attn.qkv_proj.weight"] = (q + 2 * kv, d)
+            else:
+                out[p + "self_attn.q_proj.weight"] = (q, d)
+                out[p + "self_attn.k_proj.weight"] = (kv, d)
+                out[p + "self_attn.v_proj.weight"] = (kv, d)
             if self.model_type == "qwen2" or c.get("attention_bias", False):
                 out[p + "self_attn.q_proj.bias"] = (q,)
                 out[p + "self_attn.k_proj.bias"] = (kv,)
@@ -136,8 +144,11 @@ class HFSpec:
                 out[p + "pre_feedforward_layernorm.weight"] = (d,)
             if self.is_gemma or self.model_type == "olmo2":
                 out[p + "post_feedforward_layernorm.weight"] = (d,)
-            out[p + "mlp.gate_proj.weight"] = (f, d)
-            out[p + "mlp.up_proj.weight"] = (f, d)
+            if self.fused:  # gate rows, then up rows
+                out[p + "mlp.gate_up_proj.weight"] = (2 * f, d)
+            else:
+                out[p + "mlp.gate_proj.weight"] = (f, d)
+                out[p + "mlp.up_proj.weight"] = (f, d)
             out[p + "mlp.down_proj.weight"] = (d, f)
         out["model.norm.weight"] = (d,)
         if not self.tied:
@@ -459,6 +470,32 @@ def _specs() -> dict[str, HFSpec]:
     c.update(attention_bias=False, pad_token_id=0)
     gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     specs.append(HFSpec("olmo2", c, gen, seed=3, text_ids=(3, 32000)))
+
+    # Phi-3-mini: fused q/k/v and gate/up projections, a window of 2047
+    # positions on every layer. Its 32064-token vocabulary is Llama 2's and
+    # 64 added tokens: the tests lend it Llama 2's.
+    c = _base_config(
+        "phi3",
+        "Phi3ForCausalLM",
+        vocab=32064,
+        eps=1e-5,
+        theta=10000.0,
+        max_pos=4096,
+        tied=False,
+        bos=1,
+        eos=32000,
+    )
+    c.update(
+        attention_bias=False,
+        original_max_position_embeddings=4096,
+        sliding_window=2047,
+        rope_scaling=None,
+        pad_token_id=32000,
+        embd_pdrop=0.0,
+        resid_pdrop=0.0,
+    )
+    gen = {"bos_token_id": 1, "eos_token_id": [32000, 32001, 32007], "pad_token_id": 32000}
+    specs.append(HFSpec("phi3", c, gen, seed=174, text_ids=(3, 32000)))
 
     return {s.name: s for s in specs}
 

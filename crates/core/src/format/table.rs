@@ -92,6 +92,7 @@ impl TensorTable {
         };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
+            self.unfuse(i, c)?;
             let name = |s: &str| format!("blk.{i}.{s}");
             let mut vec =
                 |t: &mut Self, s: &str, len: usize| t.vector(&maps, &mut vectors, &name(s), len);
@@ -171,6 +172,76 @@ impl TensorTable {
         });
         weights.check_finite(&self.path)?;
         Ok(weights)
+    }
+
+    /// Splits layer `i`'s fused projections into the ones the engine runs,
+    /// as row ranges of the same stored matrix (nothing is copied):
+    /// `attn_qkv` (Phi-3's `qkv_proj`) into `attn_q`, `attn_k` and `attn_v`;
+    /// `ffn_gate_up` (Phi-3's `gate_up_proj`) into `ffn_gate` and `ffn_up`;
+    /// and an `ffn_up` twice as tall as the hidden size with no `ffn_gate`
+    /// (llama.cpp keeps Phi-3's pair that way) likewise. The gate rows come
+    /// first.
+    fn unfuse(&mut self, i: usize, c: &Config) -> Result<()> {
+        let name = |s: &str| format!("blk.{i}.{s}");
+        let (q, kv, h) = (c.q_dim(), c.kv_dim(), c.hidden_dim);
+        if self.contains(&name("attn_qkv")) {
+            let parts = [
+                (name("attn_q"), q),
+                (name("attn_k"), kv),
+                (name("attn_v"), kv),
+            ];
+            self.split_rows(&name("attn_qkv"), &parts)?;
+        }
+        let gate_up = if self.contains(&name("ffn_gate_up")) {
+            Some(name("ffn_gate_up"))
+        } else {
+            let up = name("ffn_up");
+            let tall = self
+                .tensors
+                .get(&up)
+                .map(|t| t.shape.first() == Some(&(2 * h)));
+            (!self.contains(&name("ffn_gate")) && tall == Some(true)).then_some(up)
+        };
+        if let Some(fused) = gate_up {
+            self.split_rows(&fused, &[(name("ffn_gate"), h), (name("ffn_up"), h)])?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the matrix `fused` by consecutive row ranges of it, named
+    /// and sized by `parts`.
+    fn split_rows(&mut self, fused: &str, parts: &[(String, usize)]) -> Result<()> {
+        let t = self.tensors.remove(fused).expect("the caller saw it");
+        let rows: usize = parts.iter().map(|(_, r)| r).sum();
+        let &[r, cols] = t.shape.as_slice() else {
+            return Err(self.bad(format!(
+                "tensor '{fused}' has shape {:?}, expected [{rows}, columns]",
+                t.shape
+            )));
+        };
+        if r != rows {
+            return Err(self.bad(format!(
+                "tensor '{fused}' has shape {:?}, expected [{rows}, {cols}]",
+                t.shape
+            )));
+        }
+        let mut offset = t.offset;
+        for (part, r) in parts {
+            let bytes = t.dtype.matrix_bytes(*r, cols).ok_or_else(|| {
+                self.bad(format!(
+                    "tensor '{fused}' ({}) cannot be split into parts of {r} rows",
+                    t.dtype.name()
+                ))
+            })?;
+            let t = TensorRef {
+                shape: vec![*r, cols],
+                offset,
+                ..t.clone()
+            };
+            self.insert(part, t)?;
+            offset += bytes;
+        }
+        Ok(())
     }
 
     /// Removes `name` from the table, checking its shape and extent.

@@ -12,6 +12,7 @@ pub mod granite;
 pub mod llama;
 pub mod mistral;
 pub mod olmo2;
+pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
@@ -48,13 +49,14 @@ const fn family(model_type: &'static str, config: ReadConfig) -> Family {
 }
 
 /// The families by `model_type`.
-pub const FAMILIES: [Family; 9] = [
+pub const FAMILIES: [Family; 10] = [
     gemma2::FAMILY,
     gemma3::FAMILY,
     family("granite", granite::config),
     family("llama", llama::config),
     family("mistral", mistral::config),
     olmo2::FAMILY,
+    phi3::FAMILY,
     family("qwen2", qwen2::config),
     family("qwen3", qwen3::config),
     family("smollm3", smollm3::config),
@@ -107,12 +109,13 @@ const fn gguf(
 }
 
 /// The GGUF architectures the engine reads.
-pub const GGUF_FAMILIES: [GgufFamily; 8] = [
+pub const GGUF_FAMILIES: [GgufFamily; 9] = [
     gguf("gemma2", "gemma2", RopeStyle::Half, gemma2::gguf),
     gguf("gemma3", "gemma3_text", RopeStyle::Half, gemma3::gguf),
     gguf("granite", "granite", RopeStyle::Interleaved, granite::gguf),
     gguf("llama", "llama", RopeStyle::Interleaved, no_gguf_keys),
     gguf("olmo2", "olmo2", RopeStyle::Half, olmo2::gguf),
+    gguf("phi3", "phi3", RopeStyle::Half, phi3::gguf),
     gguf("qwen2", "qwen2", RopeStyle::Half, no_gguf_keys),
     gguf("qwen3", "qwen3", RopeStyle::Half, no_gguf_keys),
     gguf("smollm3", "smollm3", RopeStyle::Interleaved, smollm3::gguf),
