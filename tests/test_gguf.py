@@ -10,6 +10,7 @@ library dequantizes them.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,13 @@ FUSED_TO_GGUF = {
 
 @pytest.mark.parametrize(
     ("name", "arch"),
-    [("gemma2", "gemma2"), ("gemma3", "gemma3"), ("olmo2", "olmo2"), ("phi3", "phi3")],
+    [
+        ("gemma2", "gemma2"),
+        ("gemma3", "gemma3"),
+        ("olmo2", "olmo2"),
+        ("phi3", "phi3"),
+        ("phi3_longrope", "phi3"),
+    ],
 )
 def test_gguf_files_of_other_blocks_match_their_directories(
     tmp_path: Path, name: str, arch: str
@@ -248,7 +255,7 @@ def test_gguf_files_of_other_blocks_match_their_directories(
     c = spec.config
     meta = block_meta(arch, spec)
     meta[f"{arch}.attention.value_length"] = spec.head_dim
-    if base.is_gemma or name == "phi3":
+    if base.is_gemma or arch == "phi3":
         meta[f"{arch}.attention.sliding_window"] = c["sliding_window"]
     if name == "gemma2":
         meta[f"{arch}.attn_logit_softcapping"] = float(c["attn_logit_softcapping"])
@@ -267,8 +274,18 @@ def test_gguf_files_of_other_blocks_match_their_directories(
     ]
     meta["tokenizer.ggml.scores"] = [*vocab["tokenizer.ggml.scores"]] + [0.0] * added
     meta["tokenizer.ggml.token_type"] = [*vocab["tokenizer.ggml.token_type"]] + [4] * added
-    renamed = FUSED_TO_GGUF if name == "phi3" else POST_NORMS_TO_GGUF
+    renamed = FUSED_TO_GGUF if arch == "phi3" else POST_NORMS_TO_GGUF
     tensors = []
+    if name == "phi3_longrope":  # as llama.cpp's converter writes LongRoPE
+        scaling, original = c["rope_scaling"], c["original_max_position_embeddings"]
+        extension = c["max_position_embeddings"] / original
+        meta[f"{arch}.rope.scaling.original_context_length"] = original
+        meta[f"{arch}.rope.scaling.attn_factor"] = math.sqrt(
+            1 + math.log(extension) / math.log(original)
+        )
+        for kind in ("long", "short"):
+            factors = np.asarray(scaling[f"{kind}_factor"], dtype=np.float32)
+            tensors.append((f"rope_factors_{kind}.weight", factors))
     for k, v in spec.weights().items():
         rest = k.split(".", 3)[-1]
         if k.endswith("norm.weight") and base.is_gemma:

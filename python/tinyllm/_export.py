@@ -79,7 +79,7 @@ FAMILY_KEYS = {
     "gemma2": _GEMMA_KEYS,
     # (rope_parameters with an object per layer type is handed on whole.)
     "gemma3_text": (*_GEMMA_KEYS, "rope_local_base_freq", "rope_parameters"),
-    "phi3": ("partial_rotary_factor",),
+    "phi3": ("partial_rotary_factor", "original_max_position_embeddings"),
 }
 
 #: Keys of llama2.c's and Meta's ``ModelArgs``. ``dropout`` and
@@ -302,9 +302,10 @@ def _rope(c: Mapping[str, Any]) -> tuple[float | None, dict[str, Any] | None]:
         if not isinstance(scaling, Mapping):
             raise ValueError(f"config: 'rope_scaling' must be a dict or None, not {scaling!r}")
         kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind not in ("default", "linear", "llama3"):
+        if kind not in ("default", "linear", "llama3", "longrope"):
             raise ValueError(
-                f"config: rope_scaling type {kind!r} is not supported (default, linear, llama3)"
+                f"config: rope_scaling type {kind!r} is not supported "
+                "(default, linear, llama3, longrope)"
             )
         scaling = None if kind == "default" else dict(scaling)
     return theta, scaling

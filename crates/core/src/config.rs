@@ -169,6 +169,30 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_max_position_embeddings: usize,
     },
+    /// LongRoPE (Phi-3's 128k models, Phi-3.5, Phi-4-mini): pair `j`'s
+    /// frequency divided by `long_factor[j]` when the context is longer
+    /// than `original_max_position_embeddings`, else by `short_factor[j]`
+    /// (llama.cpp's rule: one set for a whole context, so every cached key
+    /// turns as the queries do; transformers switches by the length of each
+    /// call instead). The magnitude LongRoPE gives cos and sin is a factor of
+    /// the attention scale, read with the config.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// What LongRoPE multiplies cos and sin by when a context of `original`
+/// positions is extended to `context`: `sqrt(1 + ln(s) / ln(original))` for
+/// the extension `s = context / original`, 1 when it does not extend.
+pub fn longrope_magnitude(context: usize, original: usize) -> f32 {
+    let s = context as f64 / original as f64;
+    if s <= 1.0 {
+        1.0
+    } else {
+        (1.0 + s.ln() / (original as f64).ln()).sqrt() as f32
+    }
 }
 
 impl Default for Config {
@@ -245,7 +269,7 @@ impl Config {
             rope_scaling: None,
             ..self.clone()
         };
-        Some(local.rope_frequencies(None))
+        Some(local.rope_frequencies(None, 0))
     }
 
     /// The lengths of the Q and K norms' gains (`qk_norm`).
@@ -264,18 +288,31 @@ impl Config {
     }
 
     /// The rotary frequency of each pair `j` of a head, `theta^(-2j /
-    /// head_dim)` rescaled as `rope_scaling` says, then divided by
-    /// `factors[j]` if given (Llama 3.1 GGUF files store such factors).
-    /// Computed in f32 as Hugging Face and llama2.c do.
-    pub fn rope_frequencies(&self, factors: Option<&[f32]>) -> Vec<f32> {
+    /// head_dim)` rescaled as `rope_scaling` says for sequences of up to
+    /// `context` positions, then divided by `factors[j]` if given (Llama 3.1
+    /// GGUF files store such factors). Computed in f32 as Hugging Face and
+    /// llama2.c do.
+    pub fn rope_frequencies(&self, factors: Option<&[f32]>, context: usize) -> Vec<f32> {
         let half = self.head_dim / 2;
         (0..half)
             .map(|j| {
                 let f = 1.0 / self.rope_theta.powf((2 * j) as f32 / self.head_dim as f32);
-                let f = match self.rope_scaling {
+                let f = match &self.rope_scaling {
                     None => f,
                     Some(RopeScaling::Linear { factor }) => f / factor,
-                    Some(RopeScaling::Llama3 {
+                    Some(RopeScaling::LongRope {
+                        short_factor,
+                        long_factor,
+                        original_max_position_embeddings: old,
+                    }) => {
+                        let long = context > *old;
+                        f / if long {
+                            long_factor[j]
+                        } else {
+                            short_factor[j]
+                        }
+                    }
+                    &Some(RopeScaling::Llama3 {
                         factor,
                         low_freq_factor: low,
                         high_freq_factor: high,
@@ -372,6 +409,30 @@ impl Config {
                     return Err(Error::format(
                         path,
                         format!("llama3 rope_scaling {:?} is invalid", self.rope_scaling),
+                    ));
+                }
+            }
+            Some(RopeScaling::LongRope {
+                ref short_factor,
+                ref long_factor,
+                original_max_position_embeddings,
+            }) => {
+                let half = self.head_dim / 2;
+                for (name, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if f.len() != half || !f.iter().all(|v| v.is_finite() && *v > 0.0) {
+                        return Err(Error::format(
+                            path,
+                            format!(
+                                "longrope {name} must hold {half} positive numbers (one per \
+                                 rotary pair of a head), not {f:?}"
+                            ),
+                        ));
+                    }
+                }
+                if original_max_position_embeddings == 0 {
+                    return Err(Error::format(
+                        path,
+                        "longrope original_max_position_embeddings is 0".to_string(),
                     ));
                 }
             }

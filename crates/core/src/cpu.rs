@@ -133,7 +133,10 @@ impl CpuDevice {
         let att_rows = ATT_TOKENS * (c.n_heads / c.n_kv_heads);
         let quant_q = usize::from(kv == KvType::Q8_0);
         // Pair j of a head turns at pos * theta^(-2j / head_dim), rescaled.
-        let inv_freq = c.rope_frequencies(weights.rope_factors.as_ref().map(|d| weights.vector(d)));
+        let inv_freq = c.rope_frequencies(
+            weights.rope_factors.as_ref().map(|d| weights.vector(d)),
+            max_len,
+        );
         let local_inv_freq = c.local_rope_frequencies().unwrap_or_default();
         let local = usize::from(!local_inv_freq.is_empty());
         let n_threads = n_threads.max(1);

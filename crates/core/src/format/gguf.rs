@@ -15,7 +15,7 @@
 
 use super::table::{TensorRef, TensorTable};
 use super::{FileKind, ModelFile, Reader};
-use crate::config::{Config, RopeScaling};
+use crate::config::{Config, RopeScaling, longrope_magnitude};
 use crate::error::{Error, Result, short};
 use crate::models::GGUF_FAMILIES;
 use crate::weights::DType;
@@ -514,6 +514,10 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
             )));
         }
     }
+    if table.contains("rope_factors_long") {
+        longrope(&mut table, &map, &mut config, &number)?;
+        config.validate(path)?;
+    }
     let weights = table.into_weights(&config, vec![map])?;
     Ok(ModelFile {
         kind: FileKind::Gguf,
@@ -523,4 +527,40 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         tokenizer: None,
         header: None,
     })
+}
+
+/// LongRoPE as llama.cpp writes it (Phi-3's 128k models): the factors as the
+/// vectors `rope_factors_long` and `rope_factors_short`, the trained context
+/// as `rope.scaling.original_context_length` and the magnitude on cos and
+/// sin as `rope.scaling.attn_factor` (computed as transformers does when
+/// absent).
+fn longrope(
+    table: &mut TensorTable,
+    map: &Mmap,
+    c: &mut Config,
+    number: &dyn Fn(&str) -> Result<Option<f64>>,
+) -> Result<()> {
+    let maps = std::slice::from_ref(map);
+    let half = c.head_dim / 2;
+    let long_factor = table.take_values(maps, "rope_factors_long", half)?;
+    let short_factor = table.take_values(maps, "rope_factors_short", half)?;
+    let original =
+        number("rope.scaling.original_context_length")?.map_or(c.seq_len, |v| v as usize);
+    let m = match number("rope.scaling.attn_factor")? {
+        Some(m) if m.is_finite() && m > 0.0 => m as f32,
+        Some(m) => {
+            return Err(Error::format(
+                table.path(),
+                format!("rope.scaling.attn_factor = {m} is not a positive number"),
+            ));
+        }
+        None => longrope_magnitude(c.seq_len, original.max(1)),
+    };
+    c.rope_scaling = Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+    });
+    c.attention_scale = Some(m * m / (c.head_dim as f32).sqrt());
+    Ok(())
 }

@@ -43,6 +43,11 @@ impl TensorTable {
         }
     }
 
+    /// The model's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn bad(&self, reason: String) -> Error {
         Error::format(&self.path, reason)
     }
@@ -172,6 +177,14 @@ impl TensorTable {
         });
         weights.check_finite(&self.path)?;
         Ok(weights)
+    }
+
+    /// Removes the vector `name` and returns its values, for tensors that
+    /// are settings rather than weights (LongRoPE's factors in GGUF files).
+    pub fn take_values(&mut self, maps: &[Mmap], name: &str, len: usize) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(len);
+        self.vector(maps, &mut out, name, len)?;
+        Ok(out)
     }
 
     /// Splits layer `i`'s fused projections into the ones the engine runs,

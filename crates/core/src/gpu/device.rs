@@ -274,7 +274,7 @@ impl<G: Gpu> GpuDevice<G> {
             info_host: Vec::with_capacity(max_batch),
             cos_host: vec![0.0; max_batch * half],
             sin_host: vec![0.0; max_batch * half],
-            inv_freq: c.rope_frequencies(w.rope_factors.as_ref().map(|d| w.vector(d))),
+            inv_freq: c.rope_frequencies(w.rope_factors.as_ref().map(|d| w.vector(d)), max_len),
             local_inv_freq,
             own_bytes: own,
             gpu,

@@ -105,7 +105,7 @@ mod tests {
         let local = c.local_rope_frequencies().unwrap();
         assert_eq!(local[1], 1.0 / 10000f32.powf(2.0 / 256.0));
         assert_eq!(
-            c.rope_frequencies(None)[1],
+            c.rope_frequencies(None, 0)[1],
             1.0 / 1e6f32.powf(2.0 / 256.0) / 8.0
         );
     }

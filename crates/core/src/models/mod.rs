@@ -17,7 +17,7 @@ pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
 
-use crate::config::{Activation, Config, RopeScaling, RopeStyle};
+use crate::config::{Activation, Config, RopeScaling, RopeStyle, longrope_magnitude};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -247,7 +247,7 @@ impl HfConfig<'_> {
         if n_heads == 0 {
             return Err(self.bad("'num_attention_heads' is 0".into()));
         }
-        Ok(Config {
+        let mut c = Config {
             dim,
             hidden_dim: self.int("intermediate_size")?,
             n_layers: self.int("num_hidden_layers")?,
@@ -262,7 +262,18 @@ impl HfConfig<'_> {
             rope_scaling: self.rope_scaling()?,
             activation: self.activation()?,
             ..Config::default()
-        })
+        };
+        // LongRoPE's magnitude m on the cos and sin of both q and k is m^2
+        // on every score.
+        if let Some(RopeScaling::LongRope {
+            original_max_position_embeddings,
+            ..
+        }) = c.rope_scaling
+        {
+            let m = self.longrope_attention_factor(original_max_position_embeddings)?;
+            c.attention_scale = Some(m * m / (c.head_dim as f32).sqrt());
+        }
+        Ok(c)
     }
 
     /// The feed-forward's activation: `hidden_activation` (Gemma's key) or
@@ -412,11 +423,74 @@ impl HfConfig<'_> {
                 high_freq_factor: num("high_freq_factor")? as f32,
                 original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
             }),
+            "longrope" => {
+                let factors = |key: &str| -> Result<Vec<f32>> {
+                    s.get(key)
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().map(|v| v.as_f64().map(|v| v as f32)).collect())
+                        .ok_or_else(|| {
+                            self.bad(format!(
+                                "rope_scaling.{key} is missing or not a list of numbers"
+                            ))
+                        })
+                };
+                Some(RopeScaling::LongRope {
+                    short_factor: factors("short_factor")?,
+                    long_factor: factors("long_factor")?,
+                    original_max_position_embeddings: self.longrope_original(s)?,
+                })
+            }
             other => {
                 return Err(self.bad(format!(
-                    "rope_scaling type '{other}' is not supported (default, linear, llama3)"
+                    "rope_scaling type '{other}' is not supported (default, linear, llama3, longrope)"
                 )));
             }
+        })
+    }
+
+    /// LongRoPE's pretrained context: the config's
+    /// `original_max_position_embeddings` (Phi-3 keeps it there), else the
+    /// scaling object's, else `max_position_embeddings`.
+    fn longrope_original(&self, s: &Value) -> Result<usize> {
+        if self.get("original_max_position_embeddings").is_some() {
+            return self.int("original_max_position_embeddings");
+        }
+        match s.get("original_max_position_embeddings") {
+            Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
+                self.bad("rope_scaling.original_max_position_embeddings is not an integer".into())
+            }),
+            None => self.int("max_position_embeddings"),
+        }
+    }
+
+    /// What LongRoPE multiplies cos and sin by, as transformers computes
+    /// it: the scaling's `attention_factor`, else `sqrt(1 + ln(s) /
+    /// ln(original))` for the extension `s` (the context over the original
+    /// one when the config keeps the original apart, else the scaling's
+    /// `factor`), 1 when it does not extend.
+    fn longrope_attention_factor(&self, original: usize) -> Result<f32> {
+        let s = self
+            .get("rope_parameters")
+            .or_else(|| self.get("rope_scaling"))
+            .expect("a longrope scaling");
+        if let Some(v) = s.get("attention_factor").filter(|v| !v.is_null()) {
+            return v
+                .as_f64()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .map(|v| v as f32)
+                .ok_or_else(|| {
+                    self.bad("rope_scaling.attention_factor is not a positive number".into())
+                });
+        }
+        if self.get("original_max_position_embeddings").is_some() {
+            let context = self.int("max_position_embeddings")?;
+            return Ok(longrope_magnitude(context, original));
+        }
+        let factor = s.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
+        Ok(if factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + factor.ln() / (original as f64).ln()).sqrt() as f32
         })
     }
 

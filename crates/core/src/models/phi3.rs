@@ -7,8 +7,9 @@
 //! `sliding_window` positions on every layer (as Hugging Face's
 //! implementation does; llama.cpp ignores the window).
 //!
-//! Not read yet: `longrope` scaling (the 128k-context models) and a
-//! `partial_rotary_factor` below 1 (Phi-4-mini); both are refused by name.
+//! The 128k-context models (Phi-3-mini-128k, Phi-3.5-mini) scale their
+//! rotary frequencies by LongRoPE (`RopeScaling::LongRope`). Not read yet: a
+//! `partial_rotary_factor` below 1 (Phi-4-mini), refused by name.
 
 use super::{Family, GgufNumber, HfConfig, LayerNames};
 use crate::config::Config;
@@ -68,6 +69,7 @@ pub fn gguf(num: GgufNumber<'_>, c: &mut Config) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::Config;
     use crate::models::config_from_hf;
     use std::path::Path;
 
@@ -101,18 +103,46 @@ mod tests {
     }
 
     #[test]
+    fn phi3_5_mini_longrope() {
+        // Phi-3.5-mini-instruct: a 131072-token context over 4096 trained,
+        // 48 factors (head_dim 96) of each kind (shortened here).
+        let mut j = mini_4k();
+        j["max_position_embeddings"] = 131072.into();
+        let short: Vec<f64> = (0..48).map(|i| 1.0 + i as f64 / 100.0).collect();
+        let long: Vec<f64> = (0..48).map(|i| 1.0 + i as f64).collect();
+        j["rope_scaling"] = serde_json::json!({"type": "longrope",
+            "long_factor": long, "short_factor": short});
+        let c = config_from_hf(&j, Path::new("config.json")).unwrap().1;
+        // sqrt(1 + ln(32) / ln(4096)) on cos and sin: its square on scores
+        let m2 = 1.0 + 32f32.ln() / 4096f32.ln();
+        assert!((c.attn_scale() - m2 / 96f32.sqrt()).abs() < 1e-6);
+        let base = Config {
+            rope_scaling: None,
+            ..c.clone()
+        }
+        .rope_frequencies(None, 0);
+        // short factors up to the trained context, long ones past it
+        for (context, factors) in [(4096, &short), (4097, &long)] {
+            let f = c.rope_frequencies(None, context);
+            for ((f, b), s) in f.iter().zip(&base).zip(factors) {
+                assert!((f * *s as f32 - b).abs() <= 1e-6 * b, "{context}");
+            }
+        }
+        // a factor list of the wrong length is named
+        j["rope_scaling"]["short_factor"] = serde_json::json!([1.0, 2.0]);
+        let err = config_from_hf(&j, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("short_factor must hold 48"), "{err}");
+    }
+
+    #[test]
     fn what_phi3_cannot_run_is_named() {
-        let err = |j: &serde_json::Value| {
-            config_from_hf(j, Path::new("config.json"))
-                .unwrap_err()
-                .to_string()
-        };
         let mut j = mini_4k();
         j["partial_rotary_factor"] = 0.75.into();
-        assert!(err(&j).contains("partial_rotary_factor"), "{}", err(&j));
-        let mut j = mini_4k();
-        j["rope_scaling"] = serde_json::json!({"type": "longrope",
-            "long_factor": [1.0], "short_factor": [1.0]});
-        assert!(err(&j).contains("longrope"), "{}", err(&j));
+        let err = config_from_hf(&j, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("partial_rotary_factor"), "{err}");
     }
 }
