@@ -229,7 +229,7 @@ FUSED_TO_GGUF = {
         ("gemma3", "gemma3"),
         ("olmo2", "olmo2"),
         ("phi3", "phi3"),
-        ("phi3_longrope", "phi3"),
+        ("phi4_mini", "phi3"),
     ],
 )
 def test_gguf_files_of_other_blocks_match_their_directories(
@@ -276,10 +276,12 @@ def test_gguf_files_of_other_blocks_match_their_directories(
     meta["tokenizer.ggml.token_type"] = [*vocab["tokenizer.ggml.token_type"]] + [4] * added
     renamed = FUSED_TO_GGUF if arch == "phi3" else POST_NORMS_TO_GGUF
     tensors = []
-    if name == "phi3_longrope":  # as llama.cpp's converter writes LongRoPE
+    if name == "phi4_mini":  # as llama.cpp's converter writes its rotary settings
         scaling, original = c["rope_scaling"], c["original_max_position_embeddings"]
         extension = c["max_position_embeddings"] / original
         meta[f"{arch}.rope.scaling.original_context_length"] = original
+        rotary = int(spec.head_dim * c["partial_rotary_factor"])
+        meta[f"{arch}.rope.dimension_count"] = rotary
         meta[f"{arch}.rope.scaling.attn_factor"] = math.sqrt(
             1 + math.log(extension) / math.log(original)
         )

@@ -55,7 +55,7 @@ VOCABS = {
     "gemma3": "ggml-vocab-llama-spm.gguf",
     "olmo2": "ggml-vocab-llama-spm.gguf",
     "phi3": "ggml-vocab-llama-spm.gguf",
-    "phi3_longrope": "ggml-vocab-llama-spm.gguf",
+    "phi4_mini": "ggml-vocab-llama-spm.gguf",
 }
 
 #: The f32 engine against transformers' f32 logits, relative to the largest
@@ -229,7 +229,7 @@ def test_fixture_is_consistent_and_not_fragile(name: str) -> None:
     assert all(spec.text_ids[0] <= i < spec.text_ids[1] for i in c["greedy"])
 
 
-@pytest.mark.parametrize("name", ["llama3", "phi3_longrope"])
+@pytest.mark.parametrize("name", ["llama3", "phi4_mini"])
 def test_rope_scaling_is_visible_to_the_tolerance(name: str) -> None:
     # Ignoring the "llama3" or "longrope" scaling moves the logits this much.
     effect = load_case(name)["rope_scaling_effect_rel"]
@@ -248,7 +248,7 @@ def test_quantization_bounds_leave_room(name: str) -> None:
 def test_specs_have_the_promised_shapes() -> None:
     vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
     vocab.update(qwen3=151936, granite=49155, smollm3=128256, gemma2=32000, gemma3=32000)
-    vocab.update(olmo2=32000, phi3=32064, phi3_longrope=32064)
+    vocab.update(olmo2=32000, phi3=32064, phi4_mini=32064)
     for name, spec in hf_models.SPECS.items():
         c = spec.config
         assert spec.vocab_size == vocab[name]
@@ -261,7 +261,7 @@ def test_specs_have_the_promised_shapes() -> None:
         assert ("model.layers.0.self_attn.q_proj.bias" in names) == (name == "qwen2")
         qkv = "model.layers.1.self_attn.qkv_proj.weight" in names
         gate_up = "model.layers.1.mlp.gate_up_proj.weight" in names
-        assert qkv == gate_up == name.startswith("phi3")
+        assert qkv == gate_up == (spec.model_type == "phi3")
         has_qk_norm = name in ("qwen3", "gemma3", "olmo2")
         assert ("model.layers.1.self_attn.k_norm.weight" in names) == has_qk_norm
         post = spec.is_gemma or name == "olmo2"

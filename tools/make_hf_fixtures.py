@@ -100,7 +100,7 @@ CASES = [
     Case("gemma3", "gemma3"),
     Case("olmo2", "olmo2"),
     Case("phi3", "phi3"),
-    Case("phi3_longrope", "phi3_longrope"),
+    Case("phi4_mini", "phi4_mini"),
     Case("qwen2_bf16", "qwen2", dtype="bfloat16"),
     Case("llama2_sharded", "llama2", shards=2),
 ]

@@ -124,8 +124,10 @@ struct RowArgs {
     // rmsnorm: 1 reads row rows[t] of the source for row t of the output
     // (the rows that want logits), 0 row t.
     uint gather;
+    // rope: the leading values of each head that rotate (the rest pass).
+    uint rotary;
 };
-static_assert(sizeof(RowArgs) == 32, "RowArgs");
+static_assert(sizeof(RowArgs) == 36, "RowArgs");
 
 // The KV cache: a page holds PAGE positions of every layer,
 // (n_layers, 2, kv_heads, PAGE, head_dim) rows of `row_bytes`.

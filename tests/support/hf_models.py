@@ -497,22 +497,26 @@ def _specs() -> dict[str, HFSpec]:
     gen = {"bos_token_id": 1, "eos_token_id": [32000, 32001, 32007], "pad_token_id": 32000}
     specs.append(HFSpec("phi3", c, gen, seed=174, text_ids=(3, 32000)))
 
-    # Phi-3.5-mini style: LongRoPE. Its original context is cut to 8
-    # positions here, so that every call of the tests (12 prompt tokens and
-    # more) runs the long factors in transformers as in tinyllm (which
-    # picks them for contexts above 8); the context of 64 makes the
+    # Phi-4-mini style: LongRoPE on the first 3/4 of each head (12 of 16:
+    # six factors of each kind). (Its classifier is tied; the tied specs'
+    # large final gain made this one too sensitive to quantization for the
+    # bounds below, so it keeps Phi-3's.) The original context is
+    # cut to 8 positions here, so that every call of the tests (12 prompt
+    # tokens and more) runs the long factors in transformers as in tinyllm
+    # (which picks them for contexts above 8); the context of 64 makes the
     # attention factor sqrt(1 + ln(64 / 8) / ln 8) = sqrt(2).
     c = copy.deepcopy(c)
     c.update(
         max_position_embeddings=64,
         original_max_position_embeddings=8,
+        partial_rotary_factor=0.75,
         rope_scaling={
             "type": "longrope",
-            "short_factor": [1.0, 1.0, 1.02, 1.05, 1.1, 1.2, 1.3, 1.5],
-            "long_factor": [1.0, 1.1, 1.5, 2.5, 5.0, 10.0, 20.0, 40.0],
+            "short_factor": [1.0, 1.02, 1.05, 1.1, 1.2, 1.5],
+            "long_factor": [1.0, 1.5, 2.5, 5.0, 10.0, 40.0],
         },
     )
-    specs.append(HFSpec("phi3_longrope", c, gen, seed=49, text_ids=(3, 32000)))
+    specs.append(HFSpec("phi4_mini", c, gen, seed=79, text_ids=(3, 32000)))
 
     return {s.name: s for s in specs}
 

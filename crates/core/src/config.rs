@@ -107,6 +107,11 @@ pub struct Config {
     /// scaling on the global layers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rope_theta: Option<f32>,
+    /// The leading values of each head that rotate, when not all do
+    /// (Phi-4-mini's `partial_rotary_factor`, a GGUF
+    /// `rope.dimension_count` below the head size); the rest pass through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -174,12 +179,13 @@ pub enum RopeScaling {
     /// than `original_max_position_embeddings`, else by `short_factor[j]`
     /// (llama.cpp's rule: one set for a whole context, so every cached key
     /// turns as the queries do; transformers switches by the length of each
-    /// call instead). The magnitude LongRoPE gives cos and sin is a factor of
-    /// the attention scale, read with the config.
+    /// call instead). `attention_factor` multiplies cos and sin (so only the
+    /// values that rotate, when not all do).
     LongRope {
         short_factor: Vec<f32>,
         long_factor: Vec<f32>,
         original_max_position_embeddings: usize,
+        attention_factor: f32,
     },
 }
 
@@ -228,6 +234,7 @@ impl Default for Config {
             sliding_window: None,
             sliding_layers: Vec::new(),
             local_rope_theta: None,
+            rotary_dim: None,
         }
     }
 }
@@ -241,6 +248,22 @@ impl Config {
     /// Width of all key (or value) heads together, `n_kv_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
+    }
+
+    /// What the rotary cos and sin are multiplied by (LongRoPE's
+    /// `attention_factor`; else 1).
+    pub fn rope_magnitude(&self) -> f32 {
+        match &self.rope_scaling {
+            Some(RopeScaling::LongRope {
+                attention_factor, ..
+            }) => *attention_factor,
+            _ => 1.0,
+        }
+    }
+
+    /// The leading values of each head that rotate: `rotary_dim`, else all.
+    pub fn rotary_dims(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.head_dim)
     }
 
     /// Whether layer `l` rotates its queries and keys.
@@ -293,10 +316,10 @@ impl Config {
     /// GGUF files store such factors). Computed in f32 as Hugging Face and
     /// llama2.c do.
     pub fn rope_frequencies(&self, factors: Option<&[f32]>, context: usize) -> Vec<f32> {
-        let half = self.head_dim / 2;
-        (0..half)
+        let rot = self.rotary_dims();
+        (0..rot / 2)
             .map(|j| {
-                let f = 1.0 / self.rope_theta.powf((2 * j) as f32 / self.head_dim as f32);
+                let f = 1.0 / self.rope_theta.powf((2 * j) as f32 / rot as f32);
                 let f = match &self.rope_scaling {
                     None => f,
                     Some(RopeScaling::Linear { factor }) => f / factor,
@@ -304,6 +327,7 @@ impl Config {
                         short_factor,
                         long_factor,
                         original_max_position_embeddings: old,
+                        ..
                     }) => {
                         let long = context > *old;
                         f / if long {
@@ -385,6 +409,18 @@ impl Config {
                 ),
             ));
         }
+        if let Some(rot) = self.rotary_dim
+            && (rot == 0 || rot % 2 == 1 || rot > self.head_dim)
+        {
+            return Err(Error::format(
+                path,
+                format!(
+                    "rotary_dim = {rot} is invalid: an even number of values up to the head \
+                     size {}",
+                    self.head_dim
+                ),
+            ));
+        }
         match self.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) if !(factor.is_finite() && factor > 0.0) => {
@@ -416,8 +452,15 @@ impl Config {
                 ref short_factor,
                 ref long_factor,
                 original_max_position_embeddings,
+                attention_factor,
             }) => {
-                let half = self.head_dim / 2;
+                if !(attention_factor.is_finite() && attention_factor > 0.0) {
+                    return Err(Error::format(
+                        path,
+                        format!("longrope attention_factor = {attention_factor} is invalid"),
+                    ));
+                }
+                let half = self.rotary_dims() / 2;
                 for (name, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
                     if f.len() != half || !f.iter().all(|v| v.is_finite() && *v > 0.0) {
                         return Err(Error::format(

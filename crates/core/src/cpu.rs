@@ -129,7 +129,7 @@ impl CpuDevice {
         let blocked = usize::from(dtypes.iter().any(|d| d.is_blocked()));
         let grouped = usize::from(dtypes.iter().any(|d| matches!(d, DType::Q8Group { .. })));
         let floating = usize::from(max_batch > 1 && dtypes.iter().any(|d| d.is_float()));
-        let half = c.head_dim / 2;
+        let half = c.rotary_dims() / 2;
         let att_rows = ATT_TOKENS * (c.n_heads / c.n_kv_heads);
         let quant_q = usize::from(kv == KvType::Q8_0);
         // Pair j of a head turns at pos * theta^(-2j / head_dim), rescaled.
@@ -316,7 +316,8 @@ impl EngineDevice for CpuDevice {
 
 impl Device for CpuDevice {
     fn begin(&mut self, plan: &Plan) {
-        let (vocab, half) = (self.model.config.vocab_size, self.model.config.head_dim / 2);
+        let c = &self.model.config;
+        let (vocab, half, magnitude) = (c.vocab_size, c.rotary_dims() / 2, c.rope_magnitude());
         plan.check(self.max_batch, self.max_len, vocab);
         self.tokens.clone_from(&plan.tokens);
         self.entries.clone_from(&plan.entries);
@@ -334,10 +335,10 @@ impl Device for CpuDevice {
                 self.row_entry.push(e);
                 let r = (entry.tokens.start + t) * half..(entry.tokens.start + t + 1) * half;
                 let (cos, sin) = (&mut self.cos[r.clone()], &mut self.sin[r.clone()]);
-                rotary_angles(&self.inv_freq, entry.start + t, cos, sin);
+                rotary_angles(&self.inv_freq, magnitude, entry.start + t, cos, sin);
                 if !self.local_inv_freq.is_empty() {
                     let (cos, sin) = (&mut self.local_cos[r.clone()], &mut self.local_sin[r]);
-                    rotary_angles(&self.local_inv_freq, entry.start + t, cos, sin);
+                    rotary_angles(&self.local_inv_freq, 1.0, entry.start + t, cos, sin);
                 }
             }
             for t0 in (0..len).step_by(ATT_TOKENS) {
@@ -499,7 +500,7 @@ impl Device for CpuDevice {
         let n = self.rows();
         let c = &self.model.config;
         let (hd, style, width) = (c.head_dim, c.rope_style, buf.width(c));
-        let half = hd / 2;
+        let (rot, half) = (c.rotary_dims(), c.rotary_dims() / 2);
         let (cos, sin) = if local {
             assert!(
                 !self.local_cos.is_empty(),
@@ -518,6 +519,7 @@ impl Device for CpuDevice {
             rope(
                 &mut rows[t * width..(t + 1) * width],
                 hd,
+                rot,
                 style,
                 &cos[t * half..(t + 1) * half],
                 &sin[t * half..(t + 1) * half],
@@ -1127,9 +1129,12 @@ fn rmsnorm_rows(
 
 /// Rotates pair `j` of every head in `v` by the angle whose cosine and sine
 /// are `cos[j]`, `sin[j]`; a pair is `(2j, 2j+1)` or `(j, j + head_dim/2)`.
-fn rope(v: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32]) {
-    let half = head_dim / 2;
+/// Rotates the first `rot` values of each head of `v` (the rest pass
+/// through) by the angles of `cos` and `sin`, `rot / 2` of each.
+fn rope(v: &mut [f32], head_dim: usize, rot: usize, style: RopeStyle, cos: &[f32], sin: &[f32]) {
+    let half = rot / 2;
     for head in v.chunks_exact_mut(head_dim) {
+        let head = &mut head[..rot];
         match style {
             RopeStyle::Interleaved => {
                 for (pair, (&c, &s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {

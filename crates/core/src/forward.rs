@@ -116,11 +116,11 @@ impl Plan {
 /// The rotary cosines and sines of position `pos` for each pair of a head
 /// (`inv_freq`: [`crate::config::Config::rope_frequencies`]), in f32 as
 /// Hugging Face computes them; every device uses these.
-pub fn rotary_angles(inv_freq: &[f32], pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+pub fn rotary_angles(inv_freq: &[f32], m: f32, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
     for (j, &f) in inv_freq.iter().enumerate() {
         let a = pos as f32 * f;
-        cos[j] = a.cos();
-        sin[j] = a.sin();
+        cos[j] = a.cos() * m;
+        sin[j] = a.sin() * m;
     }
 }
 

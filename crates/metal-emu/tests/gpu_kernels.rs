@@ -429,6 +429,7 @@ fn norms_rotary_bias_and_gated_activations_match_the_reference() {
                 head_dim: head_dim as u32,
                 style: 0,
                 gather: 0,
+                rotary: head_dim as u32,
             };
             // rmsnorm over whole rows
             let (xb, gb, ob) = (
@@ -510,44 +511,47 @@ fn norms_rotary_bias_and_gated_activations_match_the_reference() {
             }
             close(&rig.read(&hb, x.len()), &want_h, ELEMENT_TOL, "norm_heads");
 
-            // rope, both pair layouts
-            let half = head_dim / 2;
-            let angles: Vec<f32> = (0..tokens * half)
-                .map(|i| rng.f() * 50.0 + i as f32)
-                .collect();
-            let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
-            let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
-            for style in [0u32, 1] {
-                a.style = style;
-                let (rb, cb, sb) = (rig.upload(&x), rig.upload(&cos), rig.upload(&sin));
-                rig.run(
-                    "rope",
-                    &[
-                        Arg::Bytes(a.bytes()),
-                        Arg::Buffer(&rb, 0),
-                        Arg::Buffer(&cb, 0),
-                        Arg::Buffer(&sb, 0),
-                    ],
-                    Grid::linear(tokens as u32, 32),
-                );
-                let mut want_r = x.clone();
-                for t in 0..tokens {
-                    for h in 0..a.heads as usize {
-                        let s = t * width + h * head_dim;
-                        for j in 0..half {
-                            let (p0, p1) = if style == 0 {
-                                (2 * j, 2 * j + 1)
-                            } else {
-                                (j, j + half)
-                            };
-                            let (c, sn) = (cos[t * half + j] as f64, sin[t * half + j] as f64);
-                            let (x0, x1) = (x[s + p0] as f64, x[s + p1] as f64);
-                            want_r[s + p0] = (x0 * c - x1 * sn) as f32;
-                            want_r[s + p1] = (x0 * sn + x1 * c) as f32;
+            // rope, both pair layouts, all of each head or its first 3/4
+            for rotary in [head_dim, head_dim * 3 / 4] {
+                let half = rotary / 2;
+                a.rotary = rotary as u32;
+                let angles: Vec<f32> = (0..tokens * half)
+                    .map(|i| rng.f() * 50.0 + i as f32)
+                    .collect();
+                let cos: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+                let sin: Vec<f32> = angles.iter().map(|a| a.sin()).collect();
+                for style in [0u32, 1] {
+                    a.style = style;
+                    let (rb, cb, sb) = (rig.upload(&x), rig.upload(&cos), rig.upload(&sin));
+                    rig.run(
+                        "rope",
+                        &[
+                            Arg::Bytes(a.bytes()),
+                            Arg::Buffer(&rb, 0),
+                            Arg::Buffer(&cb, 0),
+                            Arg::Buffer(&sb, 0),
+                        ],
+                        Grid::linear(tokens as u32, 32),
+                    );
+                    let mut want_r = x.clone();
+                    for t in 0..tokens {
+                        for h in 0..a.heads as usize {
+                            let s = t * width + h * head_dim;
+                            for j in 0..half {
+                                let (p0, p1) = if style == 0 {
+                                    (2 * j, 2 * j + 1)
+                                } else {
+                                    (j, j + half)
+                                };
+                                let (c, sn) = (cos[t * half + j] as f64, sin[t * half + j] as f64);
+                                let (x0, x1) = (x[s + p0] as f64, x[s + p1] as f64);
+                                want_r[s + p0] = (x0 * c - x1 * sn) as f32;
+                                want_r[s + p1] = (x0 * sn + x1 * c) as f32;
+                            }
                         }
                     }
+                    close(&rig.read(&rb, x.len()), &want_r, ELEMENT_TOL, "rope");
                 }
-                close(&rig.read(&rb, x.len()), &want_r, ELEMENT_TOL, "rope");
             }
 
             // add_bias and swiglu

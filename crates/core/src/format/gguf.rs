@@ -365,13 +365,10 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
     let n_heads = int("attention.head_count")?;
     let n_kv_heads = int("attention.head_count_kv").unwrap_or(n_heads);
     let head_dim = int("attention.key_length").unwrap_or(dim / n_heads.max(1));
-    if let Ok(rot) = int("rope.dimension_count")
-        && rot != head_dim
-    {
-        return Err(bad(format!(
-            "partial rotary embeddings ({rot} of {head_dim}) are not supported"
-        )));
-    }
+    // The leading values of each head that rotate (checked with the config).
+    let rotary_dim = int("rope.dimension_count")
+        .ok()
+        .filter(|&rot| rot != head_dim);
     let n_vocab_tokens = match g.get("tokenizer.ggml.tokens") {
         Some(Value::Array(a)) => Some(a.len()),
         _ => None,
@@ -400,6 +397,7 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
         rope_style: family.rope_style,
         attn_bias: has("blk.0.attn_q.bias"),
         qk_norm: has("blk.0.attn_q_norm.weight"),
+        rotary_dim,
         ..Config::default()
     };
     (family.read)(&number, &mut config)?;
@@ -541,7 +539,7 @@ fn longrope(
     number: &dyn Fn(&str) -> Result<Option<f64>>,
 ) -> Result<()> {
     let maps = std::slice::from_ref(map);
-    let half = c.head_dim / 2;
+    let half = c.rotary_dims() / 2;
     let long_factor = table.take_values(maps, "rope_factors_long", half)?;
     let short_factor = table.take_values(maps, "rope_factors_short", half)?;
     let original =
@@ -560,7 +558,7 @@ fn longrope(
         short_factor,
         long_factor,
         original_max_position_embeddings: original,
+        attention_factor: m,
     });
-    c.attention_scale = Some(m * m / (c.head_dim as f32).sqrt());
     Ok(())
 }

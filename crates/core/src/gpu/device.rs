@@ -248,7 +248,7 @@ impl<G: Gpu> GpuDevice<G> {
             alloc(f * c.hidden_dim)?,
             alloc(f * c.hidden_dim)?,
         ];
-        let half = c.head_dim / 2;
+        let half = c.rotary_dims() / 2;
         let layout = PageLayout::new(c, kv)?;
         let local_inv_freq = c.local_rope_frequencies().unwrap_or_default();
         let local = usize::from(!local_inv_freq.is_empty());
@@ -447,6 +447,7 @@ impl<G: Gpu> GpuDevice<G> {
                 RopeStyle::Half => 1,
             },
             gather: 0,
+            rotary: c.rotary_dims() as u32,
         }
     }
 
@@ -571,7 +572,7 @@ impl<G: Gpu> Device for GpuDevice<G> {
         let n = plan.len();
         let c = &self.model.config;
         plan.check(self.max_batch, self.max_len, c.vocab_size);
-        let half = c.head_dim / 2;
+        let half = c.rotary_dims() / 2;
         let mut info = std::mem::take(&mut self.info_host);
         info.clear();
         for entry in &plan.entries {
@@ -583,7 +584,7 @@ impl<G: Gpu> Device for GpuDevice<G> {
                 });
                 let r = row * half..(row + 1) * half;
                 let (cos, sin) = (&mut self.cos_host[r.clone()], &mut self.sin_host[r]);
-                rotary_angles(&self.inv_freq, pos, cos, sin);
+                rotary_angles(&self.inv_freq, c.rope_magnitude(), pos, cos, sin);
             }
         }
         if let Some(id) = plan.pages.iter().copied().max()
@@ -615,7 +616,7 @@ impl<G: Gpu> Device for GpuDevice<G> {
             for (row, t) in info.iter().enumerate() {
                 let r = row * half..(row + 1) * half;
                 let (cos, sin) = (&mut self.cos_host[r.clone()], &mut self.sin_host[r]);
-                rotary_angles(&self.local_inv_freq, t.pos as usize, cos, sin);
+                rotary_angles(&self.local_inv_freq, 1.0, t.pos as usize, cos, sin);
             }
             self.write(&self.local_cos, &self.cos_host[..n * half]);
             self.write(&self.local_sin, &self.sin_host[..n * half]);

@@ -46,6 +46,8 @@ pub struct RowArgs {
     pub style: u32,
     /// 1: `rmsnorm` reads the rows listed in its index buffer.
     pub gather: u32,
+    /// rope: the leading values of each head that rotate.
+    pub rotary: u32,
 }
 
 /// `KvArgs`: the cache's layout and one layer's attention.
@@ -87,7 +89,7 @@ pub struct TokenInfo {
 
 // The sizes `common.h` asserts too.
 const _: () = assert!(size_of::<MatvecArgs>() == 32);
-const _: () = assert!(size_of::<RowArgs>() == 32);
+const _: () = assert!(size_of::<RowArgs>() == 36);
 const _: () = assert!(size_of::<KvArgs>() == 72);
 const _: () = assert!(size_of::<TokenInfo>() == 8);
 

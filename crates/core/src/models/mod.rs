@@ -247,7 +247,7 @@ impl HfConfig<'_> {
         if n_heads == 0 {
             return Err(self.bad("'num_attention_heads' is 0".into()));
         }
-        let mut c = Config {
+        Ok(Config {
             dim,
             hidden_dim: self.int("intermediate_size")?,
             n_layers: self.int("num_hidden_layers")?,
@@ -262,18 +262,7 @@ impl HfConfig<'_> {
             rope_scaling: self.rope_scaling()?,
             activation: self.activation()?,
             ..Config::default()
-        };
-        // LongRoPE's magnitude m on the cos and sin of both q and k is m^2
-        // on every score.
-        if let Some(RopeScaling::LongRope {
-            original_max_position_embeddings,
-            ..
-        }) = c.rope_scaling
-        {
-            let m = self.longrope_attention_factor(original_max_position_embeddings)?;
-            c.attention_scale = Some(m * m / (c.head_dim as f32).sqrt());
-        }
-        Ok(c)
+        })
     }
 
     /// The feed-forward's activation: `hidden_activation` (Gemma's key) or
@@ -434,10 +423,12 @@ impl HfConfig<'_> {
                             ))
                         })
                 };
+                let original = self.longrope_original(s)?;
                 Some(RopeScaling::LongRope {
                     short_factor: factors("short_factor")?,
                     long_factor: factors("long_factor")?,
-                    original_max_position_embeddings: self.longrope_original(s)?,
+                    original_max_position_embeddings: original,
+                    attention_factor: self.longrope_attention_factor(s, original)?,
                 })
             }
             other => {
@@ -468,11 +459,7 @@ impl HfConfig<'_> {
     /// ln(original))` for the extension `s` (the context over the original
     /// one when the config keeps the original apart, else the scaling's
     /// `factor`), 1 when it does not extend.
-    fn longrope_attention_factor(&self, original: usize) -> Result<f32> {
-        let s = self
-            .get("rope_parameters")
-            .or_else(|| self.get("rope_scaling"))
-            .expect("a longrope scaling");
+    fn longrope_attention_factor(&self, s: &Value, original: usize) -> Result<f32> {
         if let Some(v) = s.get("attention_factor").filter(|v| !v.is_null()) {
             return v
                 .as_f64()

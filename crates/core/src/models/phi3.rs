@@ -7,9 +7,9 @@
 //! `sliding_window` positions on every layer (as Hugging Face's
 //! implementation does; llama.cpp ignores the window).
 //!
-//! The 128k-context models (Phi-3-mini-128k, Phi-3.5-mini) scale their
-//! rotary frequencies by LongRoPE (`RopeScaling::LongRope`). Not read yet: a
-//! `partial_rotary_factor` below 1 (Phi-4-mini), refused by name.
+//! The 128k-context models (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) scale
+//! their rotary frequencies by LongRoPE (`RopeScaling::LongRope`); Phi-4-mini
+//! rotates the first 3/4 of each head (`partial_rotary_factor`).
 
 use super::{Family, GgufNumber, HfConfig, LayerNames};
 use crate::config::Config;
@@ -38,14 +38,16 @@ const GATE_UP: &str = "mlp.gate_up_proj.weight";
 
 /// Reads a `phi3` config.
 pub fn config(hf: &HfConfig<'_>) -> Result<Config> {
-    let part = hf.float_or("partial_rotary_factor", 1.0)?;
-    if part != 1.0 {
-        return Err(hf.bad(format!(
-            "'partial_rotary_factor' = {part}: rotating part of each head is not supported"
-        )));
-    }
     hf.require("attention_bias", &false.into())?;
     let mut c = hf.llama_like()?;
+    let part = hf.float_or("partial_rotary_factor", 1.0)?;
+    if !(part > 0.0 && part <= 1.0) {
+        return Err(hf.bad(format!("'partial_rotary_factor' = {part} is not in (0, 1]")));
+    }
+    if part < 1.0 {
+        // (transformers: int(head_dim * partial_rotary_factor))
+        c.rotary_dim = Some((c.head_dim as f64 * part as f64) as usize);
+    }
     if let Some(w) = hf.positive_int("sliding_window")? {
         window_everywhere(&mut c, w);
     }
@@ -113,9 +115,10 @@ mod tests {
         j["rope_scaling"] = serde_json::json!({"type": "longrope",
             "long_factor": long, "short_factor": short});
         let c = config_from_hf(&j, Path::new("config.json")).unwrap().1;
-        // sqrt(1 + ln(32) / ln(4096)) on cos and sin: its square on scores
-        let m2 = 1.0 + 32f32.ln() / 4096f32.ln();
-        assert!((c.attn_scale() - m2 / 96f32.sqrt()).abs() < 1e-6);
+        // sqrt(1 + ln(32) / ln(4096)) on cos and sin
+        let m = (1.0 + 32f32.ln() / 4096f32.ln()).sqrt();
+        assert!((c.rope_magnitude() - m).abs() < 1e-6);
+        assert_eq!(c.attn_scale(), 1.0 / 96f32.sqrt());
         let base = Config {
             rope_scaling: None,
             ..c.clone()
@@ -137,9 +140,15 @@ mod tests {
     }
 
     #[test]
-    fn what_phi3_cannot_run_is_named() {
+    fn partial_rotary_factor() {
         let mut j = mini_4k();
         j["partial_rotary_factor"] = 0.75.into();
+        let c = config_from_hf(&j, Path::new("config.json")).unwrap().1;
+        assert_eq!(
+            (c.rotary_dims(), c.rope_frequencies(None, 0).len()),
+            (72, 36)
+        );
+        j["partial_rotary_factor"] = 1.5.into();
         let err = config_from_hf(&j, Path::new("config.json"))
             .unwrap_err()
             .to_string();
