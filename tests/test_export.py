@@ -518,7 +518,7 @@ def test_bad_llama2c_configs(
         ({"model_type": "gpt2"}, "model_type 'gpt2' is not supported"),
         ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
         ({"attention_bias": True}, "'attention_bias' is not supported"),
-        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'yarn' is not supported"),
+        ({"rope_scaling": {"rope_type": "dynamic", "factor": 4.0}}, "'dynamic' is not supported"),
         ({"tie_word_embeddings": "yes"}, "'tie_word_embeddings' must be true or false"),
         ({"head_dim": 7}, "must be even"),
     ],

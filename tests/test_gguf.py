@@ -125,6 +125,39 @@ def test_qwen_gguf_files_give_transformers_logits(tmp_path: Path, name: str) -> 
     assert (np.abs(got - want) / scale).max() < 1e-4
 
 
+def test_a_yarn_gguf_file_matches_its_directory(tmp_path: Path) -> None:
+    # YaRN as llama.cpp's converter writes it (rope.scaling.* keys) against
+    # the same model as a Hugging Face directory with YaRN in config.json
+    # (whose reading transformers checks through the OLMo 3 fixture). With
+    # head_dim 32 and theta 1e6 the ramp runs over pairs 3 to 8 of 16.
+    import dataclasses
+
+    import gguf_writer
+    import hf_models
+    from test_hf_models import add_tokenizer
+
+    base = hf_models.SPECS["qwen3"]
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}
+    spec = dataclasses.replace(base, config=dict(base.config, rope_scaling=yarn), name="qwen3-yarn")
+    meta = block_meta("qwen3", spec)
+    meta["qwen3.rope.scaling.type"] = "yarn"
+    meta["qwen3.rope.scaling.factor"] = 4.0
+    meta["qwen3.rope.scaling.original_context_length"] = 4096
+    vocab = tinyllm._tinyllm.gguf_metadata(str(MODELS / "vocab" / "ggml-vocab-qwen2.gguf"))
+    meta.update({k: v for k, v in vocab.items() if k.startswith("tokenizer.")})
+    path = tmp_path / "qwen3-yarn.gguf"
+    gguf_writer.write(path, meta, [(gguf_name(k), v) for k, v in spec.weights().items()])
+    directory = add_tokenizer(hf_models.write_hf_dir(spec, tmp_path / "dir"), "qwen3")
+    plain = add_tokenizer(hf_models.write_hf_dir(base, tmp_path / "plain"), "qwen3")
+
+    ids = json.loads((FIXTURES / "hf" / "qwen3.json").read_text(encoding="utf-8"))["input_ids"]
+    got, want = f32_model(path).logits(ids), f32_model(directory).logits(ids)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    # and the scaling shows: without it the logits move far more
+    unscaled = f32_model(plain).logits(ids)
+    assert np.abs(unscaled - want).max() > 1e-2 * np.abs(want).max()
+
+
 def block_meta(arch: str, spec: Any) -> dict[str, object]:
     """The GGUF keys every Llama-like block has, for the Hugging Face spec
     ``spec`` written as architecture ``arch``."""

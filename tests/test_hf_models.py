@@ -54,6 +54,7 @@ VOCABS = {
     "gemma2": "ggml-vocab-llama-spm.gguf",
     "gemma3": "ggml-vocab-llama-spm.gguf",
     "olmo2": "ggml-vocab-llama-spm.gguf",
+    "olmo3": "ggml-vocab-llama-spm.gguf",
     "phi3": "ggml-vocab-llama-spm.gguf",
     "phi4_mini": "ggml-vocab-llama-spm.gguf",
 }
@@ -229,7 +230,7 @@ def test_fixture_is_consistent_and_not_fragile(name: str) -> None:
     assert all(spec.text_ids[0] <= i < spec.text_ids[1] for i in c["greedy"])
 
 
-@pytest.mark.parametrize("name", ["llama3", "phi4_mini"])
+@pytest.mark.parametrize("name", ["llama3", "phi4_mini", "olmo3"])
 def test_rope_scaling_is_visible_to_the_tolerance(name: str) -> None:
     # Ignoring the "llama3" or "longrope" scaling moves the logits this much.
     effect = load_case(name)["rope_scaling_effect_rel"]
@@ -248,7 +249,7 @@ def test_quantization_bounds_leave_room(name: str) -> None:
 def test_specs_have_the_promised_shapes() -> None:
     vocab = {"llama2": 32000, "llama3": 128256, "mistral": 32768, "qwen2": 151936}
     vocab.update(qwen3=151936, granite=49155, smollm3=128256, gemma2=32000, gemma3=32000)
-    vocab.update(olmo2=32000, phi3=32064, phi4_mini=32064)
+    vocab.update(olmo2=32000, olmo3=32000, phi3=32064, phi4_mini=32064)
     for name, spec in hf_models.SPECS.items():
         c = spec.config
         assert spec.vocab_size == vocab[name]
@@ -262,11 +263,11 @@ def test_specs_have_the_promised_shapes() -> None:
         qkv = "model.layers.1.self_attn.qkv_proj.weight" in names
         gate_up = "model.layers.1.mlp.gate_up_proj.weight" in names
         assert qkv == gate_up == (spec.model_type == "phi3")
-        has_qk_norm = name in ("qwen3", "gemma3", "olmo2")
+        has_qk_norm = name in ("qwen3", "gemma3", "olmo2", "olmo3")
         assert ("model.layers.1.self_attn.k_norm.weight" in names) == has_qk_norm
-        post = spec.is_gemma or name == "olmo2"
+        post = spec.is_gemma or spec.is_olmo
         assert ("model.layers.1.post_feedforward_layernorm.weight" in names) == post
-        assert ("model.layers.1.input_layernorm.weight" in names) == (name != "olmo2")
+        assert ("model.layers.1.input_layernorm.weight" in names) == (not spec.is_olmo)
     assert hf_models.SPECS["qwen3"].head_dim == 32 != 64 // 4
     assert hf_models.SPECS["llama3"].config["rope_scaling"]["rope_type"] == "llama3"
     assert hf_models.SPECS["mistral"].config["sliding_window"] is None
@@ -550,7 +551,8 @@ def test_smollm3_nope_flags_must_cover_every_layer(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "window"), [("gemma2", 20), ("gemma2", 64), ("mistral", 65), ("phi3", 30)]
+    ("name", "window"),
+    [("gemma2", 20), ("gemma2", 64), ("mistral", 65), ("phi3", 30), ("olmo3", 70)],
 )
 def test_a_sliding_layer_sees_only_its_window(tmp_path: Path, name: str, window: int) -> None:
     # One sliding layer (Gemma 2's, or Mistral v0.1's, whose every layer
@@ -560,7 +562,7 @@ def test_a_sliding_layer_sees_only_its_window(tmp_path: Path, name: str, window:
     # page of the cache (pages hold 64 positions).
     base = hf_models.SPECS[name]
     config = dict(base.config, num_hidden_layers=1, sliding_window=window)
-    if name == "gemma2":
+    if name in ("gemma2", "olmo3"):
         config["layer_types"] = ["sliding_attention"]
     spec = dataclasses.replace(base, config=config, name=f"{name}-window{window}")
     d = add_tokenizer(hf_models.write_hf_dir(spec, tmp_path / "m"), name)
@@ -581,3 +583,45 @@ def test_a_sliding_layer_sees_only_its_window(tmp_path: Path, name: str, window:
 #: The same products at other absolute positions: rotary angles rounded
 #: differently (3e-6 measured).
 TOL_WINDOW = 2e-5
+
+
+# -- image-text checkpoints: their language model --------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["language_model.model.", "model.language_model."])
+def test_gemma3_image_text_checkpoints_run_their_language_model(
+    tmp_path: Path, layout: str
+) -> None:
+    # Gemma 3 4B-27B are `gemma3` checkpoints: the text model's settings in
+    # `text_config`, its tensors under a prefix (the published files' or
+    # transformers 5's), beside a vision tower and a projector. The weights
+    # here are the gemma3 fixture's, so transformers' logits are the answer.
+    spec = hf_models.SPECS["gemma3"]
+    case = load_case("gemma3")
+    d = tmp_path / "m"
+    d.mkdir()
+    config = {
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": dict(spec.config, model_type="gemma3_text"),
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 32},
+        "mm_tokens_per_image": 256,
+        "image_token_index": 262144,
+    }
+    del config["text_config"]["tie_word_embeddings"]  # tied by the wrapper's default
+    (d / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    tensors = {layout + k.removeprefix("model."): v for k, v in spec.weights().items()}
+    rng = np.random.default_rng(0)
+    tensors["vision_tower.vision_model.post_layernorm.weight"] = rng.random(32, np.float32)
+    projector = layout.replace("language_model", "multi_modal_projector").removesuffix("model.")
+    tensors[projector + "mm_input_projection_weight"] = rng.random((32, 64), np.float32)
+    hf_models.write_safetensors(d / "model.safetensors", tensors)
+    add_tokenizer(d, "gemma3")
+    m = f32_model(str(d), n_threads=2, context_length=CONTEXT)
+    assert m.info["family"] == "gemma3_text"
+    got = m.logits(case["input_ids"])
+    assert relative_errors(got, case).max() <= TOL
+    stream = m.stream(case["input_ids"], max_tokens=16, temperature=0)
+    for _ in stream:
+        pass
+    assert stream.tokens == case["greedy"]

@@ -99,6 +99,7 @@ CASES = [
     Case("gemma2", "gemma2"),
     Case("gemma3", "gemma3"),
     Case("olmo2", "olmo2"),
+    Case("olmo3", "olmo3"),
     Case("phi3", "phi3"),
     Case("phi4_mini", "phi4_mini"),
     Case("qwen2_bf16", "qwen2", dtype="bfloat16"),

@@ -50,6 +50,7 @@ FAMILIES = (
     "gemma2",
     "gemma3_text",
     "olmo2",
+    "olmo3",
     "phi3",
 )
 
@@ -80,6 +81,7 @@ FAMILY_KEYS = {
     # (rope_parameters with an object per layer type is handed on whole.)
     "gemma3_text": (*_GEMMA_KEYS, "rope_local_base_freq", "rope_parameters"),
     "phi3": ("partial_rotary_factor", "original_max_position_embeddings"),
+    "olmo3": ("layer_types",),
 }
 
 #: Keys of llama2.c's and Meta's ``ModelArgs``. ``dropout`` and
@@ -302,10 +304,10 @@ def _rope(c: Mapping[str, Any]) -> tuple[float | None, dict[str, Any] | None]:
         if not isinstance(scaling, Mapping):
             raise ValueError(f"config: 'rope_scaling' must be a dict or None, not {scaling!r}")
         kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind not in ("default", "linear", "llama3", "longrope"):
+        if kind not in ("default", "linear", "llama3", "longrope", "yarn"):
             raise ValueError(
                 f"config: rope_scaling type {kind!r} is not supported "
-                "(default, linear, llama3, longrope)"
+                "(default, linear, llama3, longrope, yarn)"
             )
         scaling = None if kind == "default" else dict(scaling)
     return theta, scaling
@@ -399,7 +401,7 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d)}
     for i in range(c.n_layers):
         p = f"model.layers.{i}."
-        if c.model_type != "olmo2":  # (OLMo 2 has no pre-norms)
+        if c.model_type not in ("olmo2", "olmo3"):  # (OLMo has no pre-norms)
             out[p + "input_layernorm.weight"] = (d,)
         if c.model_type == "phi3":  # one matrix: rows q, then k, then v
             out[p + "self_attn.qkv_proj.weight"] = (q + 2 * kv, d)
@@ -414,7 +416,7 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
         if c.model_type in ("qwen3", "gemma3_text"):
             out[p + "self_attn.q_norm.weight"] = (hd,)
             out[p + "self_attn.k_norm.weight"] = (hd,)
-        if c.model_type == "olmo2":  # over all heads at once
+        if c.model_type in ("olmo2", "olmo3"):  # over all heads at once
             out[p + "self_attn.q_norm.weight"] = (q,)
             out[p + "self_attn.k_norm.weight"] = (kv,)
         out[p + "self_attn.o_proj.weight"] = (d, q)
@@ -422,7 +424,7 @@ def _hf_shapes(c: _Config) -> dict[str, tuple[int, ...]]:
         out[p + "post_attention_layernorm.weight"] = (d,)
         if c.model_type in ("gemma2", "gemma3_text"):
             out[p + "pre_feedforward_layernorm.weight"] = (d,)
-        if c.model_type in ("gemma2", "gemma3_text", "olmo2"):
+        if c.model_type in ("gemma2", "gemma3_text", "olmo2", "olmo3"):
             out[p + "post_feedforward_layernorm.weight"] = (d,)
         if c.model_type == "phi3":  # gate rows, then up rows
             out[p + "mlp.gate_up_proj.weight"] = (2 * f, d)

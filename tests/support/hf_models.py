@@ -91,6 +91,11 @@ class HFSpec:
         return self.model_type in ("gemma2", "gemma3_text")
 
     @property
+    def is_olmo(self) -> bool:
+        """OLMo 2 and 3: norms after each sub-layer instead of before."""
+        return self.model_type in ("olmo2", "olmo3")
+
+    @property
     def fused(self) -> bool:
         """Phi-3: q, k and v are one matrix, and so are gate and up."""
         return self.model_type == "phi3"
@@ -120,7 +125,7 @@ class HFSpec:
         out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, d)}
         for i in range(c["num_hidden_layers"]):
             p = f"model.layers.{i}."
-            if self.model_type != "olmo2":  # (OLMo 2 has no pre-norms)
+            if not self.is_olmo:  # (OLMo 2 and 3 have no pre-norms)
                 out[p + "input_layernorm.weight"] = (d,)
             if self.fused:  # Phi-3: one matrix, rows q then k then v
                 out[p + "self_attn.qkv_proj.weight"] = (q + 2 * kv, d)
@@ -135,14 +140,14 @@ class HFSpec:
             if self.model_type in ("qwen3", "gemma3_text"):
                 out[p + "self_attn.q_norm.weight"] = (hd,)
                 out[p + "self_attn.k_norm.weight"] = (hd,)
-            if self.model_type == "olmo2":  # over all heads at once
+            if self.is_olmo:  # over all heads at once
                 out[p + "self_attn.q_norm.weight"] = (q,)
                 out[p + "self_attn.k_norm.weight"] = (kv,)
             out[p + "self_attn.o_proj.weight"] = (d, q)
             out[p + "post_attention_layernorm.weight"] = (d,)
             if self.is_gemma:
                 out[p + "pre_feedforward_layernorm.weight"] = (d,)
-            if self.is_gemma or self.model_type == "olmo2":
+            if self.is_gemma or self.is_olmo:
                 out[p + "post_feedforward_layernorm.weight"] = (d,)
             if self.fused:  # gate rows, then up rows
                 out[p + "mlp.gate_up_proj.weight"] = (2 * f, d)
@@ -470,6 +475,29 @@ def _specs() -> dict[str, HFSpec]:
     c.update(attention_bias=False, pad_token_id=0)
     gen = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     specs.append(HFSpec("olmo2", c, gen, seed=3, text_ids=(3, 32000)))
+
+    # OLMo 3: OLMo 2's block, a window of 6 positions (shorter than the
+    # tests' prompts) on the first layer, YaRN on the second (full) one:
+    # with head_dim 16 and theta 5e5, pairs 0-1 turn more than 32 times over
+    # the original 4096 positions and are kept, pairs 4-7 fewer than once
+    # and are interpolated, and the ramp blends 2 and 3; cos and sin are
+    # multiplied by 0.1 ln 8 + 1.
+    c = copy.deepcopy(c)
+    c.update(
+        model_type="olmo3",
+        architectures=["Olmo3ForCausalLM"],
+        max_position_embeddings=32768,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_scaling={
+            "rope_type": "yarn",
+            "factor": 8.0,
+            "original_max_position_embeddings": 4096,
+            "beta_fast": 32,
+            "beta_slow": 1,
+        },
+    )
+    specs.append(HFSpec("olmo3", c, gen, seed=28, text_ids=(3, 32000)))
 
     # Phi-3-mini: fused q/k/v and gate/up projections, a window of 2047
     # positions on every layer. Its 32064-token vocabulary is Llama 2's and

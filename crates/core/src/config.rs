@@ -187,6 +187,37 @@ pub enum RopeScaling {
         original_max_position_embeddings: usize,
         attention_factor: f32,
     },
+    /// YaRN (OLMo 3, gpt-oss, Qwen's long-context settings): with `L` the
+    /// original context, pairs that turn fewer than `beta_slow` times over
+    /// `L` positions are interpolated (`f / factor`), pairs that turn more
+    /// than `beta_fast` times are kept, and a linear ramp over the pair
+    /// index blends between (its ends rounded outwards when `truncate`);
+    /// `attention_factor` multiplies cos and sin.
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        truncate: bool,
+        attention_factor: f32,
+    },
+}
+
+/// YaRN's default `attention_factor` for an extension by `factor`:
+/// `0.1 ln(factor) + 1` (1 when it does not extend), or with `mscale` and
+/// `mscale_all_dim` given, the ratio of those two such terms.
+pub fn yarn_magnitude(factor: f64, mscale: Option<f64>, mscale_all_dim: Option<f64>) -> f32 {
+    let m = |scale: f64| {
+        if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * scale * factor.ln() + 1.0
+        }
+    };
+    match (mscale, mscale_all_dim) {
+        (Some(a), Some(b)) if a != 0.0 && b != 0.0 => (m(a) / m(b)) as f32,
+        _ => m(1.0) as f32,
+    }
 }
 
 /// What LongRoPE multiplies cos and sin by when a context of `original`
@@ -250,11 +281,45 @@ impl Config {
         self.n_kv_heads * self.head_dim
     }
 
+    /// YaRN's ramp over the pair index: the pairs (as fractions) where it
+    /// starts and ends, transformers' `find_correction_range` (ends rounded
+    /// outwards when `truncate`, kept within the pairs, apart by at least
+    /// 0.001).
+    fn yarn_ramp(&self) -> Option<(f32, f32)> {
+        let Some(RopeScaling::Yarn {
+            original_max_position_embeddings: old,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        }) = self.rope_scaling
+        else {
+            return None;
+        };
+        let (dim, base) = (self.rotary_dims() as f64, self.rope_theta as f64);
+        // The pair that turns `turns` times over the original context.
+        let pair = |turns: f64| {
+            dim * (old as f64 / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (pair(beta_fast as f64), pair(beta_slow as f64));
+        if truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0) as f32, high.min(dim - 1.0) as f32);
+        if low == high {
+            high += 0.001;
+        }
+        Some((low, high))
+    }
+
     /// What the rotary cos and sin are multiplied by (LongRoPE's
     /// `attention_factor`; else 1).
     pub fn rope_magnitude(&self) -> f32 {
         match &self.rope_scaling {
             Some(RopeScaling::LongRope {
+                attention_factor, ..
+            })
+            | Some(RopeScaling::Yarn {
                 attention_factor, ..
             }) => *attention_factor,
             _ => 1.0,
@@ -317,6 +382,7 @@ impl Config {
     /// llama2.c do.
     pub fn rope_frequencies(&self, factors: Option<&[f32]>, context: usize) -> Vec<f32> {
         let rot = self.rotary_dims();
+        let yarn_ramp = self.yarn_ramp();
         (0..rot / 2)
             .map(|j| {
                 let f = 1.0 / self.rope_theta.powf((2 * j) as f32 / rot as f32);
@@ -335,6 +401,15 @@ impl Config {
                         } else {
                             short_factor[j]
                         }
+                    }
+                    Some(RopeScaling::Yarn { factor, .. }) => {
+                        // (the ramp's share of the kept frequency, as
+                        // transformers computes it: in f32 over the pair
+                        // index, from ends found in f64)
+                        let (low, high) = yarn_ramp.expect("a YaRN scaling");
+                        let ramp = ((j as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                        let kept = 1.0 - ramp;
+                        f / factor * (1.0 - kept) + f * kept
                     }
                     &Some(RopeScaling::Llama3 {
                         factor,
@@ -445,6 +520,30 @@ impl Config {
                     return Err(Error::format(
                         path,
                         format!("llama3 rope_scaling {:?} is invalid", self.rope_scaling),
+                    ));
+                }
+            }
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                ..
+            }) => {
+                let ok = factor.is_finite()
+                    && factor > 0.0
+                    && original_max_position_embeddings > 0
+                    && beta_fast.is_finite()
+                    && beta_slow.is_finite()
+                    && beta_fast > 0.0
+                    && beta_slow > 0.0
+                    && attention_factor.is_finite()
+                    && attention_factor > 0.0;
+                if !ok {
+                    return Err(Error::format(
+                        path,
+                        format!("yarn rope_scaling {:?} is invalid", self.rope_scaling),
                     ));
                 }
             }

@@ -15,7 +15,7 @@
 
 use super::table::{TensorRef, TensorTable};
 use super::{FileKind, ModelFile, Reader};
-use crate::config::{Config, RopeScaling, longrope_magnitude};
+use crate::config::{Config, RopeScaling, longrope_magnitude, yarn_magnitude};
 use crate::error::{Error, Result, short};
 use crate::models::GGUF_FAMILIES;
 use crate::weights::DType;
@@ -413,9 +413,28 @@ pub(crate) fn open(path: &Path, map: Mmap) -> Result<ModelFile> {
                 factor: factor as f32,
             });
         }
+        Some("yarn") => {
+            // llama.cpp's YaRN: the ramp between the pairs that turn
+            // yarn_beta_fast and yarn_beta_slow times over the original
+            // context, ends rounded outwards, and cos and sin multiplied by
+            // yarn_attn_factor * (0.1 ln(factor) + 1): transformers' rule.
+            let factor = number("rope.scaling.factor")?
+                .ok_or_else(|| bad(format!("{arch}.rope.scaling.factor is missing")))?;
+            let original = number("rope.scaling.original_context_length")?
+                .map_or(config.seq_len, |v| v as usize);
+            let attn = number("rope.scaling.yarn_attn_factor")?.unwrap_or(1.0);
+            config.rope_scaling = Some(RopeScaling::Yarn {
+                factor: factor as f32,
+                original_max_position_embeddings: original,
+                beta_fast: number("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0) as f32,
+                beta_slow: number("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0) as f32,
+                truncate: true,
+                attention_factor: attn as f32 * yarn_magnitude(factor, None, None),
+            });
+        }
         Some(kind) => {
             return Err(bad(format!(
-                "rope scaling '{kind}' is not supported for GGUF files (linear is)"
+                "rope scaling '{kind}' is not supported for GGUF files (linear and yarn are)"
             )));
         }
     }

@@ -32,10 +32,7 @@ pub(crate) fn open_dir(dir: &Path) -> Result<ModelFile> {
     let json = read_json(&config_path)?;
     let (family, config) = models::config_from_hf(&json, &config_path)?;
     let names = models::find(&family).expect("config_from_hf knows the family");
-    let tied = json
-        .get("tie_word_embeddings")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let tied = models::tied_classifier(&json);
 
     let files = weight_files(dir)?;
     let mut maps = Vec::with_capacity(files.len());

@@ -5,15 +5,37 @@
 //! the scaling on the global ones.
 
 use super::gemma2::{LAYER_NAMES, gemma_gguf, gemma_like};
-use super::{Family, GgufNumber, HfConfig};
+use super::{Family, GgufNumber, HfConfig, Wrapper};
 use crate::config::Config;
 use crate::error::Result;
+use serde_json::Value;
 
 pub const FAMILY: Family = Family {
     model_type: "gemma3_text",
     config,
     layer_names: LAYER_NAMES,
 };
+
+/// Gemma 3 4B, 12B and 27B: image-text checkpoints (`gemma3`) whose
+/// language model is a `gemma3_text` one.
+pub const WRAPPER: Wrapper = Wrapper {
+    model_type: "gemma3",
+    text: "gemma3_text",
+    defaults: text_defaults,
+    tied: true,
+};
+
+/// What transformers' `Gemma3TextConfig` gives the keys a `text_config`
+/// leaves out (the published ones leave out most).
+fn text_defaults() -> Value {
+    serde_json::json!({
+        "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+        "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+        "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    })
+}
 
 /// Five sliding layers, then a global one.
 const SLIDING_PATTERN: usize = 6;
@@ -89,6 +111,45 @@ mod tests {
             "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
             "vocab_size": 262144
         })
+    }
+
+    #[test]
+    fn image_text_checkpoints_give_their_language_model() {
+        // gemma-3-4b-it's config.json as published: most of the language
+        // model's settings are Gemma3TextConfig's defaults.
+        let j = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"],
+            "boi_token_index": 255999, "eoi_token_index": 256000, "eos_token_id": [1, 106],
+            "image_token_index": 262144, "initializer_range": 0.02,
+            "mm_tokens_per_image": 256, "model_type": "gemma3",
+            "text_config": {
+                "hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 1024
+            },
+            "torch_dtype": "bfloat16",
+            "vision_config": {"hidden_size": 1152, "image_size": 896,
+                "intermediate_size": 4304, "model_type": "siglip_vision_model",
+                "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14,
+                "vision_use_head": false}
+        });
+        let (family, c) = config_from_hf(&j, Path::new("config.json")).unwrap();
+        assert_eq!(family, "gemma3_text");
+        assert_eq!((c.dim, c.hidden_dim, c.n_layers), (2560, 10240, 34));
+        assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (8, 4, 256));
+        assert_eq!(
+            (c.vocab_size, c.seq_len, c.sliding_window),
+            (262208, 131072, Some(1024))
+        );
+        assert_eq!((c.rope_theta, c.local_rope_theta), (1e6, Some(1e4)));
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+        assert_eq!(c.attn_scale(), 1.0 / 16.0);
+        assert!(crate::models::tied_classifier(&j));
+        // a wrapper without its text model's settings is named
+        let err = config_from_hf(&serde_json::json!({"model_type": "gemma3"}), Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("text_config"), "{err}");
     }
 
     #[test]

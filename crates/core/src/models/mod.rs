@@ -12,12 +12,15 @@ pub mod granite;
 pub mod llama;
 pub mod mistral;
 pub mod olmo2;
+pub mod olmo3;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
 pub mod smollm3;
 
-use crate::config::{Activation, Config, RopeScaling, RopeStyle, longrope_magnitude};
+use crate::config::{
+    Activation, Config, RopeScaling, RopeStyle, longrope_magnitude, yarn_magnitude,
+};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -49,13 +52,14 @@ const fn family(model_type: &'static str, config: ReadConfig) -> Family {
 }
 
 /// The families by `model_type`.
-pub const FAMILIES: [Family; 10] = [
+pub const FAMILIES: [Family; 11] = [
     gemma2::FAMILY,
     gemma3::FAMILY,
     family("granite", granite::config),
     family("llama", llama::config),
     family("mistral", mistral::config),
     olmo2::FAMILY,
+    olmo3::FAMILY,
     phi3::FAMILY,
     family("qwen2", qwen2::config),
     family("qwen3", qwen3::config),
@@ -135,6 +139,9 @@ pub fn is_known(name: &str) -> bool {
 pub fn config_from_hf(json: &Value, path: &Path) -> Result<(String, Config)> {
     let hf = HfConfig { json, path };
     let model_type = hf.str("model_type")?;
+    if let Some(w) = WRAPPERS.iter().find(|w| w.model_type == model_type) {
+        return config_from_hf(&w.text_config(&hf)?, path);
+    }
     let Some(family) = find(model_type) else {
         return Err(hf.bad(format!(
             "unknown model_type '{model_type}' (supported: {})",
@@ -144,6 +151,63 @@ pub fn config_from_hf(json: &Value, path: &Path) -> Result<(String, Config)> {
     let config = (family.config)(&hf)?;
     config.validate(path)?;
     Ok((model_type.to_string(), config))
+}
+
+/// A checkpoint that wraps a language model of a family with more (Gemma 3's
+/// image-text models: a vision tower and a projector beside the language
+/// model, whose settings are the config's `text_config`). The engine runs
+/// the language model; [`tinyllm_name`] reads its tensors under their
+/// wrapped names and leaves the rest.
+#[derive(Clone, Copy, Debug)]
+pub struct Wrapper {
+    /// The checkpoint's `model_type`.
+    pub model_type: &'static str,
+    /// The language model's family.
+    pub text: &'static str,
+    /// The language model's settings that `text_config` may leave out, as
+    /// transformers' config class of the family defaults them.
+    pub defaults: fn() -> Value,
+    /// Whether the classifier is tied when the config does not say.
+    pub tied: bool,
+}
+
+/// The wrappers the engine reads.
+pub const WRAPPERS: [Wrapper; 1] = [gemma3::WRAPPER];
+
+impl Wrapper {
+    /// The language model's config: the defaults, then `text_config` over
+    /// them, under the family's `model_type`.
+    fn text_config(&self, hf: &HfConfig<'_>) -> Result<Value> {
+        let Some(Value::Object(text)) = hf.get("text_config") else {
+            return Err(hf.bad(format!(
+                "'text_config' is missing or not an object (a '{}' checkpoint keeps its \
+                 language model's settings there)",
+                self.model_type
+            )));
+        };
+        let mut merged = (self.defaults)();
+        let map = merged.as_object_mut().expect("defaults are an object");
+        map.extend(text.iter().map(|(k, v)| (k.clone(), v.clone())));
+        map.insert("model_type".into(), self.text.into());
+        Ok(merged)
+    }
+}
+
+/// Whether a Hugging Face config ties the classifier to the embeddings
+/// (`tie_word_embeddings`; a wrapper's, else its `text_config`'s, else the
+/// wrapper's default; false for a plain config that does not say).
+pub fn tied_classifier(json: &Value) -> bool {
+    let flag = |v: &Value| v.get("tie_word_embeddings").and_then(Value::as_bool);
+    let wrapper = json
+        .get("model_type")
+        .and_then(Value::as_str)
+        .and_then(|t| WRAPPERS.iter().find(|w| w.model_type == t));
+    match wrapper {
+        None => flag(json).unwrap_or(false),
+        Some(w) => flag(json)
+            .or_else(|| json.get("text_config").and_then(flag))
+            .unwrap_or(w.tied),
+    }
 }
 
 /// A `config.json` being read, with its path for errors.
@@ -412,6 +476,37 @@ impl HfConfig<'_> {
                 high_freq_factor: num("high_freq_factor")? as f32,
                 original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
             }),
+            "yarn" => {
+                let original = match s.get("original_max_position_embeddings") {
+                    Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
+                        self.bad(
+                            "rope_scaling.original_max_position_embeddings is not an integer"
+                                .into(),
+                        )
+                    })?,
+                    None => self.int_or(
+                        "original_max_position_embeddings",
+                        self.int("max_position_embeddings")?,
+                    )?,
+                };
+                let opt = |key: &str| s.get(key).and_then(Value::as_f64).filter(|v| *v != 0.0);
+                let factor = match opt("factor") {
+                    Some(f) => f,
+                    None => self.int("max_position_embeddings")? as f64 / original as f64,
+                };
+                let attention_factor = match opt("attention_factor") {
+                    Some(a) => a as f32,
+                    None => yarn_magnitude(factor, opt("mscale"), opt("mscale_all_dim")),
+                };
+                Some(RopeScaling::Yarn {
+                    factor: factor as f32,
+                    original_max_position_embeddings: original,
+                    beta_fast: opt("beta_fast").unwrap_or(32.0) as f32,
+                    beta_slow: opt("beta_slow").unwrap_or(1.0) as f32,
+                    truncate: s.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                    attention_factor,
+                })
+            }
             "longrope" => {
                 let factors = |key: &str| -> Result<Vec<f32>> {
                     s.get(key)
@@ -433,7 +528,8 @@ impl HfConfig<'_> {
             }
             other => {
                 return Err(self.bad(format!(
-                    "rope_scaling type '{other}' is not supported (default, linear, llama3, longrope)"
+                    "rope_scaling type '{other}' is not supported (default, linear, llama3, longrope, \
+                     yarn)"
                 )));
             }
         })
@@ -501,6 +597,24 @@ impl HfConfig<'_> {
 /// tinyllm's name of a Hugging Face tensor name of `family`, or None for
 /// tensors that carry nothing the engine needs (precomputed rotary tables).
 pub fn tinyllm_name(hf: &str, family: &Family) -> Option<String> {
+    // A wrapper's language model, under either of transformers' layouts;
+    // its vision tower and projector are not part of it.
+    for (wrapped, plain) in [
+        ("language_model.model.", "model."),
+        ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ] {
+        if let Some(rest) = hf.strip_prefix(wrapped) {
+            return tinyllm_name(&format!("{plain}{rest}"), family);
+        }
+    }
+    let outside = ["vision_tower.", "multi_modal_projector."];
+    if outside
+        .iter()
+        .any(|p| hf.starts_with(p) || hf.strip_prefix("model.").is_some_and(|r| r.starts_with(p)))
+    {
+        return None;
+    }
     match hf {
         "model.embed_tokens.weight" => return Some("token_embd".into()),
         "model.norm.weight" => return Some("output_norm".into()),

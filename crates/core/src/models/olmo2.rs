@@ -16,7 +16,7 @@ pub const FAMILY: Family = Family {
     layer_names: LAYER_NAMES,
 };
 
-const LAYER_NAMES: LayerNames = &[
+pub(super) const LAYER_NAMES: LayerNames = &[
     ("post_attention_norm", "post_attention_layernorm.weight"),
     ("post_ffw_norm", "post_feedforward_layernorm.weight"),
 ];
