@@ -531,15 +531,11 @@ impl Config {
                 attention_factor,
                 ..
             }) => {
-                let ok = factor.is_finite()
-                    && factor > 0.0
-                    && original_max_position_embeddings > 0
-                    && beta_fast.is_finite()
-                    && beta_slow.is_finite()
-                    && beta_fast > 0.0
-                    && beta_slow > 0.0
-                    && attention_factor.is_finite()
-                    && attention_factor > 0.0;
+                let positive = |v: f32| v.is_finite() && v > 0.0;
+                let ok = [factor, beta_fast, beta_slow, attention_factor]
+                    .into_iter()
+                    .all(positive)
+                    && original_max_position_embeddings > 0;
                 if !ok {
                     return Err(Error::format(
                         path,

@@ -96,5 +96,12 @@ mod tests {
         );
         assert_eq!(scaled[0], plain[0]);
         assert!((scaled[63] * 8.0 - plain[63]).abs() <= 1e-6 * plain[63]);
+        // a scaling that cannot be is named
+        let mut j = j;
+        j["rope_scaling"]["beta_fast"] = (-32).into();
+        let err = config_from_hf(&j, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("yarn rope_scaling"), "{err}");
     }
 }
