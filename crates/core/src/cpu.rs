@@ -457,7 +457,7 @@ impl Device for CpuDevice {
                         let b = std::slice::from_raw_parts(hb2.get().add(at), rows.len());
                         match act {
                             Activation::Silu => e.kernels.silu_mul(a, b),
-                            Activation::GeluTanh => gelu_tanh_mul(a, b),
+                            Activation::GeluTanh => e.kernels.gelu_tanh_mul(a, b),
                         }
                     }
                 }
@@ -821,17 +821,6 @@ fn attention(d: &mut CpuDevice, layer: usize) {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// `a = gelu(a) * b` element-wise, GELU by its tanh approximation as
-/// PyTorch computes it in f32 (`approximate="tanh"`).
-fn gelu_tanh_mul(a: &mut [f32], b: &[f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    for (x, &y) in a.iter_mut().zip(b) {
-        let v = *x;
-        let inner = SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v);
-        *x = 0.5 * v * (1.0 + inner.tanh()) * y;
-    }
-}
 
 /// A `(T, ld)` output matrix that threads fill by disjoint column ranges.
 #[derive(Clone, Copy)]

@@ -497,6 +497,18 @@ fn elementwise(k: &Kernels, c: &mut Check, g: &mut Gen) {
             );
         }
 
+        let mut a = x.clone();
+        k.gelu_tanh_mul(&mut a, &b);
+        for (i, (&got, &want)) in a.iter().zip(&reference::gelu_tanh_mul(&x, &b)).enumerate() {
+            c.close(
+                &format!("{isa:?} gelu_tanh_mul n={n} [{i}]"),
+                got,
+                want,
+                want.abs() as f64 + 1e-6,
+                TOL_ELEMENTWISE,
+            );
+        }
+
         let mut s = x.clone();
         k.softmax(&mut s);
         for (i, (&got, &want)) in s.iter().zip(&reference::softmax(&x)).enumerate() {

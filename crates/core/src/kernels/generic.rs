@@ -187,6 +187,36 @@ pub(super) unsafe fn silu_mul<S: Simd>(a: *mut f32, b: *const f32, n: usize) {
     }
 }
 
+/// The GeGLU gate: `a[i] = gelu(a[i]) * b[i]` over `n` floats, GELU by its
+/// tanh approximation: `0.5 v (1 + tanh(u))` with `u = sqrt(2 / pi) (v +
+/// 0.044715 v^3)`, which is `v / (1 + e^(-2u))`.
+#[inline(always)]
+pub(super) unsafe fn gelu_tanh_mul<S: Simd>(a: *mut f32, b: *const f32, n: usize) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    // SAFETY: `a` and `b` hold `n` floats (caller); whole vectors stay below `n`.
+    unsafe {
+        let nv = n - n % S::LANES;
+        let one = S::splat(1.0);
+        let (c1, c3) = (S::splat(-2.0 * SQRT_2_OVER_PI), S::splat(0.044_715));
+        let mut i = 0;
+        while i < nv {
+            let v = S::load(a.add(i));
+            // -2u = -2 sqrt(2 / pi) (v + 0.044715 v^3)
+            let m2u = S::mul(c1, S::mul_add(S::mul(c3, v), S::mul(v, v), v));
+            let g = S::div(v, S::add(one, exp::<S>(m2u)));
+            S::store(a.add(i), S::mul(g, S::load(b.add(i))));
+            i += S::LANES;
+        }
+        while i < n {
+            // (the same form: 1 + tanh(u) loses digits where tanh(u) nears -1)
+            let v = *a.add(i);
+            let m2u = -2.0 * SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v);
+            *a.add(i) = v / (1.0 + m2u.exp()) * *b.add(i);
+            i += 1;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Attention: the probabilities times the values
 // ---------------------------------------------------------------------------

@@ -147,6 +147,7 @@ pub struct Kernels {
     attn_pv_f16: AttnPv<f16>,
     rmsnorm: RmsNorm,
     silu_mul: SiluMul,
+    gelu_tanh_mul: SiluMul,
     softmax: Softmax,
 }
 
@@ -240,6 +241,11 @@ macro_rules! tier {
                 unsafe { generic::silu_mul::<$simd>(a, b, n) }
             }
             $(#[$attr])*
+            unsafe fn gelu_tanh_mul(a: *mut f32, b: *const f32, n: usize) {
+                // SAFETY: forwarded contract (see `generic::gelu_tanh_mul`).
+                unsafe { generic::gelu_tanh_mul::<$simd>(a, b, n) }
+            }
+            $(#[$attr])*
             unsafe fn softmax(x: *mut f32, n: usize) {
                 // SAFETY: forwarded contract (see `generic::softmax`).
                 unsafe { generic::softmax::<$simd>(x, n) }
@@ -268,6 +274,7 @@ macro_rules! tier {
                 attn_pv_f16: attn_pv::<f16>,
                 rmsnorm,
                 silu_mul,
+                gelu_tanh_mul,
                 softmax,
             };
         }
@@ -613,6 +620,13 @@ impl Kernels {
         assert_eq!(a.len(), b.len());
         // SAFETY: extents checked above.
         unsafe { (self.silu_mul)(a.as_mut_ptr(), b.as_ptr(), a.len()) }
+    }
+
+    /// `a = gelu(a) * b`, element-wise, GELU by its tanh approximation.
+    pub fn gelu_tanh_mul(&self, a: &mut [f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        // SAFETY: extents checked above.
+        unsafe { (self.gelu_tanh_mul)(a.as_mut_ptr(), b.as_ptr(), a.len()) }
     }
 
     /// Softmax in place (an empty slice is left alone).

@@ -169,6 +169,18 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         .collect()
 }
 
+/// `gelu(a) * b`, element-wise, GELU by its tanh approximation (in f64).
+pub fn gelu_tanh_mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let x = x as f64;
+            (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh()) * y as f64) as f32
+        })
+        .collect()
+}
+
 /// `silu(a) * b`, element-wise.
 pub fn silu_mul(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter()
